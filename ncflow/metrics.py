@@ -1,0 +1,139 @@
+"""Neural-collapse metrics (THEORY.md §5) and distances to the predicted optimum.
+
+Written for one run; vmap over runs. Every metric is computed from *class statistics*
+``(W, M, G, b)`` — class means ``M (d, K)`` and within-class scatter ``G = Σ e eᵀ (d, d)`` — so
+the same code serves the full engine (via :func:`class_stats`) and the collapsed one.
+
+Conventions (the paper's code): ``Σ_W = G / N``, ``Σ_B = H̄ H̄ᵀ / K`` with ``H̄ = M − μ_G``,
+``W̃`` = W with its rows centred, ``P = (I − 11ᵀ/K)/sqrt(K−1)``.
+Degenerate points (these never return NaN):
+- NC1 = tr(Σ_W Σ_B^†)/K uses a pseudo-inverse with relative cut-off; where Σ_B = 0 exactly
+  (the zero solution) there is no between-class spread to compare with, and NC1 is defined as 0.
+- A zero matrix normalizes to zero, so NC2 = NC3 = ||P||_F = 1 where W̃ (or W̃H̄) vanishes.
+- ``within_between`` = tr Σ_W / tr Σ_B is 0 when both vanish and +inf when only Σ_B does.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .objective import Params, coeff
+from .problem import Problem
+from .theory import PredictionArrays
+
+
+class ClassStats(NamedTuple):
+    """Class statistics of one run: ``W (K, d)``, means ``M (d, K)``, scatter ``G (d, d)``, ``b (K,)``."""
+
+    W: Float[Array, "K d"]
+    M: Float[Array, "d K"]
+    G: Float[Array, "d d"]
+    b: Float[Array, " K"]
+
+
+class NCMetrics(NamedTuple):
+    """Scalar collapse metrics of one run (each a 0-d array; a vmapped batch has shape (runs,))."""
+
+    nc1: Float[Array, ""]
+    nc2: Float[Array, ""]
+    nc3: Float[Array, ""]
+    nc4: Float[Array, ""]
+    nc2_uncentered: Float[Array, ""]
+    within_between: Float[Array, ""]
+
+
+class OptimumDistance(NamedTuple):
+    """Distance of one run to the predicted optimum, rotation-invariant.
+
+    ``gap``: f − f*. ``gram_error``: ||W Wᵀ − (W Wᵀ)*||_F / max(||(W Wᵀ)*||_F, 1) where the
+    Gram is unique, else the same for the sorted spectra (rank-limited optima); 0 where the
+    theory fixes no geometry (λ_W λ_H = 0). ``self_duality``: ||Mᵀ − κ W||_F /
+    max(||W||_F, 1) with κ = sqrt(λ_W/(n λ_H)). ``w_norm``, ``h_norm``: RMS ||w_k||, ||μ_k||.
+    ``bias_error``: max_k |b_k − b*| (0 without a bias).
+    """
+
+    gap: Float[Array, ""]
+    gram_error: Float[Array, ""]
+    self_duality: Float[Array, ""]
+    w_norm: Float[Array, ""]
+    h_norm: Float[Array, ""]
+    bias_error: Float[Array, ""]
+
+
+def class_stats(problem: Problem, params: Params) -> ClassStats:
+    """Class means and within-class scatter of ``H (d, N)`` (class-major columns)."""
+    d, K, n = problem.d, problem.K, problem.n
+    Hk = params.H.reshape(d, K, n)
+    M = jnp.mean(Hk, axis=2)
+    E = (Hk - M[:, :, None]).reshape(d, K * n)
+    return ClassStats(params.W, M, E @ E.T, params.b)
+
+
+def _safe_normalize(X):
+    nrm = jnp.sqrt(jnp.sum(X * X))
+    return jnp.where(nrm > 0, X / jnp.where(nrm > 0, nrm, 1.0), jnp.zeros_like(X))
+
+
+def _etf_target(K: int, dtype) -> Float[Array, "K K"]:
+    return (jnp.eye(K, dtype=dtype) - 1.0 / K) / np.sqrt(K - 1)
+
+
+def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
+    """NC1–NC4, uncentered NC2 and tr Σ_W / tr Σ_B of one run (conventions in the module doc)."""
+    W, M, G, b = stats
+    d, K = M.shape
+    dtype = W.dtype
+    muG = jnp.mean(M, axis=1)
+    Hbar = M - muG[:, None]
+    # Σ_B = (Hbar/√K)(Hbar/√K)ᵀ; pseudo-inverse through the thin SVD of Hbar/√K.
+    U, s, _ = jnp.linalg.svd(Hbar / np.sqrt(K), full_matrices=False)
+    cutoff = jnp.max(s) * max(d, K) * jnp.finfo(dtype).eps * 10
+    keep = s > cutoff
+    inv_s2 = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
+    Sw = G / N
+    nc1 = jnp.sum(inv_s2 * jnp.einsum("dj,de,ej->j", U, Sw, U)) / K
+    P = _etf_target(K, dtype)
+    Wc = W - jnp.mean(W, axis=0, keepdims=True)
+    nc2 = jnp.sqrt(jnp.sum((_safe_normalize(Wc @ Wc.T) - P) ** 2))
+    nc3 = jnp.sqrt(jnp.sum((_safe_normalize(Wc @ Hbar) - P) ** 2))
+    nc4 = jnp.sqrt(jnp.sum((W @ muG + b) ** 2))
+    nc2u = jnp.sqrt(jnp.sum((_safe_normalize(W @ W.T) - P) ** 2))
+    trW, trB = jnp.trace(Sw), jnp.sum(Hbar * Hbar) / K
+    ratio = jnp.where(trB > 0, trW / jnp.where(trB > 0, trB, 1.0), jnp.where(trW > 0, jnp.inf, 0.0))
+    return NCMetrics(nc1, nc2, nc3, nc4, nc2u, ratio)
+
+
+def optimum_distance(problem: Problem, prediction: PredictionArrays, stats: ClassStats,
+                     value: Float[Array, ""]) -> OptimumDistance:
+    """Distance of one run (its class statistics and objective ``value``) to the prediction.
+
+    ``prediction`` is :meth:`Prediction.arrays`, so problems of one shape can be vmapped.
+    """
+    W, M, _, b = stats
+    K = problem.K
+    WWt = W @ W.T
+    gram_scale = jnp.maximum(jnp.sqrt(jnp.sum(prediction.gram**2)), 1.0)
+    gram_err = jnp.sqrt(jnp.sum((WWt - prediction.gram) ** 2)) / gram_scale
+    eig = jnp.linalg.eigvalsh(WWt)[::-1]
+    spec_scale = jnp.maximum(jnp.sqrt(jnp.sum(prediction.spectrum**2)), 1.0)
+    spec_err = jnp.sqrt(jnp.sum((eig - prediction.spectrum) ** 2)) / spec_scale
+    geom_err = jnp.where(prediction.gram_unique, gram_err, spec_err)
+    geom_err = jnp.where(prediction.geometry_known, geom_err, 0.0)
+    lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
+    ok = (lw > 0) & (lh > 0)
+    kappa = jnp.sqrt(jnp.where(ok, lw, 1.0) / (problem.n * jnp.where(ok, lh, 1.0)))
+    wf = jnp.sqrt(jnp.sum(W * W))
+    sd = jnp.where(ok, jnp.sqrt(jnp.sum((M.T - kappa * W) ** 2)) / jnp.maximum(wf, 1.0), 0.0)
+    bias_err = jnp.max(jnp.abs(b - prediction.bias)) if problem.bias else jnp.zeros((), W.dtype)
+    return OptimumDistance(
+        gap=value - prediction.objective,
+        gram_error=geom_err,
+        self_duality=sd,
+        w_norm=jnp.sqrt(jnp.sum(W * W) / K),
+        h_norm=jnp.sqrt(jnp.sum(M * M) / K),
+        bias_error=bias_err,
+    )

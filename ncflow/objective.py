@@ -1,0 +1,118 @@
+"""The regularized MSE objective of the UFM, its analytic gradients and Hessian-vector products.
+
+Everything here is written for ONE run: arrays have no batch axis. Batch with ``jax.vmap``.
+
+Shapes (THEORY.md §1): ``W: (K, d)``, ``H: (d, N)`` with columns class-major, ``b: (K,)``.
+A bias-free problem keeps ``b`` as a zero vector whose gradient is forced to zero, so every
+problem has the same pytree structure.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .problem import Problem
+
+
+class Params(NamedTuple):
+    """The UFM variables of one run: ``W (K, d)``, ``H (d, N)``, ``b (K,)``."""
+
+    W: Float[Array, "K d"]
+    H: Float[Array, "d N"]
+    b: Float[Array, " K"]
+
+
+def coeff(problem: Problem, name: str) -> Float[Array, ""]:
+    """A coefficient of ``problem`` (e.g. ``"lambda_w"``) as a scalar array of its dtype."""
+    return jnp.asarray(getattr(problem, name), dtype=problem.dtype)
+
+
+def labels(problem: Problem) -> Float[Array, "K N"]:
+    """One-hot labels ``Y = I_K ⊗ 1_nᵀ`` (class-major), shape ``(K, N)``."""
+    return jnp.repeat(jnp.eye(problem.K, dtype=problem.dtype), problem.n, axis=1)
+
+
+def targets_and_weights(problem: Problem) -> tuple[Float[Array, "K N"], Float[Array, "K N"] | None]:
+    """Regression targets ``T (K, N)`` and per-entry weights ``Ω (K, N)`` (None for plain MSE).
+
+    Plain MSE: ``T = Y``. Rescaled MSE: ``T = M Y`` and ``Ω = 1 + (α − 1) Y``, so that the
+    per-sample loss is ``α (z_y − M)² + Σ_{j≠y} z_j²``.
+    """
+    Y = labels(problem)
+    if problem.loss == "mse":
+        return Y, None
+    M = coeff(problem, "target_scale")
+    alpha = coeff(problem, "alpha")
+    return M * Y, 1.0 + (alpha - 1.0) * Y
+
+
+def residual(problem: Problem, params: Params) -> Float[Array, "K N"]:
+    """The scaled residual ``R = Ω ⊙ (W H + b 1ᵀ − T) / N``, shape ``(K, N)``."""
+    T, Omega = targets_and_weights(problem)
+    Z = params.W @ params.H + params.b[:, None] - T
+    if Omega is not None:
+        Z = Omega * Z
+    return Z / problem.N
+
+
+def objective(problem: Problem, params: Params) -> Float[Array, ""]:
+    """The objective f(W, H, b) of THEORY.md §1 (rescaled MSE weights the squared errors)."""
+    T, Omega = targets_and_weights(problem)
+    Z = params.W @ params.H + params.b[:, None] - T
+    sq = Z * Z if Omega is None else Omega * Z * Z
+    f = 0.5 * jnp.sum(sq) / problem.N
+    f = f + 0.5 * coeff(problem, "lambda_w") * jnp.sum(params.W**2)
+    f = f + 0.5 * coeff(problem, "lambda_h") * jnp.sum(params.H**2)
+    if problem.bias:
+        f = f + 0.5 * coeff(problem, "lambda_b") * jnp.sum(params.b**2)
+    return f
+
+
+def gradient(problem: Problem, params: Params) -> Params:
+    """Analytic gradient: ``∇W = R Hᵀ + λ_W W``, ``∇H = Wᵀ R + λ_H H``, ``∇b = R 1 + λ_b b``."""
+    R = residual(problem, params)
+    gW = R @ params.H.T + coeff(problem, "lambda_w") * params.W
+    gH = params.W.T @ R + coeff(problem, "lambda_h") * params.H
+    if problem.bias:
+        gb = jnp.sum(R, axis=1) + coeff(problem, "lambda_b") * params.b
+    else:
+        gb = jnp.zeros_like(params.b)
+    return Params(gW, gH, gb)
+
+
+def value_and_gradient(problem: Problem, params: Params) -> tuple[Float[Array, ""], Params]:
+    """Objective and analytic gradient sharing one residual computation."""
+    T, Omega = targets_and_weights(problem)
+    Z = params.W @ params.H + params.b[:, None] - T
+    WZ = Z if Omega is None else Omega * Z
+    lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
+    f = 0.5 * jnp.sum(Z * WZ) / problem.N + 0.5 * lw * jnp.sum(params.W**2) + 0.5 * lh * jnp.sum(params.H**2)
+    R = WZ / problem.N
+    gW = R @ params.H.T + lw * params.W
+    gH = params.W.T @ R + lh * params.H
+    if problem.bias:
+        lb = coeff(problem, "lambda_b")
+        f = f + 0.5 * lb * jnp.sum(params.b**2)
+        gb = jnp.sum(R, axis=1) + lb * params.b
+    else:
+        gb = jnp.zeros_like(params.b)
+    return f, Params(gW, gH, gb)
+
+
+def tree_sq_norm(tree) -> Float[Array, ""]:
+    """Squared Euclidean norm of all leaves of a pytree, as one scalar."""
+    return sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(tree))
+
+
+def gradient_norm(problem: Problem, params: Params) -> Float[Array, ""]:
+    """Euclidean norm of the full gradient over (W, H, b)."""
+    return jnp.sqrt(tree_sq_norm(gradient(problem, params)))
+
+
+def hvp(problem: Problem, params: Params, tangent: Params) -> Params:
+    """Hessian-vector product ``∇²f(params) · tangent`` (forward-mode over the analytic gradient)."""
+    return jax.jvp(lambda p: gradient(problem, p), (params,), (tangent,))[1]

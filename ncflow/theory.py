@@ -1,0 +1,295 @@
+"""Closed-form predictions of the landscape theory (THEORY.md §2–§4).
+
+Pure functions of a :class:`~ncflow.problem.Problem` with scalar coefficients. Nothing here
+depends on the engine. Every global minimizer and critical point is built from "directions":
+orthonormal class vectors ``U (K, s)``, feature directions ``R (d, s)`` and singular values
+``z (s,)`` of ``W H``; balance ``λ_W WᵀW = λ_H H Hᵀ`` then fixes
+
+    W = U diag(sqrt(z) (λ_H/λ_W)^{1/4}) Rᵀ,   H = R diag(sqrt(z) (λ_W/λ_H)^{1/4}) Vᵀ,   V = Yᵀ U / sqrt(n).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .objective import Params
+from .problem import Problem, ProblemError
+
+GEOMETRIES = ("simplex_etf", "orthogonal_frame", "etf_with_mean", "zero", "rank_limited",
+              "not_attained", "not_unique")
+
+
+class PredictionArrays(NamedTuple):
+    """A :class:`Prediction` as arrays: f* (), Gram (K, K), spectrum (K,) zero-padded, b* (),
+    whether the Gram is unique, and whether any geometry is determined at all."""
+
+    objective: Float[Array, ""]
+    gram: Float[Array, "K K"]
+    spectrum: Float[Array, " K"]
+    bias: Float[Array, ""]
+    gram_unique: Array
+    geometry_known: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What the theory predicts for a problem's global minimizers.
+
+    Attributes:
+        c: K sqrt(n λ_W λ_H).
+        geometry: one of :data:`GEOMETRIES`.
+            ``not_attained``: exactly one of λ_W, λ_H is 0, the infimum is not attained;
+            ``not_unique``: λ_W = λ_H = 0, minimizers exist at every scale.
+        objective: the global minimum value f*.
+        rank: s, the number of active singular directions of W H at the optimum.
+        w_norm, h_norm: root-mean-square ||w_k|| and ||h_k|| (every class has this norm when the
+            geometry is symmetric); None where not determined (not_attained / not_unique).
+        bias: each entry of b* (all equal), None for a bias-free problem.
+        gram: predicted ``W Wᵀ`` (K, K) where it is unique, else None (rank-limited, λ = 0 cases).
+        spectrum: predicted nonzero eigenvalues of ``W Wᵀ``, shape (rank,), descending.
+        outputs: predicted class-mean outputs ``W μ_k + b`` as columns, (K, K), or None.
+    """
+
+    c: float
+    geometry: str
+    objective: float
+    rank: int
+    w_norm: float | None
+    h_norm: float | None
+    bias: float | None
+    gram: np.ndarray | None
+    spectrum: np.ndarray
+    outputs: np.ndarray | None
+
+    def arrays(self, K: int, dtype) -> "PredictionArrays":
+        """The prediction as arrays (vmappable across problems of one shape)."""
+        spec = np.zeros(K)
+        spec[: self.spectrum.size] = self.spectrum
+        gram = np.zeros((K, K)) if self.gram is None else self.gram
+        return PredictionArrays(
+            objective=jnp.asarray(self.objective, dtype),
+            gram=jnp.asarray(gram, dtype),
+            spectrum=jnp.asarray(spec, dtype),
+            bias=jnp.asarray(0.0 if self.bias is None else self.bias, dtype),
+            gram_unique=jnp.asarray(self.gram is not None),
+            geometry_known=jnp.asarray(self.w_norm is not None),
+        )
+
+    def to_json(self) -> dict:
+        """JSON-ready summary with the keys of ``ncflow theory --json``."""
+        return {
+            "c": self.c, "geometry": self.geometry, "objective": self.objective,
+            "rank": self.rank, "w_norm": self.w_norm, "h_norm": self.h_norm, "bias": self.bias,
+        }
+
+
+def _scalars(problem: Problem) -> tuple[float, float, float]:
+    try:
+        return float(problem.lambda_w), float(problem.lambda_h), float(problem.lambda_b)
+    except TypeError:
+        raise ProblemError("theory needs scalar coefficients; got a batched problem") from None
+
+
+def _centered_basis(K: int) -> np.ndarray:
+    """Orthonormal basis of the complement of 1 in R^K (Helmert), shape (K, K-1)."""
+    B = np.linalg.qr(np.concatenate([np.ones((K, 1)), np.eye(K)[:, : K - 1]], axis=1))[0]
+    return B[:, 1:]
+
+
+def _direction_values(problem: Problem) -> tuple[np.ndarray, np.ndarray, float | None, float]:
+    """Class directions U (K, s), singular values z (s,), bias entry b*, and f* of the optimum.
+
+    The directions are a deterministic choice; every other global minimizer is a rotation
+    (and, when rank-limited, another choice of s of the equivalent class directions).
+    """
+    K, d, n = problem.K, problem.d, problem.n
+    lw, lh, lb = _scalars(problem)
+    c = problem.c
+    sq_n = math.sqrt(n)
+    if problem.loss == "rescaled-mse":
+        if not problem.bias or lb != 0.0 or d < K - 1:
+            raise ProblemError("the rescaled-MSE closed form covers lambda_b = 0 with a bias and d >= K-1 only")
+        alpha, M = float(problem.alpha), float(problem.target_scale)
+        eps = c * (alpha + K - 1) / (alpha * K)
+        delta = max(M - eps, 0.0)
+        b = (alpha * M - delta * (K - 1) * (alpha - 1) / K) / (alpha + K - 1)
+        if delta == 0.0:
+            f = alpha * M**2 * (K - 1) / (2 * (alpha + K - 1))
+            return np.zeros((K, 0)), np.zeros(0), b, f
+        f = (K - 1) * (c / K) * (M - eps / 2)
+        return _centered_basis(K), np.full(K - 1, sq_n * delta), b, f
+    if not problem.bias:
+        s = 0 if c >= 1 else min(d, K)
+        f = 0.5 - s * (1 - c) ** 2 / (2 * K)
+        return np.eye(K)[:, :s], np.full(s, sq_n * (1 - c)), None, f
+    b0 = 1.0 / (K * (1 + lb))
+    f_zero = (K - 1) / (2 * K) + lb / (2 * K * (1 + lb))
+    if c >= 1:
+        return np.zeros((K, 0)), np.zeros(0), b0, f_zero
+    if lb > 0 and lb > c / (1 - c) and d >= K:
+        U = np.concatenate([_centered_basis(K), np.ones((K, 1)) / math.sqrt(K)], axis=1)
+        z = np.concatenate([np.full(K - 1, sq_n * (1 - c)), [sq_n * (1 - c - c / lb)]])
+        f = (K - 1) * c * (2 - c) / (2 * K) + (c - c**2 / 2 - c**2 / (2 * lb)) / K
+        return U, z, c / (K * lb), f
+    s = min(d, K - 1)
+    return _centered_basis(K)[:, :s], np.full(s, sq_n * (1 - c)), b0, f_zero - s * (1 - c) ** 2 / (2 * K)
+
+
+def predict(problem: Problem) -> Prediction:
+    """The theory's prediction for ``problem``'s global minimum (THEORY.md §2)."""
+    K, d, n = problem.K, problem.d, problem.n
+    lw, lh, _ = _scalars(problem)
+    U, z, b, f = _direction_values(problem)
+    s = z.shape[0]
+    if s == 0:
+        geometry = "zero"
+    elif not problem.bias:
+        geometry = "orthogonal_frame" if d >= K else "rank_limited"
+    elif problem.bias and s == K:
+        geometry = "etf_with_mean"
+    else:
+        geometry = "simplex_etf" if d >= K - 1 else "rank_limited"
+    if s > 0 and lw * lh == 0.0:
+        geometry = "not_unique" if lw == lh == 0.0 else "not_attained"
+        return Prediction(problem.c, geometry, f, s, None, None, b, None, np.zeros(0), None)
+    wscale = math.sqrt(lh / lw) if s else 1.0
+    spectrum = np.sort(z * wscale)[::-1]  # eigenvalues of W Wᵀ = U diag(z sqrt(λ_H/λ_W)) Uᵀ
+    w_norm = math.sqrt(float(np.sum(spectrum)) / K)
+    h_norm = math.sqrt(float(np.sum(z / wscale)) / (n * K)) if s else 0.0
+    gram = outputs = None
+    if geometry != "rank_limited":
+        gram = (U * (z * wscale)) @ U.T if s else np.zeros((K, K))
+        outputs = (U * (z / math.sqrt(n))) @ U.T + (0.0 if b is None else b)
+    return Prediction(problem.c, geometry, f, s, w_norm, h_norm, b, gram, spectrum, outputs)
+
+
+def _random_orthonormal(key, rows: int, cols: int) -> np.ndarray:
+    A = np.asarray(jax.random.normal(key, (rows, max(cols, 1)), dtype="float64"))
+    Q, R = np.linalg.qr(A)
+    return (Q * np.sign(np.diag(R)))[:, :cols]
+
+
+def _build(problem: Problem, U: np.ndarray, z: np.ndarray, b: float | None, key) -> Params:
+    K, d, n = problem.K, problem.d, problem.n
+    lw, lh, _ = _scalars(problem)
+    s = z.shape[0]
+    if s > d:
+        raise ProblemError(f"cannot place {s} directions in d = {d} feature dimensions")
+    if s and lw * lh == 0.0:
+        raise ProblemError("lambda_w and lambda_h must be > 0 to build a minimizer or critical point")
+    Rd = np.eye(d)[:, :s] if key is None else _random_orthonormal(key, d, s)
+    Y = np.repeat(np.eye(K), n, axis=1)
+    V = Y.T @ U / math.sqrt(n)
+    if s:
+        a = np.sqrt(z) * (lh / lw) ** 0.25
+        W = (U * a) @ Rd.T
+        H = (Rd * (z / a)) @ V.T
+    else:
+        W, H = np.zeros((K, d)), np.zeros((d, n * K))
+    bb = np.zeros(K) if b is None else np.full(K, b)
+    dt = problem.dtype
+    return Params(jax.numpy.asarray(W, dt), jax.numpy.asarray(H, dt), jax.numpy.asarray(bb, dt))
+
+
+def global_minimizer(problem: Problem, key=None) -> Params:
+    """An exact global minimizer ``Params(W (K, d), H (d, N), b (K,))``.
+
+    With ``key`` the feature directions are a random orthonormal frame (another point of the
+    same orbit); without it they are the first coordinate axes.
+    """
+    U, z, b, _ = _direction_values(problem)
+    return _build(problem, U, z, b, key)
+
+
+def max_active(problem: Problem) -> int:
+    """The largest number of active directions s of a critical point of ``problem``'s family."""
+    return min(problem.d, problem.K if not problem.bias else problem.K - 1)
+
+
+def _check_critical_family(problem: Problem, s: int) -> None:
+    lw, lh, lb = _scalars(problem)
+    if problem.loss != "mse":
+        raise ProblemError("critical points are given in closed form for loss='mse' only")
+    c = problem.c
+    if problem.bias and lb > 0 and c < 1 and lb > c / (1 - c):
+        raise ProblemError("critical points are given in closed form for lambda_b <= c/(1-c) only")
+    if not (isinstance(s, (int, np.integer)) and 0 <= s <= max_active(problem)):
+        raise ProblemError(f"active directions s must be an integer in [0, {max_active(problem)}], got {s!r}")
+
+
+def critical_point(problem: Problem, s: int, key=None) -> Params:
+    """An exact critical point with ``s`` active directions (THEORY.md §3).
+
+    ``0 <= s <= max_active(problem)``; ``s = 0`` is the origin (with b at its optimum) and the
+    largest s is a global minimizer. Requires c < 1 for s > 0. With ``key``, both the class
+    directions and the feature frame are random; otherwise they are fixed.
+    """
+    _check_critical_family(problem, s)
+    if s > 0 and problem.c >= 1:
+        raise ProblemError("critical points with s > 0 exist only when c < 1")
+    _, lh, lb = _scalars(problem)
+    K = problem.K
+    if problem.bias:
+        basis, b = _centered_basis(K), 1.0 / (K * (1 + lb))
+    else:
+        basis, b = np.eye(K), None
+    if key is not None:
+        key, sub = jax.random.split(key)
+        basis = basis @ _random_orthonormal(sub, basis.shape[1], basis.shape[1])
+    z = np.full(s, math.sqrt(problem.n) * (1 - problem.c))
+    return _build(problem, basis[:, :s], z, b, key)
+
+
+def critical_value(problem: Problem, s: int) -> float:
+    """Objective value f_s at a critical point with s active directions."""
+    _check_critical_family(problem, s)
+    lb = _scalars(problem)[2]
+    K, c = problem.K, problem.c
+    base = 0.5 if not problem.bias else (K - 1) / (2 * K) + lb / (2 * K * (1 + lb))
+    return base - (s * (1 - c) ** 2 / (2 * K) if c < 1 else 0.0)
+
+
+def saddle_min_eigenvalue(problem: Problem) -> float:
+    """Predicted smallest Hessian eigenvalue at every critical point with s < max_active.
+
+    ``(λ_W+λ_H)/2 − sqrt(((λ_W−λ_H)/2)² + 1/(K² n))``; negative exactly when c < 1.
+    """
+    lw, lh, _ = _scalars(problem)
+    return (lw + lh) / 2 - math.sqrt(((lw - lh) / 2) ** 2 + 1.0 / (problem.K**2 * problem.n))
+
+
+def origin_growth_rate(problem: Problem) -> float:
+    """Growth rate g of every mode near the origin under gradient flow (THEORY.md §4)."""
+    return -saddle_min_eigenvalue(problem)
+
+
+def default_step_size(problem: Problem, init_scale: float = 1.0) -> float:
+    """The default GD step, ``1 / L`` with L a bound on the curvature along the whole path.
+
+    The Gauss–Newton part of the Hessian is bounded by ``1 + (||W||²_op + ||H||²_op)/N`` (the
+    1 is the bias direction, kept as a floor for bias-free problems too), evaluated at the larger of the optimum
+    (from :func:`predict`) and a typical Gaussian start of scale ``init_scale``
+    (``||W||_op ≈ σ(√K+√d)``, ``||H||_op ≈ σ(√d+√N)``, σ = scale/√d); add the largest λ.
+    For rescaled MSE the data term is multiplied by max(α, 1).
+    """
+    lw, lh, lb = _scalars(problem)
+    K, d, N = problem.K, problem.d, problem.N
+    pred = predict(problem)
+    opt = 0.0
+    if pred.w_norm is not None and pred.spectrum.size:
+        top = float(pred.spectrum[0])  # ||W||²_op at the optimum; ||H||²_op = top λ_W/λ_H by balance
+        opt = top * (1.0 + lw / lh)
+    sigma2 = init_scale**2 / d
+    start = sigma2 * ((math.sqrt(K) + math.sqrt(d)) ** 2 + (math.sqrt(d) + math.sqrt(N)) ** 2)
+    data = 1.0 + max(opt, start) / N
+    if problem.loss == "rescaled-mse":
+        data *= max(float(problem.alpha), 1.0)
+    return 1.0 / (data + max(lw, lh, lb))
