@@ -1,0 +1,157 @@
+"""``ncflow run``: batched gradient descent from random starts, classified against the theory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .cli import UsageError, add_problem_flags, float_in, int_at_least, problem_from_args
+
+#: The embedded default: the paper's claim on K = 10 classes with d >= K.
+RUN_DEFAULTS = {"K": 10, "d": 10, "n": 100, "lambda_w": 5e-4, "lambda_h": 5e-4}
+
+CONFIG_FLAGS = {"runs": "--runs", "seed": "--seed", "lr": "--lr", "max_steps": "--max-steps",
+                "init_scale": "--init-scale", "engine": "--engine", "chunk": "--chunk",
+                "gtol": "--gtol", "group": "--group"}
+
+
+def seed_type(text: str) -> int:
+    """argparse type: an integer seed in [0, 2^32)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 4294967295], got {text!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 4294967295], got {text!r}")
+    return v
+
+
+def add_solver_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the GD solver shared by ``run`` and ``sweep``."""
+    g = p.add_argument_group("solver")
+    g.add_argument("--runs", "-R", type=int_at_least(1), default=1000, help="number of random starts (default 1000)")
+    g.add_argument("--seed", type=seed_type, default=0, help="master seed; run i uses fold_in(key(seed), i)")
+    g.add_argument("--lr", type=float_in(0.0, low_open=True), default=None,
+                   help="GD step size (default: 1/L, theory.default_step_size)")
+    g.add_argument("--max-steps", type=int_at_least(1), default=30_000, help="step budget per run")
+    g.add_argument("--init-scale", type=float_in(0.0), default=1.0,
+                   help="Gaussian init scale: entries N(0, scale²/d); 0 = start at the origin")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    g.add_argument("--engine", choices=("auto", "full", "collapsed"), default="auto",
+                   help="state representation (auto: the cheaper exact one)")
+    g.add_argument("--no-early-stop", action="store_true",
+                   help="every run takes exactly --max-steps steps (throughput benchmarks)")
+    g.add_argument("--chunk", type=int_at_least(1), default=100, help="steps between stopping checks")
+    g.add_argument("--group", type=int_at_least(1), default=None, help="runs per cache group (default: auto)")
+    g.add_argument("--gtol", type=float_in(0.0, low_open=True), default=None,
+                   help="stationarity tolerance on the gradient norm (default: from dtype and problem)")
+    g.add_argument("--history", action="store_true", help="record diagnostics at log-spaced steps")
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Output flags shared by ``run`` and ``sweep``."""
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    g.add_argument("--out", metavar="DIR", default=None, help="write runs.csv, summary.json, config.json here")
+    g.add_argument("--overwrite", action="store_true", help="allow --out to replace an earlier result")
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="force the progress bar on (default: only on a terminal)")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--compile-cache", metavar="DIR", default=os.environ.get("NCFLOW_COMPILE_CACHE"),
+                   help="persistent XLA compilation cache (also NCFLOW_COMPILE_CACHE); speeds up later runs")
+
+
+def configure_jax(args) -> None:
+    """Process-wide JAX settings, applied once before anything is compiled."""
+    import jax
+
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def config_from_args(args):
+    """The engine Config from parsed flags; a rejected setting is reported by its flag."""
+    from .engine import Config, ConfigError
+
+    try:
+        return Config(runs=args.runs, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
+                      init_scale=args.init_scale, engine=args.engine, early_stop=not args.no_early_stop,
+                      chunk=args.chunk, group=args.group, gtol=args.gtol, history=args.history,
+                      progress=args.progress)
+    except ConfigError as e:
+        raise UsageError(flag_message(str(e))) from None
+
+
+def flag_message(msg: str) -> str:
+    """Replace a leading Config field name by its command-line flag."""
+    for field, flag in CONFIG_FLAGS.items():
+        if msg.startswith(field + " ") or msg.startswith(field + ":"):
+            return flag + msg[len(field):]
+    return msg
+
+
+def check_out(args) -> None:
+    """Refuse an --out that would overwrite a result or is not a directory (before compiling)."""
+    from .result import ResultExistsError, check_output_dir
+
+    if args.out is None:
+        return
+    try:
+        check_output_dir(args.out, args.overwrite)
+    except ResultExistsError:
+        raise UsageError(f"--out {args.out} already holds a result; choose another directory or pass --overwrite") from None
+    except NotADirectoryError:
+        raise UsageError(f"--out {args.out} exists and is not a directory") from None
+
+
+def cmd_run(args) -> int:
+    """``ncflow run``."""
+    problem = problem_from_args(args, dtype=args.dtype)
+    if args.engine == "collapsed" and problem.loss != "mse":
+        raise UsageError("--engine collapsed supports the MSE loss only")
+    config = config_from_args(args)
+    check_out(args)
+    configure_jax(args)
+    from .engine import ConfigError, simulate
+
+    try:
+        result = simulate(problem, config)
+    except ConfigError as e:
+        raise UsageError(flag_message(str(e))) from None
+    if args.out:
+        result.save(args.out, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(_jsonable(result.summary())))
+    else:
+        print(result.report())
+        if args.out:
+            print(f"Results written to {args.out}/ (runs.csv, summary.json, config.json)")
+    return 0
+
+
+def _jsonable(obj):
+    from .io import to_jsonable
+
+    return to_jsonable(obj)
+
+
+def register(sub) -> None:
+    """Add the ``run`` sub-command to the ``ncflow`` parser."""
+    p = sub.add_parser("run", help="batched GD from random starts, classified against the theory",
+                       description="Run R random initializations under full-batch gradient descent and "
+                                   "classify each against the closed-form theory. With no arguments: "
+                                   "K=10, d=10, n=100, λ_W=λ_H=5e-4, unregularized bias, 1000 runs.")
+    add_problem_flags(p, RUN_DEFAULTS)
+    add_solver_flags(p)
+    add_output_flags(p)
+    p.set_defaults(func=cmd_run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `ncflow` command")
