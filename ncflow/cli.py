@@ -74,6 +74,11 @@ def add_problem_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
     g.add_argument("--lambda-h", type=float_in(0.0), default=defaults["lambda_h"], help="weight decay on H, >= 0")
     g.add_argument("--lambda-b", type=float_in(0.0), default=0.0, help="weight decay on b, >= 0 (0: unregularized bias)")
     g.add_argument("--no-bias", action="store_true", help="bias-free model (b = 0)")
+    g.add_argument("--loss", choices=("mse", "rescaled-mse"), default="mse",
+                   help="loss: mse, or rescaled-mse (per sample α(z_y − M)² + Σ_{j≠y} z_j²)")
+    g.add_argument("--alpha", type=float_in(0.0, low_open=True), default=1.0, help="α > 0 of rescaled-mse")
+    g.add_argument("--target-scale", type=float_in(0.0, low_open=True), default=1.0,
+                   help="M > 0 of rescaled-mse")
 
 
 def problem_from_args(args, dtype: str = "float64") -> Problem:
@@ -83,7 +88,7 @@ def problem_from_args(args, dtype: str = "float64") -> Problem:
     try:
         return Problem(K=args.classes, d=args.dim, n=args.per_class, lambda_w=args.lambda_w,
                        lambda_h=args.lambda_h, lambda_b=args.lambda_b, bias=not args.no_bias,
-                       dtype=dtype)
+                       loss=args.loss, alpha=args.alpha, target_scale=args.target_scale, dtype=dtype)
     except ProblemError as e:
         msg = str(e)
         for field, flag in PROBLEM_FLAGS.items():
@@ -121,7 +126,10 @@ def format_prediction(problem: Problem, pred: theory.Prediction) -> str:
 def cmd_theory(args) -> int:
     """``ncflow theory``: print the closed-form prediction."""
     problem = problem_from_args(args)
-    pred = theory.predict(problem)
+    try:
+        pred = theory.predict(problem)
+    except ProblemError as e:
+        raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps({**pred.to_json(), "problem": problem.describe()}))
     else:

@@ -14,7 +14,10 @@ RUN_DEFAULTS = {"K": 10, "d": 10, "n": 100, "lambda_w": 5e-4, "lambda_h": 5e-4}
 
 CONFIG_FLAGS = {"runs": "--runs", "seed": "--seed", "lr": "--lr", "max_steps": "--max-steps",
                 "init_scale": "--init-scale", "engine": "--engine", "chunk": "--chunk",
-                "gtol": "--gtol", "group": "--group"}
+                "gtol": "--gtol", "group": "--group", "optimizer": "--optimizer",
+                "momentum": "--momentum", "beta1": "--beta1", "beta2": "--beta2",
+                "flow_time": "--flow-time", "rtol": "--rtol", "atol": "--atol", "init": "--init",
+                "active": "--active", "perturb": "--perturb", "adam_eps": "--adam-eps"}
 
 
 def seed_type(text: str) -> int:
@@ -48,6 +51,22 @@ def add_solver_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gtol", type=float_in(0.0, low_open=True), default=None,
                    help="stationarity tolerance on the gradient norm (default: from dtype and problem)")
     g.add_argument("--history", action="store_true", help="record diagnostics at log-spaced steps")
+    g.add_argument("--optimizer", default="gd",
+                   help="gd (default), momentum, nesterov, adam, or flow (adaptive ODE gradient flow)")
+    g.add_argument("--momentum", type=float_in(0.0, 1.0), default=None, help="momentum in [0, 1) (momentum/nesterov)")
+    g.add_argument("--beta1", type=float_in(0.0, 1.0), default=0.9, help="Adam β1")
+    g.add_argument("--beta2", type=float_in(0.0, 1.0), default=0.999, help="Adam β2")
+    g.add_argument("--adam-eps", type=float_in(0.0, low_open=True), default=1e-8, help="Adam ε")
+    g.add_argument("--flow-time", type=float_in(0.0, low_open=True), default=None,
+                   help="gradient-flow time horizon (default: until stationary)")
+    g.add_argument("--rtol", type=float_in(0.0, low_open=True), default=1e-7, help="flow solver relative tolerance")
+    g.add_argument("--atol", type=float_in(0.0, low_open=True), default=1e-10, help="flow solver absolute tolerance")
+    g.add_argument("--init", default="gaussian", help="gaussian (default), orthogonal, small, or saddle")
+    g.add_argument("--active", type=int_at_least(0), default=None,
+                   help="for --init saddle: active directions s of the critical point")
+    g.add_argument("--perturb", type=float_in(0.0), default=1e-3, help="for --init saddle: perturbation size")
+    g.add_argument("--devices", type=int_at_least(1), default=None,
+                   help="use the first N devices (default: all; on CPU one device per core)")
 
 
 def add_output_flags(p: argparse.ArgumentParser) -> None:
@@ -64,9 +83,17 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
 
 
 def configure_jax(args) -> None:
-    """Process-wide JAX settings, applied once before anything is compiled."""
+    """Process-wide JAX settings, applied once before anything is compiled.
+
+    On CPU the run axis is sharded over one XLA device per core (``jax_num_cpu_devices``), so
+    a CPU run uses every core; it must be set before the backend starts.
+    """
     import jax
 
+    try:
+        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    except RuntimeError:  # backend already started (e.g. called twice in one process)
+        pass
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     if args.compile_cache:
@@ -83,7 +110,9 @@ def config_from_args(args):
         return Config(runs=args.runs, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
                       init_scale=args.init_scale, engine=args.engine, early_stop=not args.no_early_stop,
                       chunk=args.chunk, group=args.group, gtol=args.gtol, history=args.history,
-                      progress=args.progress)
+                      progress=args.progress, optimizer=args.optimizer, momentum=args.momentum,
+                      beta1=args.beta1, beta2=args.beta2, adam_eps=args.adam_eps, flow_time=args.flow_time,
+                      rtol=args.rtol, atol=args.atol, init=args.init, active=args.active, perturb=args.perturb)
     except ConfigError as e:
         raise UsageError(flag_message(str(e))) from None
 
@@ -94,6 +123,18 @@ def flag_message(msg: str) -> str:
         if msg.startswith(field + " ") or msg.startswith(field + ":"):
             return flag + msg[len(field):]
     return msg
+
+
+def select_devices(args):
+    """The first ``--devices`` devices, or None for all of them."""
+    import jax
+
+    if args.devices is None:
+        return None
+    avail = jax.devices()
+    if args.devices > len(avail):
+        raise UsageError(f"--devices must be in [1, {len(avail)}] on this machine, got {args.devices}")
+    return avail[: args.devices]
 
 
 def check_out(args) -> None:
@@ -120,8 +161,9 @@ def cmd_run(args) -> int:
     configure_jax(args)
     from .engine import ConfigError, simulate
 
+    devices = select_devices(args)
     try:
-        result = simulate(problem, config)
+        result = simulate(problem, config, devices=devices)
     except ConfigError as e:
         raise UsageError(flag_message(str(e))) from None
     if args.out:

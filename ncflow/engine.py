@@ -18,9 +18,11 @@ share a shape but differ in coefficients run in the same program (used by sweeps
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import os
+import threading
 import time
 from typing import Sequence
 
@@ -30,12 +32,14 @@ import numpy as np
 
 from . import init as _init
 from . import metrics as _m
-from . import theory
+from . import solvers, theory
 from .outcomes import classify, Tolerances, default_tolerances
 from .problem import Problem
 from .progress import Progress
+from .layout import AXIS, Layout, make_layout
 from .representations import ENGINES, Representation, choose
 from .result import Result
+from jax.sharding import PartitionSpec as P
 
 COEFF_FIELDS = ("lambda_w", "lambda_h", "lambda_b", "alpha", "target_scale")
 
@@ -67,6 +71,15 @@ class Config:
         progress: progress bar on stderr; None = only when stderr is a terminal.
         lanczos_iters: Lanczos steps used to look for negative curvature.
         memory_limit_bytes: refuse batches estimated above this; None = 80% of free memory.
+        optimizer: "gd" (default), "momentum", "nesterov", "adam" (optax) or "flow"
+            (gradient flow with an adaptive ODE solver); see :mod:`ncflow.solvers`.
+        momentum: momentum coefficient in [0, 1) for "momentum"/"nesterov" (default 0.9).
+        beta1, beta2, adam_eps: Adam's hyperparameters.
+        flow_time: time horizon of "flow" (None: until stationary or max_steps solver steps).
+        rtol, atol: error tolerances of the flow's adaptive solver.
+        init: "gaussian", "orthogonal", "small" or "saddle" (see :mod:`ncflow.init`).
+        active: for init "saddle", the number s of active directions of the critical point.
+        perturb: for init "saddle", the size of the Gaussian perturbation.
     """
 
     runs: int = 1000
@@ -83,6 +96,17 @@ class Config:
     progress: bool | None = None
     lanczos_iters: int = 32
     memory_limit_bytes: int | None = None
+    optimizer: str = "gd"
+    momentum: float | None = None
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    flow_time: float | None = None
+    rtol: float = 1e-7
+    atol: float = 1e-10
+    init: str = "gaussian"
+    active: int | None = None
+    perturb: float = 1e-3
 
     def __post_init__(self):
         def need(ok, field, rng, value):
@@ -106,6 +130,9 @@ class Config:
         need(self.gtol is None or (is_num(self.gtol) and self.gtol > 0), "gtol", "a finite number > 0", self.gtol)
         need(is_int(self.lanczos_iters) and self.lanczos_iters >= 2, "lanczos_iters", "an integer >= 2",
              self.lanczos_iters)
+        from .solvers import validate_config
+
+        validate_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,40 +200,70 @@ def _tree_take(tree, idx):
 
 
 class _Programs:
-    """The compiled pieces for one (problem shape, representation, chunk, group) — AOT-compiled
-    once, reused for every chunk of the batch; compile seconds are accumulated."""
+    """The compiled pieces of one batch, each a ``shard_map`` over the lanes of its device:
+    AOT-compiled once per shape and reused for every chunk; compile seconds are accumulated."""
 
-    def __init__(self, problem: Problem, rep: Representation, chunk: int, group: int):
+    def __init__(self, problem: Problem, rep: Representation, chunk: int, layout: Layout, init_fn):
+        self.init_fn = init_fn
         self.compile_s = 0.0
-        self.problem, self.rep, self.chunk, self.group = problem, rep, chunk, group
+        self.problem, self.rep, self.chunk, self.layout = problem, rep, chunk, layout
+        self.group = layout.group
         self._compiled = {}
+        self._lock = threading.Lock()
 
-    def _get(self, name, fn, *args, donate=()):
+    def _call(self, name, local_fn, *args, donate=(), compile_only=False):
         key = (name,) + tuple(jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), args))
         hit = self._compiled.get(key)
         if hit is None:
+            spec = P(AXIS)
+            fn = jax.shard_map(local_fn, mesh=self.layout.mesh, in_specs=(spec,) * len(args), out_specs=spec)
             t0 = time.perf_counter()
             hit = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
-            self.compile_s += time.perf_counter() - t0
-            self._compiled[key] = hit
-        return hit
+            with self._lock:
+                self.compile_s += time.perf_counter() - t0
+                self._compiled[key] = hit
+        return None if compile_only else hit(*args)
 
-    # ------------------------------------------------------------------ programs
-    def init(self, prob_b, keys, scales):
-        rep, g = self.rep, self.group
+    def precompile(self, prob_b, keys, scales, lr, pred_b) -> float:
+        """Compile every program of the batch concurrently (XLA compiles outside the GIL), and
+        return the wall seconds it took. ``compile_s`` keeps the sum of per-program times."""
+        x_abs = jax.eval_shape(lambda p, k, s: self.init(p, k, s, abstract=True), prob_b, keys, scales)
+        x_abs = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.layout.sharding), x_abs)
+        lanes = self.layout.total_lanes
+        i32 = lambda shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=self.layout.sharding)  # noqa: E731
+        jobs = [
+            lambda: self.init(prob_b, keys, scales, compile_only=True),
+            lambda: self.run_chunk(x_abs, prob_b, lr, i32((lanes,)), i32((self.layout.n_devices,)),
+                                   compile_only=True),
+            lambda: self.check(x_abs, prob_b, compile_only=True),
+            lambda: self.take((x_abs, prob_b, lr), i32((lanes,)), compile_only=True),
+            lambda: self.summaries(x_abs, prob_b, pred_b, compile_only=True),
+        ]
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as ex:
+            for fut in [ex.submit(j) for j in jobs]:
+                fut.result()
+        return time.perf_counter() - t0
 
-        def one(p, k, s):
-            return rep.from_params(p, _init.gaussian(p, k, s))
+    # ------------------------------------------------------------------ programs (local views)
+    def init(self, prob_b, keys, scales, abstract=False, compile_only=False):
+        rep, g, init_fn = self.rep, self.group, self.init_fn
 
-        def fn(prob_b, keys, scales):
-            return jax.lax.map(lambda a: one(*a), (prob_b, keys, scales), batch_size=g)
+        def local(prob_b, keys, scales):
+            def one(a):
+                p, k, s = a
+                return rep.from_params(p, init_fn(p, k, s))
+            return jax.lax.map(one, (prob_b, keys, scales), batch_size=g)
 
-        return self._get("init", fn, prob_b, keys, scales)(prob_b, keys, scales)
+        if abstract:
+            return local(prob_b, keys, scales)
+        return self._call("init", local, prob_b, keys, scales, compile_only=compile_only)
 
-    def run_chunk(self, x, prob_b, lr, budget, n_groups):
+    def run_chunk(self, x, prob_b, lr, budget, n_groups, compile_only=False):
         rep, g, T = self.rep, self.group, self.chunk
 
-        def fn(x, prob_b, lr, budget, n_groups):
+        def local(x, prob_b, lr, budget, n_groups):
             vstep = jax.vmap(rep.step)
 
             def group_body(gi, x):
@@ -223,39 +280,38 @@ class _Programs:
                 return jax.tree_util.tree_map(
                     lambda a, u: jax.lax.dynamic_update_slice_in_dim(a, u, start, axis=0), x, xg)
 
-            return jax.lax.fori_loop(0, n_groups, group_body, x)
+            return jax.lax.fori_loop(0, n_groups[0], group_body, x)
 
-        return self._get("chunk", fn, x, prob_b, lr, budget, n_groups, donate=(0,))(x, prob_b, lr, budget, n_groups)
+        return self._call("chunk", local, x, prob_b, lr, budget, n_groups, donate=(0,), compile_only=compile_only)
 
-    def check(self, x, prob_b):
-        rep = self.rep
-        fn = jax.vmap(rep.value_and_grad_norm)
-        return self._get("check", fn, prob_b, x)(prob_b, x)
+    def check(self, x, prob_b, compile_only=False):
+        return self._call("check", lambda x, p: jax.vmap(self.rep.value_and_grad_norm)(p, x), x, prob_b,
+                          compile_only=compile_only)
 
-    def take(self, tree, idx):
-        return self._get("take", _tree_take, tree, idx, donate=(0,))(tree, idx)
+    def take(self, tree, idx, compile_only=False):
+        """Reorder lanes within each device (``idx`` holds device-local indices)."""
+        return self._call("take", _tree_take, tree, idx, donate=(0,), compile_only=compile_only)
 
     def diagnostics(self, x, prob_b):
-        rep, problem = self.rep, self.problem
+        rep, N = self.rep, self.problem.N
 
         def one(p, xi):
-            st = rep.stats(p, xi)
-            nc = _m.nc_metrics(st, problem.N)
+            nc = _m.nc_metrics(rep.stats(p, xi), N)
             return nc.nc1, nc.nc2, nc.nc3
 
-        fn = jax.vmap(one)
-        return self._get("diag", fn, prob_b, x)(prob_b, x)
+        return self._call("diag", lambda x, p: jax.vmap(one)(p, x), x, prob_b)
 
-    def summaries(self, x, prob_b, pred_b):
-        rep, problem = self.rep, self.problem
+    def summaries(self, x, prob_b, pred_b, compile_only=False):
+        rep, N = self.rep, self.problem.N
 
         def one(p, xi, pa):
             f, gn = rep.value_and_grad_norm(p, xi)
             st = rep.stats(p, xi)
-            return f, gn, _m.nc_metrics(st, problem.N), _m.optimum_distance(p, pa, st, f)
+            extra = rep.extras(p, xi) if rep.extras is not None else {}
+            return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), extra
 
-        fn = jax.vmap(one)
-        return self._get("summ", fn, prob_b, x, pred_b)(prob_b, x, pred_b)
+        return self._call("summ", lambda x, p, pa: jax.vmap(one)(p, x, pa), x, prob_b, pred_b,
+                          compile_only=compile_only)
 
 
 def _history_chunks(max_chunks: int) -> set[int]:
@@ -267,12 +323,15 @@ def _history_chunks(max_chunks: int) -> set[int]:
     return out
 
 
-def simulate_points(points: Sequence[Point], config: Config) -> list[Result]:
+def simulate_points(points: Sequence[Point], config: Config, devices=None) -> list[Result]:
     """Run every point's runs as lanes of ONE batch (all points must share K, d, n, bias,
     loss and dtype) and return one :class:`Result` per point.
 
-    ``config.runs``, ``seed``, ``lr`` and ``init_scale`` are ignored here: each point carries
-    its own. Everything else in ``config`` applies to the whole batch.
+    ``devices``: a list of devices or a 1-D ``Mesh`` to shard the runs over (default: every
+    device of every process). ``config.runs``, ``seed``, ``lr`` and ``init_scale`` are ignored
+    here: each point carries its own. Everything else in ``config`` applies to the whole batch.
+    In a multi-process job every process calls this with the same arguments; each builds and
+    steps only its own devices' lanes, and every process receives the gathered results.
     """
     wall0 = time.perf_counter()
     base = points[0].problem
@@ -282,79 +341,90 @@ def simulate_points(points: Sequence[Point], config: Config) -> list[Result]:
             raise ConfigError("points of one batch must share K, d, n, bias, loss and dtype")
     if base.dtype == "float64" and not jax.config.read("jax_enable_x64"):
         raise ConfigError("dtype float64 needs jax_enable_x64 (set it before JAX starts; the CLI does)")
-    rep = choose(base, config.engine)
+    rep = solvers.representation(base, config)
     R = sum(p.runs for p in points)
-    group = config.group or _auto_group(base, rep, R)
-    group = min(group, 1 << int(math.ceil(math.log2(R))))
-    need = estimate_memory(base, rep, R, group)
+    layout = make_layout(R, config.group or _auto_group(base, rep, R), devices)
+    group = layout.group
+    need = estimate_memory(base, rep, layout.total_lanes, group * layout.n_devices)
     limit = config.memory_limit_bytes or int(0.8 * available_memory_bytes())
     if need > limit:
         raise ConfigError(
             f"runs: {R} runs of K={base.K} d={base.d} n={base.n} ({rep.name} engine, {base.dtype}) need "
             f"about {need / 2**30:.2f} GiB, more than the {limit / 2**30:.2f} GiB available; use fewer runs")
-    R_cap = int(math.ceil(R / group) * group)
 
-    # ------------------------------------------------------------------ lanes
-    lane_point = np.concatenate([np.full(p.runs, i) for i, p in enumerate(points)])
-    lane_run = np.concatenate([np.arange(p.runs) for p in points])
-    pad = R_cap - R
-    lane_point = np.concatenate([lane_point, np.zeros(pad, int)])
-    lane_run = np.concatenate([lane_run, np.zeros(pad, int)])
+    # ------------------------------------------------------------------ lanes (this process's)
+    point_of = np.concatenate([np.full(p.runs, i) for i, p in enumerate(points)])  # batch index -> point
+    run_of = np.concatenate([np.arange(p.runs) for p in points])  # batch index -> run within point
+    lane_all = layout.lane_batch_index()
+    loc = layout.local_lanes()
+    lane = lane_all[loc]  # local lane -> batch index (-1 = padding)
+    real = lane >= 0
+    lane_pt = np.where(real, point_of[np.maximum(lane, 0)], 0)
+    lane_rn = np.where(real, run_of[np.maximum(lane, 0)], 0)
     dt = base.dtype
-    prob_b = _batched_problem(points, lane_point)
-    lr = jnp.asarray(np.asarray([p.lr for p in points])[lane_point], dt)
-    scales = jnp.asarray(np.asarray([p.init_scale for p in points])[lane_point], dt)
-    seeds = np.asarray([p.seed for p in points])[lane_point]
-    keys = jax.vmap(_init.run_key)(jnp.asarray(seeds, jnp.uint32), jnp.asarray(lane_run, jnp.uint32))
+    coeffs = {f: np.asarray([float(getattr(p.problem, f)) for p in points], dt)[lane_pt] for f in COEFF_FIELDS}
+    Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt, **coeffs)  # validates
+    prob_b = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt,
+                     **{f: layout.put(v) for f, v in coeffs.items()})
+    lr = layout.put(np.asarray([p.lr for p in points], dt)[lane_pt])
+    scales = layout.put(np.asarray([p.init_scale for p in points], dt)[lane_pt])
+    seeds = np.asarray([p.seed for p in points])[lane_pt]
+    keys = jax.vmap(_init.run_key)(jnp.asarray(seeds, jnp.uint32), jnp.asarray(lane_rn, jnp.uint32))
+    keys = jax.random.wrap_key_data(layout.put(np.asarray(jax.random.key_data(keys))))
     preds = [theory.predict(p.problem) for p in points]
     tols = [default_tolerances(p.problem, pr, config.gtol) for p, pr in zip(points, preds)]
-    gtol_lane = np.asarray([t.gtol for t in tols])[lane_point]
-    ftol_lane = np.asarray([t.ftol for t in tols])[lane_point]
+    gtol_lane = np.asarray([t.gtol for t in tols])[lane_pt]
+    ftol_lane = np.asarray([t.ftol for t in tols])[lane_pt]
 
-    progs = _Programs(base, rep, config.chunk, group)
+    pred_arrays = [pr.arrays(base.K, dt) for pr in preds]
+    pred_b = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(v) for v in a]), *pred_arrays)
+    pred_b = jax.tree_util.tree_map(lambda a: layout.put(a[lane_pt]), pred_b)
+
+    progs = _Programs(base, rep, config.chunk, layout, _init.initializer(base, config))
+    compile_wall = progs.precompile(prob_b, keys, scales, lr, pred_b)
     x = progs.init(prob_b, keys, scales)
-    f, _ = progs.check(x, prob_b)
-    f0 = np.asarray(f, np.float64)
-    f_prev = f0.copy()
+    f_init, g_init = (_local(v, layout) for v in progs.check(x, prob_b))
+    f0 = f_init.copy()
+    f_prev = f_init.copy()
 
-    perm = np.arange(R_cap)  # lane -> original lane index
-    status = np.zeros(R_cap, np.int8)
-    status[R:] = -1  # padding lanes never run
-    steps = np.zeros(R_cap, np.int64)
+    L = layout.lanes_per_device
+    n_loc = len(lane)
+    lane0 = lane.copy()  # history is kept in this original lane order
+    perm = np.arange(n_loc)  # current local lane -> original local lane
+    status = np.where(real, RUNNING, -1).astype(np.int8)
+    steps = np.zeros(n_loc, np.int64)
     T = config.chunk
     max_chunks = int(math.ceil(config.max_steps / T))
     record_at = _history_chunks(max_chunks) if config.history else set()
     hist_steps, hist = [], {k: [] for k in ("objective", "grad_norm", "nc1", "nc2", "nc3")}
 
     def record(f_now, g_now, x_now):
-        order = np.argsort(perm)[:R]
-        nc1, nc2, nc3 = (np.asarray(v, np.float64)[order] for v in progs.diagnostics(x_now, prob_b))
-        hist_steps.append(int(steps.max()))
-        hist["objective"].append(f_now[order])
-        hist["grad_norm"].append(g_now[order])
-        hist["nc1"].append(nc1)
-        hist["nc2"].append(nc2)
-        hist["nc3"].append(nc3)
-
-    if config.history:
-        g_init = np.asarray(progs.check(x, prob_b)[1], np.float64)
-        record(f0, g_init, x)
+        inv = np.argsort(perm)  # original local lane order
+        nc = [_local(v, layout)[inv] for v in progs.diagnostics(x_now, prob_b)]
+        vals = [f_now[inv], g_now[inv]] + nc
+        hist_steps.append(min(chunk_i * T, config.max_steps))
+        for k, v in zip(hist, vals):
+            hist[k].append(v)
 
     run_s = 0.0
     executed = 0
     chunk_i = 0
-    with Progress(total=R, desc="runs finished", enabled=config.progress) as bar:
+    if config.history:
+        record(f_init, g_init, x)
+    is_main = jax.process_index() == 0
+    f_now, g_now = f_init, g_init
+    with Progress(total=R, desc="runs finished", enabled=config.progress if is_main else False) as bar:
         while True:
             active = status == RUNNING
-            n_active = int(active.sum())
-            if n_active == 0:
+            if layout.allsum(int(active.sum())) == 0:
                 break
             chunk_i += 1
             budget = np.where(active, np.minimum(T, config.max_steps - steps), 0)
-            n_groups = int(math.ceil(n_active / group))
+            per_dev = active.reshape(-1, L).sum(axis=1)
+            n_groups = np.ceil(per_dev / group).astype(np.int32)
             t0 = time.perf_counter()
-            x = progs.run_chunk(x, prob_b, lr, jnp.asarray(budget, jnp.int32), jnp.asarray(n_groups, jnp.int32))
-            f_now, g_now = (np.asarray(v, np.float64) for v in progs.check(x, prob_b))
+            x = progs.run_chunk(x, prob_b, lr, layout.put(budget.astype(np.int32)), layout.put(n_groups, per_device=True))
+            f_now, g_now = (_local(v, layout) for v in progs.check(x, prob_b))
             run_s += time.perf_counter() - t0
             steps += budget
             executed += int(budget.sum())
@@ -369,86 +439,114 @@ def simulate_points(points: Sequence[Point], config: Config) -> list[Result]:
                 status[conv] = CONVERGED
             status[(status == RUNNING) & (steps >= config.max_steps)] = BUDGET
             f_prev = f_now
-            done = int(((status != RUNNING) & (status >= 0)).sum())
+            done = layout.allsum(int(((status != RUNNING) & (status >= 0)).sum()))
             bar.update(done, extra=f"step {int(steps.max())}")
-            still = status == RUNNING
-            if still.sum() < n_active and still.any():
-                order = np.argsort(~still, kind="stable")  # running lanes first
+            # compact: running lanes first within each device (always called: SPMD-consistent)
+            still = (status == RUNNING).reshape(-1, L)
+            order_local = np.argsort(~still, axis=1, kind="stable")  # (devices, L) device-local
+            if not np.array_equal(order_local, np.broadcast_to(np.arange(L), order_local.shape)) \
+                    or jax.process_count() > 1:
                 t1 = time.perf_counter()
-                x, prob_b, lr = progs.take((x, prob_b, lr), jnp.asarray(order))
+                x, prob_b, lr = progs.take((x, prob_b, lr), layout.put(order_local.reshape(-1).astype(np.int32)))
                 run_s += time.perf_counter() - t1
+                order = (order_local + (np.arange(still.shape[0]) * L)[:, None]).reshape(-1)
                 perm, status, steps, f_prev = perm[order], status[order], steps[order], f_prev[order]
                 gtol_lane, ftol_lane = gtol_lane[order], ftol_lane[order]
-                lane_point, lane_run = lane_point[order], lane_run[order]
+                lane, lane_pt, lane_rn = lane[order], lane_pt[order], lane_rn[order]
     if config.history and chunk_i not in record_at and chunk_i > 0:
         record(f_now, g_now, x)
 
     # ------------------------------------------------------------------ classify
     t_cls = time.perf_counter()
-    order = np.argsort(perm)
-    x, prob_b = progs.take((x, prob_b), jnp.asarray(order))
-    steps, status = steps[order][:R], status[order][:R]
-    lane_point, lane_run = lane_point[order][:R], lane_run[order][:R]
-    pred_arrays = [pr.arrays(base.K, dt) for pr in preds]
-    pred_b = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *pred_arrays)
-    pred_b = _tree_take(pred_b, jnp.asarray(np.concatenate([lane_point, np.zeros(R_cap - R, int)])))
-    f, gn, nc, dist = progs.summaries(x, prob_b, pred_b)
-    to_np = lambda a: np.asarray(a, np.float64)[:R]  # noqa: E731
-    f, gn = to_np(f), to_np(gn)
-    nc = jax.tree_util.tree_map(to_np, nc)
-    dist = jax.tree_util.tree_map(to_np, dist)
-    prob_real = _tree_take(prob_b, jnp.arange(R))
-    x_real = _tree_take(x, jnp.arange(R))
-    outcome, min_eig, max_eig = classify(base, rep, x_real, prob_real, f, gn, dist, lane_point,
-                                         [t for t in tols], config.lanczos_iters, status, progs)
+    f, gn, nc, dist, extra = layout.gather(progs.summaries(x, prob_b, pred_b))
+    x_all = layout.gather(x)
+    prob_all = layout.gather(prob_b)
+    lane_g = _gather_host(lane, layout)
+    steps_g = _gather_host(steps, layout)
+    status_g = _gather_host(status, layout)
+    sel_real = np.nonzero(lane_g >= 0)[0]
+    by_batch = sel_real[np.argsort(lane_g[sel_real])]  # global lane of batch index 0..R-1
+    pick = lambda a: np.asarray(a, np.float64)[by_batch]  # noqa: E731
+    f, gn = pick(f), pick(gn)
+    nc = jax.tree_util.tree_map(pick, nc)
+    dist = jax.tree_util.tree_map(pick, dist)
+    extra = {k: pick(v) for k, v in extra.items()}
+    x_all = jax.tree_util.tree_map(lambda a: a[by_batch], x_all)
+    prob_all = jax.tree_util.tree_map(lambda a: jnp.asarray(a[by_batch]), prob_all)
+    steps_b, status_b = steps_g[by_batch], status_g[by_batch]
+    outcome, min_eig, max_eig = classify(base, rep, x_all, prob_all, f, gn, dist, point_of, tols,
+                                         config.lanczos_iters, status_b)
     classify_s = time.perf_counter() - t_cls
     wall = time.perf_counter() - wall0
+    executed = layout.allsum(executed)
 
     results = []
-    x_np = jax.tree_util.tree_map(np.asarray, x_real)
     for i, p in enumerate(points):
-        sel = np.nonzero(lane_point == i)[0]
-        sel = sel[np.argsort(lane_run[sel])]
+        sel = np.nonzero(point_of == i)[0]  # batch indices of this point, in run order
         per_run = {
-            "run": lane_run[sel], "outcome": outcome[sel], "steps": steps[sel],
+            "run": run_of[sel], "outcome": outcome[sel], "steps": steps_b[sel],
             "objective": f[sel], "gap": dist.gap[sel], "grad_norm": gn[sel],
             "nc1": nc.nc1[sel], "nc2": nc.nc2[sel], "nc3": nc.nc3[sel], "nc4": nc.nc4[sel],
             "nc2_uncentered": nc.nc2_uncentered[sel], "within_between": nc.within_between[sel],
             "gram_error": dist.gram_error[sel], "self_duality": dist.self_duality[sel],
             "w_norm": dist.w_norm[sel], "h_norm": dist.h_norm[sel], "bias_error": dist.bias_error[sel],
             "min_hessian_eig": min_eig[sel], "max_hessian_eig": max_eig[sel],
+            **{k: v[sel] for k, v in extra.items()},
         }
         history = None
         if config.history:
+            lane0_g = _gather_host(lane0, layout)
+            real0 = np.nonzero(lane0_g >= 0)[0]
+            by_batch0 = real0[np.argsort(lane0_g[real0])]
+            hist_g = {k: np.stack([_gather_host(v, layout)[by_batch0] for v in vs]) for k, vs in hist.items()}
             history = {"step": np.asarray(hist_steps)}
-            history.update({k: np.stack(v)[:, sel] for k, v in hist.items()})
+            history.update({k: v[:, sel] for k, v in hist_g.items()})
             history["gap"] = history["objective"] - preds[i].objective
         share = len(sel) / R
+        run_steps = int(steps_b[sel].sum())
         timing = {
-            "compile_s": progs.compile_s, "run_s": run_s * share, "classify_s": classify_s * share,
-            "wall_s": wall, "run_steps": int(steps[sel].sum()),
-            "run_steps_per_s": (int(steps[sel].sum()) / (run_s * share)) if run_s > 0 else 0.0,
-            "batch_run_steps_per_s": executed / run_s if run_s > 0 else 0.0,
+            "compile_s": compile_wall, "compile_cpu_s": progs.compile_s, "run_s": run_s * share, "classify_s": classify_s * share,
+            "wall_s": wall, "run_steps": run_steps,
+            "run_steps_per_s": run_steps / (run_s * share) if run_s > 0 else 0.0,
+            "devices": layout.n_devices,
         }
         results.append(Result(
             problem=p.problem, prediction=preds[i], tolerances=tols[i],
             config={**dataclasses.asdict(config), "runs": p.runs, "seed": p.seed, "lr": p.lr,
-                    "init_scale": p.init_scale, "engine": rep.name, "group": group},
+                    "init_scale": p.init_scale, "engine": rep.name, "group": group,
+                    "devices": layout.n_devices},
             per_run=per_run, history=history, timing=timing,
-            final_state=jax.tree_util.tree_map(lambda a: a[sel], x_np), representation=rep.name,
-            device=str(jax.devices()[0].device_kind),
+            final_state=jax.tree_util.tree_map(lambda a: a[sel], x_all), representation=rep.name,
+            device=str(layout.mesh.devices.flat[0].device_kind),
         ))
     return results
+
+
+def _local(arr: jax.Array, layout: Layout) -> np.ndarray:
+    """This process's lanes of a per-lane global array, as float64 numpy."""
+    if jax.process_count() == 1:
+        return np.asarray(arr, np.float64)
+    shards = sorted(arr.addressable_shards, key=lambda s: s.index[0].start)
+    return np.concatenate([np.asarray(s.data, np.float64) for s in shards])
+
+
+def _gather_host(local: np.ndarray, layout: Layout) -> np.ndarray:
+    """Concatenate a host-side per-lane array over processes (in global lane order)."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return layout.gather(layout.put(np.asarray(local)))
 
 
 def simulate(problem: Problem, config: Config | None = None, **overrides) -> Result:
     """Run ``config.runs`` random starts of ``problem`` under gradient descent and classify them.
 
-    ``overrides`` replace fields of ``config`` (e.g. ``simulate(p, runs=100, seed=3)``).
+    ``overrides`` replace fields of ``config`` (e.g. ``simulate(p, runs=100, seed=3)``); the
+    extra keyword ``devices`` (a device list or 1-D Mesh) picks where the runs are sharded.
     Returns a :class:`Result` with per-run arrays of shape (runs,).
     """
+    devices = overrides.pop("devices", None)
     config = dataclasses.replace(config or Config(), **overrides)
-    lr = config.lr if config.lr is not None else theory.default_step_size(problem, config.init_scale or 1.0)
+    lr = config.lr if config.lr is not None else solvers.default_lr(problem, config)
     point = Point(problem=problem, runs=config.runs, lr=float(lr), init_scale=float(config.init_scale),
                   seed=int(config.seed))
-    return simulate_points([point], config)[0]
+    return simulate_points([point], config, devices=devices)[0]

@@ -22,9 +22,25 @@ def gaussian(problem: Problem, key, scale) -> Params:
 
     ``scale = 0`` gives the exact origin (a strict saddle when c < 1).
     """
-    kw, kh = jax.random.split(key)
+    K, d, N = problem.K, problem.d, problem.N
     dt = problem.dtype
-    std = jnp.asarray(scale, dt) / jnp.sqrt(jnp.asarray(problem.d, dt))
-    W = std * jax.random.normal(kw, (problem.K, problem.d), dt)
-    H = std * jax.random.normal(kh, (problem.d, problem.N), dt)
-    return Params(W, H, jnp.zeros((problem.K,), dt))
+    std = jnp.asarray(scale, dt) / jnp.sqrt(jnp.asarray(d, dt))
+    z = std * jax.random.normal(key, (K * d + d * N,), dt)  # one draw: W's entries, then H's
+    return Params(z[: K * d].reshape(K, d), z[K * d:].reshape(d, N), jnp.zeros((K,), dt))
+
+
+def initializer(problem: Problem, config):
+    """The one-run start ``fn(problem, key, scale) -> Params`` selected by ``config.init``.
+
+    Only "gaussian" is built in here; :mod:`ncflow.solvers`-era kinds are added by
+    :func:`ncflow.init.INITIALIZERS`.
+    """
+    try:
+        make = INITIALIZERS[config.init]
+    except KeyError:
+        raise ValueError(f"init must be one of {', '.join(INITIALIZERS)}, got {config.init!r}") from None
+    return make(problem, config)
+
+
+#: init kind -> factory(problem, config) -> fn(problem, key, scale) -> Params
+INITIALIZERS = {"gaussian": lambda problem, config: gaussian}

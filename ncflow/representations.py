@@ -29,6 +29,8 @@ class Representation:
         value_and_grad_norm: (problem, state) -> (f, ||∇f||) of the full objective.
         stats: (problem, state) -> ClassStats.
         flops_per_step: (problem) -> estimated flops of one step.
+        extras: optional (problem, state) -> dict of scalars, added as per-run columns of the
+            Result (e.g. an escape time carried in the state).
     """
 
     name: str
@@ -38,6 +40,7 @@ class Representation:
     value_and_grad_norm: Callable
     stats: Callable
     flops_per_step: Callable
+    extras: Callable | None = None
 
 
 def _full_step(problem: Problem, x: _o.Params, lr) -> _o.Params:
