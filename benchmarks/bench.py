@@ -1,0 +1,187 @@
+"""ncflow's speed benchmark: every engine and every baseline side by side, in ONE process.
+
+Usage::
+
+    python benchmarks/bench.py                 # the full protocol (float32 and float64)
+    python benchmarks/bench.py --quick         # small sizes, a smoke test of the script
+    python benchmarks/bench.py --json out.json # also write the raw rows
+
+Protocol (see benchmarks/README.md): each row runs R runs for a fixed number of GD steps with
+no early stopping, so every method does the same work. Compilation is timed separately
+(AOT ``lower().compile()`` or a warm-up call) and excluded from run-steps per second. The
+per-seed NumPy and PyTorch loops are timed on as many runs as fit in ``--loop-wall`` seconds
+(run-steps/s stays honest: steps actually executed over seconds). Ratios compare methods of
+the same row, measured minutes apart in the same process. GFLOP/s use the flop models of
+``ncflow.representations`` (full: 6KdN, collapsed: 4Kd² + 8K²d per step) against a large
+matmul measured in the same run. The device count is the process's (a CPU run uses one
+XLA device per core unless ``--devices`` says otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def _args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--dtypes", default="float32,float64")
+    ap.add_argument("--loop-wall", type=float, default=8.0, help="seconds given to each per-seed loop")
+    ap.add_argument("--devices", type=int, default=None, help="CPU devices (default: one per core)")
+    ap.add_argument("--json", default=None, help="write the rows as JSON here")
+    ap.add_argument("--skip-cli", action="store_true", help="skip the time-to-answer rows")
+    return ap.parse_args()
+
+
+ARGS = _args()
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", ARGS.devices or os.cpu_count() or 1)
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+
+import baselines  # noqa: E402
+import ncflow  # noqa: E402
+from ncflow.representations import COLLAPSED, FULL  # noqa: E402
+
+PROBLEMS = [(10, 64, 20), (10, 64, 200), (10, 512, 100), (100, 64, 10)]
+QUICK = [(10, 64, 20), (4, 16, 10)]
+LAM = 5e-4
+
+
+def machine() -> str:
+    """One line naming the machine the numbers come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return (f"{cpu}, {os.cpu_count()} cores, {dev.platform} x{jax.device_count()} ({dev.device_kind}), "
+            f"jax {jax.__version__}, python {platform.python_version()}")
+
+
+def steps_for(flops_per_step: float, runs: int, budget_flops: float = 2e10) -> int:
+    """A step count that gives each timing ~budget_flops of work (≥ 20, a multiple of 10)."""
+    s = int(budget_flops / max(flops_per_step * runs, 1))
+    return max(20, min(2000, s - s % 10))
+
+
+def ncflow_row(K, d, n, dtype, runs, steps, engine):
+    p = ncflow.Problem(K=K, d=d, n=n, lambda_w=LAM, lambda_h=LAM, dtype=dtype)
+    rep = FULL if engine == "full" else COLLAPSED
+    need = ncflow.engine.estimate_memory(p, rep, runs, 64)
+    if need > 0.6 * ncflow.engine.available_memory_bytes():
+        return {"skipped": f"needs ~{need / 2**30:.1f} GiB"}
+    r = ncflow.simulate(p, runs=runs, max_steps=steps, early_stop=False, engine=engine, chunk=min(steps, 100),
+                        lr=0.1, progress=False)
+    t = r.timing
+    return {"run_steps_per_s": t["run_steps"] / t["run_s"], "compile_s": t["compile_s"], "seconds": t["run_s"],
+            "flops_per_step": rep.flops_per_step(p), "median_objective": float(np.median(r.per_run["objective"]))}
+
+
+def baseline_row(fn, K, d, n, dtype, runs, steps):
+    try:
+        out = fn(K, d, n, LAM, LAM, 0.0, 0.1, steps, runs, dtype=dtype, max_wall_s=ARGS.loop_wall)
+    except baselines.BaselineUnavailable as e:
+        return {"skipped": str(e)}
+    return {"run_steps_per_s": out["run_steps"] / out["seconds"], "compile_s": out["compile_s"],
+            "seconds": out["seconds"], "runs_timed": out["runs_timed"], "flops_per_step": 6 * K * d * n * K,
+            "median_objective": float(np.median(out["final_objective"]))}
+
+
+def time_to_answer() -> dict:
+    """Wall time of the default ``ncflow run`` (1000 runs to classification), cold and with a
+    warm persistent compilation cache, each in a fresh process."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for label, extra in (("cold", []), ("cache_first", ["--compile-cache", cache]),
+                             ("cache_second", ["--compile-cache", cache])):
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "ncflow.cli", "run", "--json", "--no-progress"] + extra,
+                                  capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - t0
+            s = json.loads(proc.stdout)
+            out[label] = {"wall_s": wall, "compile_s": s["timing"]["compile_s"], "run_s": s["timing"]["run_s"],
+                          "global": s["outcomes"]["global"]["count"], "runs": s["runs"]}
+    return out
+
+
+def main():
+    rows = []
+    ceiling = {dt: baselines.matmul_ceiling(dt, size=1024 if ARGS.quick else 2048) for dt in ARGS.dtypes.split(",")}
+    print(f"# machine: {machine()}")
+    for dt, c in ceiling.items():
+        print(f"# matmul ceiling {dt}: jax {c['jax_gflops']:.1f} GFLOP/s, numpy {c['numpy_gflops']:.1f} GFLOP/s")
+    probs = QUICK if ARGS.quick else PROBLEMS
+    runs = 64 if ARGS.quick else ARGS.runs
+    for dtype in ARGS.dtypes.split(","):
+        for K, d, n in probs:
+            N = n * K
+            steps = steps_for(6 * K * d * N, runs, 2e9 if ARGS.quick else 2e10)
+            row = {"K": K, "d": d, "n": n, "dtype": dtype, "runs": runs, "steps": steps}
+            row["numpy"] = baseline_row(baselines.numpy_loop, K, d, n, dtype, runs, steps)
+            row["torch"] = baseline_row(baselines.torch_loop, K, d, n, dtype, runs, steps)
+            need = runs * (K * d + d * N) * np.dtype(dtype).itemsize * 6
+            row["naive_jax"] = (baseline_row(baselines.naive_jax, K, d, n, dtype, runs, steps)
+                                if need < 0.5 * ncflow.engine.available_memory_bytes() else {"skipped": "memory"})
+            row["ncflow_full"] = ncflow_row(K, d, n, dtype, runs, steps, "full")
+            c_steps = steps_for(4 * K * d * d + 8 * K * K * d, runs, 2e9 if ARGS.quick else 2e10)
+            row["ncflow_collapsed"] = ncflow_row(K, d, n, dtype, runs, c_steps, "collapsed")
+            for name in ("numpy", "torch", "naive_jax", "ncflow_full", "ncflow_collapsed"):
+                m = row[name]
+                if "run_steps_per_s" in m:
+                    m["gflops"] = m["run_steps_per_s"] * m["flops_per_step"] / 1e9
+                    m["ceiling_fraction"] = m["gflops"] / ceiling[dtype]["jax_gflops"]
+            best = max((row[k]["run_steps_per_s"], k) for k in ("ncflow_full", "ncflow_collapsed")
+                       if "run_steps_per_s" in row[k])
+            row["ncflow_best"] = best[1]
+            row["ratios"] = {b: best[0] / row[b]["run_steps_per_s"] for b in ("numpy", "torch", "naive_jax")
+                             if "run_steps_per_s" in row[b]}
+            row["peak_rss_mb"] = baselines.peak_rss_mb()
+            rows.append(row)
+            print_row(row)
+    tta = None if ARGS.skip_cli or ARGS.quick else time_to_answer()
+    if tta:
+        for k, v in tta.items():
+            print(f"time-to-answer ({k}): wall {v['wall_s']:.1f} s  compile {v['compile_s']:.1f} s  "
+                  f"run {v['run_s']:.1f} s  global {v['global']}/{v['runs']}")
+    if ARGS.json:
+        with open(ARGS.json, "w") as fh:
+            json.dump({"machine": machine(), "ceiling": ceiling, "rows": rows, "time_to_answer": tta}, fh, indent=1,
+                      default=float)
+
+
+def print_row(row):
+    head = f"K={row['K']} d={row['d']} n={row['n']} {row['dtype']} R={row['runs']}"
+    print(f"\n{head}")
+    print(f"  {'method':<18}{'run-steps/s':>12}{'compile s':>10}{'GFLOP/s':>9}{'of ceil':>8}")
+    for name in ("numpy", "torch", "naive_jax", "ncflow_full", "ncflow_collapsed"):
+        m = row[name]
+        if "skipped" in m:
+            print(f"  {name:<18}  skipped: {m['skipped']}")
+            continue
+        print(f"  {name:<18}{m['run_steps_per_s']:>12.4g}{m['compile_s']:>10.2f}{m['gflops']:>9.2f}"
+              f"{100 * m['ceiling_fraction']:>7.1f}%")
+    print("  ncflow (" + row["ncflow_best"] + ") vs " +
+          ", ".join(f"{k} {v:.1f}x" for k, v in row["ratios"].items()) + f"; peak RSS {row['peak_rss_mb']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
