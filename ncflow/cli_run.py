@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -78,6 +80,15 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="force the progress bar on (default: only on a terminal)")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    d = p.add_argument_group("multi-process (jax.distributed)")
+    d.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="coordinator address of a multi-process job (process 0 listens there)")
+    d.add_argument("--num-processes", type=int_at_least(1), default=None, help="number of processes P")
+    d.add_argument("--process-id", type=int_at_least(0), default=None, help="this process's id in [0, P)")
+    d.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() with automatic detection (Slurm, TPU, MPI, ...)")
+    d.add_argument("--cpu-devices", type=int_at_least(1), default=None,
+                   help="XLA CPU devices per process (default: cores, divided by the local process count)")
     g.add_argument("--compile-cache", metavar="DIR", default=os.environ.get("NCFLOW_COMPILE_CACHE"),
                    help="persistent XLA compilation cache (also NCFLOW_COMPILE_CACHE); speeds up later runs")
 
@@ -90,16 +101,48 @@ def configure_jax(args) -> None:
     """
     import jax
 
+    multi = args.coordinator is not None or args.distributed
+    cpu_devices = args.cpu_devices
+    if cpu_devices is None:
+        local_procs = args.num_processes if args.coordinator and _is_local(args.coordinator) else 1
+        cpu_devices = max(1, (os.cpu_count() or 1) // (local_procs or 1))
     try:
-        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+        if multi:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except RuntimeError:  # backend already started (e.g. called twice in one process)
         pass
+    if args.coordinator is not None:
+        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def _is_local(address: str) -> bool:
+    host = address.rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def check_distributed(args) -> None:
+    """--coordinator, --num-processes and --process-id go together, with 0 <= id < P."""
+    given = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
+    if any(given) and not all(given):
+        raise UsageError("--coordinator, --num-processes and --process-id must be given together")
+    if all(given):
+        if args.process_id >= args.num_processes:
+            raise UsageError(f"--process-id must be in [0, {args.num_processes - 1}], got {args.process_id}")
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--coordinator must be HOST:PORT with a port in [1, 65535], got {args.coordinator!r}")
+        if args.distributed:
+            raise UsageError("--distributed (automatic detection) cannot be combined with --coordinator")
 
 
 def config_from_args(args):
@@ -157,15 +200,12 @@ def cmd_run(args) -> int:
     if args.engine == "collapsed" and problem.loss != "mse":
         raise UsageError("--engine collapsed supports the MSE loss only")
     config = config_from_args(args)
+    check_distributed(args)
     check_out(args)
-    configure_jax(args)
-    from .engine import ConfigError, simulate
-
-    devices = select_devices(args)
-    try:
-        result = simulate(problem, config, devices=devices)
-    except ConfigError as e:
-        raise UsageError(flag_message(str(e))) from None
+    with stdout_to_stderr():  # C++ libraries (e.g. gloo) print to fd 1; keep stdout for results
+        result = _compute(args, problem, config)
+    if result is None:  # not process 0
+        return 0
     if args.out:
         result.save(args.out, overwrite=args.overwrite)
     if args.json:
@@ -175,6 +215,38 @@ def cmd_run(args) -> int:
         if args.out:
             print(f"Results written to {args.out}/ (runs.csv, summary.json, config.json)")
     return 0
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send file descriptor 1 to stderr for the duration (restored afterwards)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _compute(args, problem, config):
+    """Set up JAX, run the simulation; the Result on process 0, None elsewhere."""
+    configure_jax(args)
+    import jax
+
+    from .engine import ConfigError, simulate
+
+    if jax.process_index() != 0:  # only process 0 prints and writes files
+        config = dataclasses.replace(config, progress=False)
+
+    devices = select_devices(args)
+    try:
+        result = simulate(problem, config, devices=devices)
+    except ConfigError as e:
+        raise UsageError(flag_message(str(e))) from None
+    return result if jax.process_index() == 0 else None
 
 
 def _jsonable(obj):

@@ -363,9 +363,8 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     lane_rn = np.where(real, run_of[np.maximum(lane, 0)], 0)
     dt = base.dtype
     coeffs = {f: np.asarray([float(getattr(p.problem, f)) for p in points], dt)[lane_pt] for f in COEFF_FIELDS}
-    Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt, **coeffs)  # validates
-    prob_b = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt,
-                     **{f: layout.put(v) for f, v in coeffs.items()})
+    prob_local = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt, **coeffs)
+    prob_b = jax.tree_util.tree_map(layout.put, prob_local)  # unflattening does not re-validate
     lr = layout.put(np.asarray([p.lr for p in points], dt)[lane_pt])
     scales = layout.put(np.asarray([p.init_scale for p in points], dt)[lane_pt])
     seeds = np.asarray([p.seed for p in points])[lane_pt]
