@@ -516,7 +516,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
                     "devices": layout.n_devices},
             per_run=per_run, history=history, timing=timing,
             final_state=jax.tree_util.tree_map(lambda a: a[sel], x_all), representation=rep.name,
-            device=str(layout.mesh.devices.flat[0].device_kind),
+            device=str(layout.mesh.devices.flat[0].device_kind), to_params=rep.to_params,
         ))
     return results
 
@@ -549,3 +549,17 @@ def simulate(problem: Problem, config: Config | None = None, **overrides) -> Res
     point = Point(problem=problem, runs=config.runs, lr=float(lr), init_scale=float(config.init_scale),
                   seed=int(config.seed))
     return simulate_points([point], config, devices=devices)[0]
+
+
+def replay(problem: Problem, run: int, steps: int, *, seed: int = 0, lr: float, init_scale: float = 1.0):
+    """Run ``run`` of a GD batch again on the full representation, for exactly ``steps`` steps,
+    and return its final ``Params`` (``W (K, d)``, ``H (d, N)``, ``b (K,)``).
+
+    GD is deterministic and run i starts from ``fold_in(key(seed), i)``, so this rebuilds the
+    exact H of a run that the collapsed engine carried as (W, M, G, b) (to rounding).
+    """
+    from .representations import FULL
+
+    params = _init.gaussian(problem, _init.run_key(seed, run), init_scale)
+    step = jax.jit(lambda x, k: jax.lax.fori_loop(0, k, lambda _, y: FULL.step(problem, y, lr), x))
+    return step(params, int(steps))

@@ -54,6 +54,7 @@ class Result:
         final_state: the runs' final states, leading axis runs (Params or Collapsed of numpy arrays).
         representation: "full" or "collapsed".
         device: the device kind the runs used.
+        to_params: the representation's state -> Params map (None after loading from files).
     """
 
     problem: Problem
@@ -66,6 +67,7 @@ class Result:
     final_state: Any
     representation: str
     device: str
+    to_params: Any = None
 
     @property
     def runs(self) -> int:
@@ -94,16 +96,29 @@ class Result:
             return {"min": None, "median": None, "max": None}
         return {"min": float(f.min()), "median": float(np.median(f)), "max": float(f.max())}
 
-    def final_params(self, i: int):
-        """Run ``i``'s final (W, H, b) as :class:`~ncflow.objective.Params` (collapsed runs are
-        rebuilt up to a within-class mixing of samples; see ``collapsed.expand``)."""
+    def final_params(self, i: int, exact: bool = False):
+        """Run ``i``'s final ``Params(W (K, d), H (d, N), b (K,))``.
+
+        A collapsed run keeps only class means and within-class scatter; by default its H is
+        rebuilt up to a within-class orthogonal mixing of samples (``collapsed.expand``: every
+        objective value, gradient norm, Hessian eigenvalue and NC metric is exact). With
+        ``exact=True`` the run is replayed on the full representation from its own key for its
+        recorded number of steps, which rebuilds its exact H (GD only).
+        """
         import jax
 
-        from .representations import COLLAPSED, FULL
+        from .representations import COLLAPSED
 
-        rep = FULL if self.representation == "full" else COLLAPSED
+        if exact and self.representation == "collapsed":
+            from .engine import replay
+
+            return replay(self.problem, int(self.per_run["run"][i]), int(self.per_run["steps"][i]),
+                          seed=int(self.config["seed"]), lr=float(self.config["lr"]),
+                          init_scale=float(self.config["init_scale"]))
         x = jax.tree_util.tree_map(lambda a: a[i], self.final_state)
-        return rep.to_params(self.problem, x)
+        if self.to_params is not None:
+            return self.to_params(self.problem, x)
+        return COLLAPSED.to_params(self.problem, x) if self.representation == "collapsed" else x
 
     def summary(self) -> dict:
         """The JSON summary (the object ``ncflow run --json`` prints)."""
