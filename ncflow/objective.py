@@ -50,10 +50,16 @@ def targets_and_weights(problem: Problem) -> tuple[Float[Array, "K N"], Float[Ar
     return M * Y, 1.0 + (alpha - 1.0) * Y
 
 
+def _bias(problem: Problem, params: Params) -> Float[Array, " K"]:
+    """The bias that enters the model: ``b``, or zeros for a bias-free problem (so that the
+    objective, and hence its Hessian, does not depend on the unused ``b``)."""
+    return params.b if problem.bias else jnp.zeros_like(params.b)
+
+
 def residual(problem: Problem, params: Params) -> Float[Array, "K N"]:
     """The scaled residual ``R = Ω ⊙ (W H + b 1ᵀ − T) / N``, shape ``(K, N)``."""
     T, Omega = targets_and_weights(problem)
-    Z = params.W @ params.H + params.b[:, None] - T
+    Z = params.W @ params.H + _bias(problem, params)[:, None] - T
     if Omega is not None:
         Z = Omega * Z
     return Z / problem.N
@@ -62,7 +68,7 @@ def residual(problem: Problem, params: Params) -> Float[Array, "K N"]:
 def objective(problem: Problem, params: Params) -> Float[Array, ""]:
     """The objective f(W, H, b) of THEORY.md §1 (rescaled MSE weights the squared errors)."""
     T, Omega = targets_and_weights(problem)
-    Z = params.W @ params.H + params.b[:, None] - T
+    Z = params.W @ params.H + _bias(problem, params)[:, None] - T
     sq = Z * Z if Omega is None else Omega * Z * Z
     f = 0.5 * jnp.sum(sq) / problem.N
     f = f + 0.5 * coeff(problem, "lambda_w") * jnp.sum(params.W**2)
@@ -87,7 +93,7 @@ def gradient(problem: Problem, params: Params) -> Params:
 def value_and_gradient(problem: Problem, params: Params) -> tuple[Float[Array, ""], Params]:
     """Objective and analytic gradient sharing one residual computation."""
     T, Omega = targets_and_weights(problem)
-    Z = params.W @ params.H + params.b[:, None] - T
+    Z = params.W @ params.H + _bias(problem, params)[:, None] - T
     WZ = Z if Omega is None else Omega * Z
     lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
     f = 0.5 * jnp.sum(Z * WZ) / problem.N + 0.5 * lw * jnp.sum(params.W**2) + 0.5 * lh * jnp.sum(params.H**2)

@@ -30,16 +30,13 @@ def _check_int(name: str, value, low: int) -> None:
 
 
 def _check_nonneg(name: str, value, positive: bool = False) -> None:
+    msg = f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ProblemError(f"{name} must be a finite number >= 0, got {value!r}") from None
-    if not np.all(np.isfinite(arr)):
-        raise ProblemError(f"{name} must be finite, got {value!r}")
-    if positive and np.any(arr <= 0):
-        raise ProblemError(f"{name} must be > 0, got {value!r}")
-    if np.any(arr < 0):
-        raise ProblemError(f"{name} must be >= 0, got {value!r}")
+        raise ProblemError(msg) from None
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0 if positive else arr < 0):
+        raise ProblemError(msg)
 
 
 class Problem(eqx.Module):
