@@ -41,6 +41,8 @@ def _args():
     ap.add_argument("--devices", type=int, default=None, help="CPU devices (default: one per core)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     ap.add_argument("--skip-cli", action="store_true", help="skip the time-to-answer rows")
+    ap.add_argument("--sections", default="main,crossover,groups,devices,cli",
+                    help="comma list of: main, crossover, groups, devices, cli")
     return ap.parse_args()
 
 
@@ -123,7 +125,56 @@ def time_to_answer() -> dict:
     return out
 
 
+def crossover(dtype="float32", runs=256, K=10, d=64, ns=(1, 2, 4, 8, 16, 32)):
+    """Full vs collapsed run-steps/s as n grows at fixed K, d: where the collapsed step wins."""
+    out = []
+    for n in ns:
+        row = {"K": K, "d": d, "n": n, "N": n * K}
+        for eng in ("full", "collapsed"):
+            p = ncflow.Problem(K=K, d=d, n=n, lambda_w=LAM, lambda_h=LAM, dtype=dtype)
+            rep = FULL if eng == "full" else COLLAPSED
+            steps = steps_for(rep.flops_per_step(p), runs, 5e9)
+            row[eng] = ncflow_row(K, d, n, dtype, runs, steps, eng)["run_steps_per_s"]
+        row["collapsed_over_full"] = row["collapsed"] / row["full"]
+        out.append(row)
+        print(f"  crossover K={K} d={d} n={n:>3} N={n * K:>4}: full {row['full']:.4g}  collapsed "
+              f"{row['collapsed']:.4g} run-steps/s  (collapsed/full {row['collapsed_over_full']:.2f})")
+    return out
+
+
+def groups(dtype="float32", runs=1024, K=10, d=64, n=20, sizes=(1, 4, 8, 16, 64, 256, 1024)):
+    """Collapsed-engine throughput against the cache group size (runs stepped together)."""
+    out = []
+    p = ncflow.Problem(K=K, d=d, n=n, lambda_w=LAM, lambda_h=LAM, dtype=dtype)
+    auto = ncflow.engine.auto_group(p, COLLAPSED)
+    steps = steps_for(COLLAPSED.flops_per_step(p), runs, 1e10)
+    for g in sizes:
+        r = ncflow.simulate(p, runs=runs, max_steps=steps, early_stop=False, engine="collapsed", chunk=min(steps, 100),
+                            lr=0.1, progress=False, group=g)
+        v = r.timing["run_steps"] / r.timing["run_s"]
+        out.append({"group": g, "run_steps_per_s": v, "auto": g == auto})
+        print(f"  group {g:>5}{' (auto)' if g == auto else '':8}: {v:.4g} run-steps/s")
+    return out
+
+
+def devices_rows(counts=(1, 2, 4), steps=3000):
+    """Throughput of the default problem on 1, 2, 4 XLA CPU devices (separate processes)."""
+    out = []
+    for c in counts:
+        proc = subprocess.run([sys.executable, "-m", "ncflow.cli", "run", "--json", "--no-progress", "--no-early-stop",
+                               "--max-steps", str(steps), "--cpu-devices", str(c)],
+                              capture_output=True, text=True, check=True)
+        s = json.loads(proc.stdout)
+        out.append({"devices": c, "run_steps_per_s": s["timing"]["run_steps_per_s"],
+                    "compile_s": s["timing"]["compile_s"]})
+        print(f"  {c} CPU device(s): {s['timing']['run_steps_per_s']:.4g} run-steps/s "
+              f"(compile {s['timing']['compile_s']:.1f} s)")
+    return out
+
+
 def main():
+    sections = set(ARGS.sections.split(","))
+    extra = {}
     rows = []
     ceiling = {dt: baselines.matmul_ceiling(dt, size=1024 if ARGS.quick else 2048) for dt in ARGS.dtypes.split(",")}
     print(f"# machine: {machine()}")
@@ -131,7 +182,7 @@ def main():
         print(f"# matmul ceiling {dt}: jax {c['jax_gflops']:.1f} GFLOP/s, numpy {c['numpy_gflops']:.1f} GFLOP/s")
     probs = QUICK if ARGS.quick else PROBLEMS
     runs = 64 if ARGS.quick else ARGS.runs
-    for dtype in ARGS.dtypes.split(","):
+    for dtype in (ARGS.dtypes.split(",") if "main" in sections else []):
         for K, d, n in probs:
             N = n * K
             steps = steps_for(6 * K * d * N, runs, 2e9 if ARGS.quick else 2e10)
@@ -157,15 +208,25 @@ def main():
             row["peak_rss_mb"] = baselines.peak_rss_mb()
             rows.append(row)
             print_row(row)
-    tta = None if ARGS.skip_cli or ARGS.quick else time_to_answer()
+    if "crossover" in sections:
+        print("\nfull vs collapsed (float32, 256 runs):")
+        extra["crossover"] = crossover(ns=(1, 4) if ARGS.quick else (1, 2, 4, 8, 16, 32))
+    if "groups" in sections:
+        print("\ncache groups, collapsed K=10 d=64 n=20 float32:")
+        extra["groups"] = groups(runs=128 if ARGS.quick else 1024, sizes=(8, 128) if ARGS.quick else
+                                 (1, 4, 8, 16, 64, 256, 1024))
+    if "devices" in sections:
+        print("\nXLA CPU devices (default problem, 3000 steps, no early stop):")
+        extra["devices"] = devices_rows(steps=300 if ARGS.quick else 3000)
+    tta = None if (ARGS.skip_cli or ARGS.quick or "cli" not in sections) else time_to_answer()
     if tta:
         for k, v in tta.items():
             print(f"time-to-answer ({k}): wall {v['wall_s']:.1f} s  compile {v['compile_s']:.1f} s  "
                   f"run {v['run_s']:.1f} s  global {v['global']}/{v['runs']}")
     if ARGS.json:
         with open(ARGS.json, "w") as fh:
-            json.dump({"machine": machine(), "ceiling": ceiling, "rows": rows, "time_to_answer": tta}, fh, indent=1,
-                      default=float)
+            json.dump({"machine": machine(), "ceiling": ceiling, "rows": rows, "time_to_answer": tta, **extra}, fh,
+                      indent=1, default=float)
 
 
 def print_row(row):

@@ -179,20 +179,15 @@ def estimate_memory(problem: Problem, rep: Representation, runs: int, group: int
     return 4 * runs * state_bytes(problem, rep) + init_tmp
 
 
-def _auto_group(problem: Problem, rep: Representation, runs: int) -> int:
-    target = 256 * 1024
-    g = max(1, target // max(state_bytes(problem, rep), 1))
-    g = 1 << int(math.floor(math.log2(g)))
-    return int(min(g, 1 << int(math.ceil(math.log2(runs)))))
+#: largest cache group; groups never depend on the number of runs, so a run computes with the
+#: same vector width (and so the same rounding) alone, in a batch of 1000, or on any device count
+MAX_GROUP = 64
 
 
-def _batched_problem(points: Sequence[Point], lane_point: np.ndarray) -> Problem:
-    """One Problem whose coefficient leaves are per-lane arrays of shape (lanes,)."""
-    base = points[0].problem
-    vals = {f: np.asarray([float(getattr(p.problem, f)) for p in points], base.dtype)[lane_point]
-            for f in COEFF_FIELDS}
-    prob = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=base.dtype, **vals)
-    return jax.tree_util.tree_map(jnp.asarray, prob)
+def auto_group(problem: Problem, rep: Representation) -> int:
+    """Runs per cache group: the power of two whose state is about 256 KiB, in [1, MAX_GROUP]."""
+    g = max(1, (256 * 1024) // max(state_bytes(problem, rep), 1))
+    return int(min(1 << int(math.floor(math.log2(g))), MAX_GROUP))
 
 
 def _tree_take(tree, idx):
@@ -284,9 +279,15 @@ class _Programs:
 
         return self._call("chunk", local, x, prob_b, lr, budget, n_groups, donate=(0,), compile_only=compile_only)
 
+    def _per_lane(self, fn):
+        """``fn(problem, state, *rest)`` for one run, mapped over a device's lanes one cache group
+        at a time (the same vector width as the steps, whatever the number of lanes)."""
+        g = self.group
+        return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=g)
+
     def check(self, x, prob_b, compile_only=False):
-        return self._call("check", lambda x, p: jax.vmap(self.rep.value_and_grad_norm)(p, x), x, prob_b,
-                          compile_only=compile_only)
+        fn = self._per_lane(self.rep.value_and_grad_norm)
+        return self._call("check", lambda x, p: fn(p, x), x, prob_b, compile_only=compile_only)
 
     def take(self, tree, idx, compile_only=False):
         """Reorder lanes within each device (``idx`` holds device-local indices)."""
@@ -299,7 +300,8 @@ class _Programs:
             nc = _m.nc_metrics(rep.stats(p, xi), N)
             return nc.nc1, nc.nc2, nc.nc3
 
-        return self._call("diag", lambda x, p: jax.vmap(one)(p, x), x, prob_b)
+        fn = self._per_lane(one)
+        return self._call("diag", lambda x, p: fn(p, x), x, prob_b)
 
     def summaries(self, x, prob_b, pred_b, compile_only=False):
         rep, N = self.rep, self.problem.N
@@ -310,8 +312,8 @@ class _Programs:
             extra = rep.extras(p, xi) if rep.extras is not None else {}
             return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), extra
 
-        return self._call("summ", lambda x, p, pa: jax.vmap(one)(p, x, pa), x, prob_b, pred_b,
-                          compile_only=compile_only)
+        fn = self._per_lane(one)
+        return self._call("summ", lambda x, p, pa: fn(p, x, pa), x, prob_b, pred_b, compile_only=compile_only)
 
 
 def _history_chunks(max_chunks: int) -> set[int]:
@@ -343,7 +345,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
         raise ConfigError("dtype float64 needs jax_enable_x64 (set it before JAX starts; the CLI does)")
     rep = solvers.representation(base, config)
     R = sum(p.runs for p in points)
-    layout = make_layout(R, config.group or _auto_group(base, rep, R), devices)
+    layout = make_layout(R, config.group or auto_group(base, rep), devices)
     group = layout.group
     need = estimate_memory(base, rep, layout.total_lanes, group * layout.n_devices)
     limit = config.memory_limit_bytes or int(0.8 * available_memory_bytes())

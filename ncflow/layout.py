@@ -100,7 +100,7 @@ class Layout:
 def make_layout(runs: int, group: int, devices: Sequence | Mesh | None = None) -> Layout:
     """Layout of ``runs`` over ``devices`` (a list, a 1-D Mesh, or None for every device).
 
-    The group size is shrunk to a power of two no larger than the runs per device.
+    Lanes per device are the runs per device rounded up to a multiple of ``group``.
     """
     if isinstance(devices, Mesh):
         mesh = devices if devices.axis_names == (AXIS,) else Mesh(devices.devices.reshape(-1), (AXIS,))
@@ -110,6 +110,5 @@ def make_layout(runs: int, group: int, devices: Sequence | Mesh | None = None) -
         mesh = Mesh(np.asarray(devs, dtype=object), (AXIS,))
     D = mesh.devices.size
     q = math.ceil(runs / D)
-    group = int(min(group, 1 << int(math.ceil(math.log2(max(q, 1))))))
     L = int(math.ceil(q / group) * group)
     return Layout(mesh=mesh, runs=runs, group=group, lanes_per_device=L)

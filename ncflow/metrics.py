@@ -11,6 +11,8 @@ Degenerate points (these never return NaN):
   (the zero solution) there is no between-class spread to compare with, and NC1 is defined as 0.
 - A zero matrix normalizes to zero, so NC2 = NC3 = ||P||_F = 1 where W̃ (or W̃H̄) vanishes.
 - ``within_between`` = tr Σ_W / tr Σ_B is 0 when both vanish and +inf when only Σ_B does.
+- Σ_W is positive semi-definite; where it has decayed to rounding noise (e.g. 1e-39 in a long
+  collapsed run) NC1 and tr Σ_W are clipped at 0 rather than reported as tiny negatives.
 """
 
 from __future__ import annotations
@@ -95,14 +97,14 @@ def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
     keep = s > cutoff
     inv_s2 = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
     Sw = G / N
-    nc1 = jnp.sum(inv_s2 * jnp.einsum("dj,de,ej->j", U, Sw, U)) / K
+    nc1 = jnp.maximum(jnp.sum(inv_s2 * jnp.einsum("dj,de,ej->j", U, Sw, U)) / K, 0.0)
     P = _etf_target(K, dtype)
     Wc = W - jnp.mean(W, axis=0, keepdims=True)
     nc2 = jnp.sqrt(jnp.sum((_safe_normalize(Wc @ Wc.T) - P) ** 2))
     nc3 = jnp.sqrt(jnp.sum((_safe_normalize(Wc @ Hbar) - P) ** 2))
     nc4 = jnp.sqrt(jnp.sum((W @ muG + b) ** 2))
     nc2u = jnp.sqrt(jnp.sum((_safe_normalize(W @ W.T) - P) ** 2))
-    trW, trB = jnp.trace(Sw), jnp.sum(Hbar * Hbar) / K
+    trW, trB = jnp.maximum(jnp.trace(Sw), 0.0), jnp.sum(Hbar * Hbar) / K
     ratio = jnp.where(trB > 0, trW / jnp.where(trB > 0, trB, 1.0), jnp.where(trW > 0, jnp.inf, 0.0))
     return NCMetrics(nc1, nc2, nc3, nc4, nc2u, ratio)
 

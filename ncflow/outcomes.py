@@ -100,7 +100,7 @@ def _lanczos_program(problem: Problem, rep, iters: int):
     return jax.jit(jax.vmap(one))
 
 
-def hessian_extremes(problem: Problem, rep, x, prob_b, lanes: np.ndarray, iters: int, batch: int = 32):
+def hessian_extremes(problem: Problem, rep, x, prob_b, lanes: np.ndarray, iters: int, batch: int = 16):
     """Lanczos estimates (min Ritz value, max Ritz value) of the full Hessian for ``lanes``.
 
     Lanes are processed ``batch`` at a time (padded), with ONE compiled program.
@@ -110,7 +110,7 @@ def hessian_extremes(problem: Problem, rep, x, prob_b, lanes: np.ndarray, iters:
     if len(lanes) == 0:
         return lo, hi
     prog = _lanczos_program(problem, rep, iters)
-    b = min(batch, 1 << int(math.ceil(math.log2(len(lanes)))))
+    b = batch  # fixed width: a run's estimate does not depend on how many others need one
     for s in range(0, len(lanes), b):
         idx = lanes[s:s + b]
         pad = np.concatenate([idx, np.full(b - len(idx), idx[0])])
