@@ -16,7 +16,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from . import metrics, objective, theory  # noqa: E402
+from . import flow, landscape, metrics, objective, solvers, theory  # noqa: E402
 from .collapsed import Collapsed  # noqa: E402
 from .engine import Config, ConfigError, Point, simulate, simulate_points  # noqa: E402
 from .objective import Params  # noqa: E402
@@ -27,6 +27,6 @@ from .theory import Prediction, predict  # noqa: E402
 
 __all__ = [
     "__version__", "Collapsed", "Config", "ConfigError", "LABELS", "Params", "Point", "Prediction",
-    "Problem", "ProblemError", "Result", "Tolerances", "load_summary", "load_table", "metrics",
-    "objective", "predict", "simulate", "simulate_points", "theory",
+    "Problem", "ProblemError", "Result", "Tolerances", "flow", "landscape", "load_summary", "load_table",
+    "metrics", "objective", "predict", "simulate", "simulate_points", "solvers", "theory",
 ]

@@ -34,6 +34,7 @@ from . import init as _init
 from . import metrics as _m
 from . import solvers, theory
 from .outcomes import classify, Tolerances, default_tolerances
+from .objective import Params
 from .problem import Problem
 from .progress import Progress
 from .layout import AXIS, Layout, make_layout
@@ -164,11 +165,12 @@ def available_memory_bytes() -> int:
 
 
 def state_bytes(problem: Problem, rep: Representation) -> int:
-    """Bytes of one run's carried state."""
+    """Bytes of one run's carried state (from the representation's abstract state)."""
+    dt = problem.dtype
     K, d, N = problem.K, problem.d, problem.N
-    item = np.dtype(problem.dtype).itemsize
-    words = K * d + d * N + K if rep.name == "full" else 2 * K * d + d * d + K
-    return words * item
+    params = Params(jax.ShapeDtypeStruct((K, d), dt), jax.ShapeDtypeStruct((d, N), dt), jax.ShapeDtypeStruct((K,), dt))
+    state = jax.eval_shape(lambda p: rep.from_params(problem, p), params)
+    return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(state)))
 
 
 def estimate_memory(problem: Problem, rep: Representation, runs: int, group: int) -> int:
@@ -232,7 +234,7 @@ class _Programs:
             lambda: self.run_chunk(x_abs, prob_b, lr, i32((lanes,)), i32((self.layout.n_devices,)),
                                    compile_only=True),
             lambda: self.check(x_abs, prob_b, compile_only=True),
-            lambda: self.take((x_abs, prob_b, lr), i32((lanes,)), compile_only=True),
+            lambda: self.take((x_abs, prob_b, lr, pred_b), i32((lanes,)), compile_only=True),
             lambda: self.summaries(x_abs, prob_b, pred_b, compile_only=True),
         ]
         t0 = time.perf_counter()
@@ -286,7 +288,14 @@ class _Programs:
         return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=g)
 
     def check(self, x, prob_b, compile_only=False):
-        fn = self._per_lane(self.rep.value_and_grad_norm)
+        """Per lane: objective, full gradient norm, and the representation's own stop flag."""
+        rep = self.rep
+
+        def one(p, xi):
+            f, gn = rep.value_and_grad_norm(p, xi)
+            return f, gn, (rep.done(p, xi) if rep.done is not None else jnp.zeros((), bool))
+
+        fn = self._per_lane(one)
         return self._call("check", lambda x, p: fn(p, x), x, prob_b, compile_only=compile_only)
 
     def take(self, tree, idx, compile_only=False):
@@ -384,7 +393,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     progs = _Programs(base, rep, config.chunk, layout, _init.initializer(base, config))
     compile_wall = progs.precompile(prob_b, keys, scales, lr, pred_b)
     x = progs.init(prob_b, keys, scales)
-    f_init, g_init = (_local(v, layout) for v in progs.check(x, prob_b))
+    f_init, g_init = (_local(v, layout) for v in progs.check(x, prob_b)[:2])
     f0 = f_init.copy()
     f_prev = f_init.copy()
 
@@ -425,7 +434,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
             n_groups = np.ceil(per_dev / group).astype(np.int32)
             t0 = time.perf_counter()
             x = progs.run_chunk(x, prob_b, lr, layout.put(budget.astype(np.int32)), layout.put(n_groups, per_device=True))
-            f_now, g_now = (_local(v, layout) for v in progs.check(x, prob_b))
+            f_now, g_now, rep_done = (_local(v, layout) for v in progs.check(x, prob_b))
             run_s += time.perf_counter() - t0
             steps += budget
             executed += int(budget.sum())
@@ -435,10 +444,10 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
             ref = np.maximum(1.0, np.abs(f0[perm]))
             if config.early_stop:
                 div = active & (~fin | (np.abs(f_now) > 1e6 * ref))
-                conv = active & ~div & (g_now <= gtol_lane[perm]) & (np.abs(f_now - f_prev) <= ftol_lane[perm])
+                conv = active & ~div & (g_now <= gtol_lane) & (np.abs(f_now - f_prev) <= ftol_lane)
                 status[div] = DIVERGED
                 status[conv] = CONVERGED
-            status[(status == RUNNING) & (steps >= config.max_steps)] = BUDGET
+            status[(status == RUNNING) & ((steps >= config.max_steps) | (rep_done > 0))] = BUDGET
             f_prev = f_now
             done = layout.allsum(int(((status != RUNNING) & (status >= 0)).sum()))
             bar.update(done, extra=f"step {int(steps.max())}")
@@ -448,7 +457,8 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
             if not np.array_equal(order_local, np.broadcast_to(np.arange(L), order_local.shape)) \
                     or jax.process_count() > 1:
                 t1 = time.perf_counter()
-                x, prob_b, lr = progs.take((x, prob_b, lr), layout.put(order_local.reshape(-1).astype(np.int32)))
+                x, prob_b, lr, pred_b = progs.take((x, prob_b, lr, pred_b),
+                                                   layout.put(order_local.reshape(-1).astype(np.int32)))
                 run_s += time.perf_counter() - t1
                 order = (order_local + (np.arange(still.shape[0]) * L)[:, None]).reshape(-1)
                 perm, status, steps, f_prev = perm[order], status[order], steps[order], f_prev[order]
@@ -553,15 +563,18 @@ def simulate(problem: Problem, config: Config | None = None, **overrides) -> Res
     return simulate_points([point], config, devices=devices)[0]
 
 
-def replay(problem: Problem, run: int, steps: int, *, seed: int = 0, lr: float, init_scale: float = 1.0):
+def replay(problem: Problem, run: int, steps: int, *, seed: int = 0, lr: float, init_scale: float = 1.0,
+           config: Config | None = None):
     """Run ``run`` of a GD batch again on the full representation, for exactly ``steps`` steps,
     and return its final ``Params`` (``W (K, d)``, ``H (d, N)``, ``b (K,)``).
 
     GD is deterministic and run i starts from ``fold_in(key(seed), i)``, so this rebuilds the
-    exact H of a run that the collapsed engine carried as (W, M, G, b) (to rounding).
+    exact H of a run that the collapsed engine carried as (W, M, G, b) (to rounding). ``config``
+    supplies the start (``init``, ``active``, ``perturb``; default: Gaussian).
     """
     from .representations import FULL
 
-    params = _init.gaussian(problem, _init.run_key(seed, run), init_scale)
+    init_fn = _init.initializer(problem, config or Config())
+    params = init_fn(problem, _init.run_key(seed, run), init_scale)
     step = jax.jit(lambda x, k: jax.lax.fori_loop(0, k, lambda _, y: FULL.step(problem, y, lr), x))
     return step(params, int(steps))

@@ -31,6 +31,8 @@ class Representation:
         flops_per_step: (problem) -> estimated flops of one step.
         extras: optional (problem, state) -> dict of scalars, added as per-run columns of the
             Result (e.g. an escape time carried in the state).
+        done: optional (problem, state) -> bool, the representation's own stop (e.g. a gradient
+            flow that reached its time horizon); such runs stop as if out of budget.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Representation:
     stats: Callable
     flops_per_step: Callable
     extras: Callable | None = None
+    done: Callable | None = None
 
 
 def _full_step(problem: Problem, x: _o.Params, lr) -> _o.Params:

@@ -112,9 +112,12 @@ class Result:
         if exact and self.representation == "collapsed":
             from .engine import replay
 
+            from .engine import Config
+
+            fields = {k: v for k, v in self.config.items() if k in Config.__dataclass_fields__}
             return replay(self.problem, int(self.per_run["run"][i]), int(self.per_run["steps"][i]),
                           seed=int(self.config["seed"]), lr=float(self.config["lr"]),
-                          init_scale=float(self.config["init_scale"]))
+                          init_scale=float(self.config["init_scale"]), config=Config(**fields))
         x = jax.tree_util.tree_map(lambda a: a[i], self.final_state)
         if self.to_params is not None:
             return self.to_params(self.problem, x)
