@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .objective import Params
 from .problem import Problem
@@ -42,5 +43,104 @@ def initializer(problem: Problem, config):
     return make(problem, config)
 
 
+#: the "small" start is a Gaussian start scaled down by this factor
+SMALL_FACTOR = 1e-3
+
+
+def _semi_orthogonal(key, rows: int, cols: int, dtype):
+    """A random ``(rows, cols)`` matrix with orthonormal rows (rows <= cols) or orthonormal
+    columns (rows > cols): QR of a Gaussian matrix, signs fixed so the law is Haar."""
+    tall = rows >= cols
+    a = jax.random.normal(key, (rows, cols) if tall else (cols, rows), dtype)
+    q, r = jnp.linalg.qr(a)
+    q = q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
+    return q if tall else q.T
+
+
+def orthogonal(problem: Problem, key, scale) -> Params:
+    """Orthogonal start: ``W`` and ``H`` are random semi-orthogonal frames (all singular values
+    equal), ``b = 0``.
+
+    ``W = scale·sqrt(K/min(K, d))·Q_W`` with ``Q_W (K, d)`` having orthonormal rows (K <= d) or
+    columns (K > d), and ``H = scale·sqrt(N/min(d, N))·Q_H`` likewise for ``(d, N)``. The
+    factors make ``||W||_F² = K scale²`` and ``||H||_F² = N scale²``, the expected norms of the
+    Gaussian start of the same scale (when K <= d every ``w_k`` has norm ``scale``), so
+    ``init_scale`` means the same for both kinds and the default step size bound still holds.
+    """
+    K, d, N = problem.K, problem.d, problem.N
+    dt = problem.dtype
+    kw, kh = jax.random.split(key)
+    s = jnp.asarray(scale, dt)
+    W = s * jnp.sqrt(jnp.asarray(K / min(K, d), dt)) * _semi_orthogonal(kw, K, d, dt)
+    H = s * jnp.sqrt(jnp.asarray(N / min(d, N), dt)) * _semi_orthogonal(kh, d, N, dt)
+    return Params(W, H, jnp.zeros((K,), dt))
+
+
+def small(problem: Problem, key, scale) -> Params:
+    """Small start near the origin: the Gaussian start of scale ``SMALL_FACTOR·scale``
+    (``1e-3·scale``; entries N(0, (1e-3·scale)²/d), ``b = 0``) — the escape-from-origin regime,
+    where every mode grows at ``theory.origin_growth_rate`` before the objective moves."""
+    return gaussian(problem, key, jnp.asarray(scale, problem.dtype) * SMALL_FACTOR)
+
+
+def critical_point_jnp(problem: Problem, s: int) -> Params:
+    """The critical point of ``theory.critical_point(problem, s)`` (fixed directions, no key),
+    built with jnp ops from the problem's coefficients so they may be traced (per-lane
+    batched problems inside jit). MSE loss, ``s <= theory.max_active(problem)``, c < 1 when
+    s > 0 (not checked here: a batched problem has no concrete c; see ``solvers``).
+
+    Directions: ``U`` = first s columns of the centered Helmert basis (with a bias) or of I_K
+    (bias-free), ``R`` = the first s coordinate axes of R^d, ``V = Yᵀ U/√n``; singular values
+    ``z = √n (1 − c)``; ``b = 1/(K(1 + λ_b))`` (with a bias).
+    """
+    from .theory import _centered_basis  # host constant, no coefficients involved
+
+    K, d, n = problem.K, problem.d, problem.n
+    dt = problem.dtype
+    lw = jnp.asarray(problem.lambda_w, dt)
+    lh = jnp.asarray(problem.lambda_h, dt)
+    lb = jnp.asarray(problem.lambda_b, dt)
+    basis = _centered_basis(K) if problem.bias else np.eye(K)
+    U = jnp.asarray(basis[:, :s], dt)
+    Y = np.repeat(np.eye(K), n, axis=1)
+    V = jnp.asarray(Y.T @ basis[:, :s] / np.sqrt(n), dt)
+    Rd = jnp.asarray(np.eye(d)[:, :s], dt)
+    c = K * jnp.sqrt(n * lw * lh)
+    z = jnp.sqrt(jnp.asarray(n, dt)) * (1 - c)
+    ratio = jnp.where(lw > 0, lh / jnp.where(lw > 0, lw, 1.0), 1.0)
+    a = jnp.sqrt(jnp.maximum(z, 0.0)) * ratio**0.25  # W's singular values; H's are z / a
+    h = jnp.where(a > 0, z / jnp.where(a > 0, a, 1.0), 0.0)
+    W = a * U @ Rd.T
+    H = h * Rd @ V.T
+    b = jnp.full((K,), 1.0, dt) / (K * (1 + lb)) if problem.bias else jnp.zeros((K,), dt)
+    return Params(W, H, b)
+
+
+def saddle_factory(problem: Problem, config):
+    """Factory of init "saddle": the critical point with ``config.active`` = s active
+    directions (:func:`critical_point_jnp`) plus a Gaussian perturbation of W and H with entries
+    N(0, perturb²/d) from the run's key (b is not perturbed). The per-lane ``scale`` (init_scale)
+    is ignored: ``config.perturb`` sets the perturbation size."""
+    from .theory import max_active
+
+    s = config.active
+    if s is None or not 0 <= s < max_active(problem):
+        raise ValueError(f"active must be an integer in [0, {max_active(problem) - 1}] for init saddle, got {s!r}")
+    perturb = float(config.perturb)
+
+    def fn(problem: Problem, key, scale) -> Params:
+        del scale
+        x = critical_point_jnp(problem, s)
+        e = gaussian(problem, key, perturb)
+        return Params(x.W + e.W, x.H + e.H, x.b)
+
+    return fn
+
+
 #: init kind -> factory(problem, config) -> fn(problem, key, scale) -> Params
-INITIALIZERS = {"gaussian": lambda problem, config: gaussian}
+INITIALIZERS = {
+    "gaussian": lambda problem, config: gaussian,
+    "orthogonal": lambda problem, config: orthogonal,
+    "small": lambda problem, config: small,
+    "saddle": saddle_factory,
+}
