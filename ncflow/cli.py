@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=cmd_theory)
     from . import cli_run  # local import keeps `ncflow theory` free of engine start-up
     cli_run.register(sub)
+    from . import cli_sweep
+    cli_sweep.register(sub)
     return parser
 
 
@@ -172,4 +174,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run through the package module so that the error classes are the ones cli_run imports
+    from ncflow.cli import main as _main
+
+    raise SystemExit(_main())

@@ -208,12 +208,13 @@ class _Programs:
         self._compiled = {}
         self._lock = threading.Lock()
 
-    def _call(self, name, local_fn, *args, donate=(), compile_only=False):
+    def _call(self, name, local_fn, *args, donate=(), compile_only=False, sharded=True):
         key = (name,) + tuple(jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), args))
         hit = self._compiled.get(key)
         if hit is None:
             spec = P(AXIS)
-            fn = jax.shard_map(local_fn, mesh=self.layout.mesh, in_specs=(spec,) * len(args), out_specs=spec)
+            fn = (jax.shard_map(local_fn, mesh=self.layout.mesh, in_specs=(spec,) * len(args), out_specs=spec)
+                  if sharded else local_fn)
             t0 = time.perf_counter()
             hit = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
             with self._lock:
@@ -235,7 +236,8 @@ class _Programs:
                                    compile_only=True),
             lambda: self.check(x_abs, prob_b, compile_only=True),
             lambda: self.take((x_abs, prob_b, lr, pred_b), i32((lanes,)), compile_only=True),
-            lambda: self.summaries(x_abs, prob_b, pred_b, compile_only=True),
+            lambda: self.summaries(*jax.tree_util.tree_map(_unsharded, (x_abs, prob_b, pred_b)),
+                                   compile_only=True),
         ]
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as ex:
@@ -302,7 +304,10 @@ class _Programs:
         """Reorder lanes within each device (``idx`` holds device-local indices)."""
         return self._call("take", _tree_take, tree, idx, donate=(0,), compile_only=compile_only)
 
+    # Metrics with LAPACK calls (SVD, eigh) run on gathered lanes on ONE device: inside a
+    # shard_map over several CPU devices such a program was seen to deadlock.
     def diagnostics(self, x, prob_b):
+        """NC1–NC3 of every lane (inputs gathered on the host; one device)."""
         rep, N = self.rep, self.problem.N
 
         def one(p, xi):
@@ -310,9 +315,11 @@ class _Programs:
             return nc.nc1, nc.nc2, nc.nc3
 
         fn = self._per_lane(one)
-        return self._call("diag", lambda x, p: fn(p, x), x, prob_b)
+        return self._call("diag", lambda x, p: fn(p, x), x, prob_b, sharded=False)
 
     def summaries(self, x, prob_b, pred_b, compile_only=False):
+        """Objective, gradient norm, NC metrics, distance to the optimum and the
+        representation's extras of every lane (inputs gathered on the host; one device)."""
         rep, N = self.rep, self.problem.N
 
         def one(p, xi, pa):
@@ -322,7 +329,12 @@ class _Programs:
             return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), extra
 
         fn = self._per_lane(one)
-        return self._call("summ", lambda x, p, pa: fn(p, x, pa), x, prob_b, pred_b, compile_only=compile_only)
+        return self._call("summ", lambda x, p, pa: fn(p, x, pa), x, prob_b, pred_b, compile_only=compile_only,
+                          sharded=False)
+
+
+def _unsharded(a) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(a.shape, a.dtype)
 
 
 def _history_chunks(max_chunks: int) -> set[int]:
@@ -410,7 +422,9 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
 
     def record(f_now, g_now, x_now):
         inv = np.argsort(perm)  # original local lane order
-        nc = [_local(v, layout)[inv] for v in progs.diagnostics(x_now, prob_b)]
+        lanes = layout.local_lanes()
+        nc = [np.asarray(v, np.float64)[lanes][inv]
+              for v in progs.diagnostics(*layout.gather((x_now, prob_b)))]
         vals = [f_now[inv], g_now[inv]] + nc
         hist_steps.append(min(chunk_i * T, config.max_steps))
         for k, v in zip(hist, vals):
@@ -469,9 +483,8 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
 
     # ------------------------------------------------------------------ classify
     t_cls = time.perf_counter()
-    f, gn, nc, dist, extra = layout.gather(progs.summaries(x, prob_b, pred_b))
-    x_all = layout.gather(x)
-    prob_all = layout.gather(prob_b)
+    x_all, prob_all, pred_all = layout.gather((x, prob_b, pred_b))
+    f, gn, nc, dist, extra = jax.tree_util.tree_map(np.asarray, progs.summaries(x_all, prob_all, pred_all))
     lane_g = _gather_host(lane, layout)
     steps_g = _gather_host(steps, layout)
     status_g = _gather_host(status, layout)
