@@ -68,8 +68,10 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
     ``S = max(|f*|, 1e-2)``: near a minimum the gap is at most ||∇f||²/(2μ), where μ ≈
     min(λ_W, λ_H/(1 + ρ/N)) is the slowest curvature (THEORY.md §4), so ``gtol = sqrt(2 μ r S)``
     (never below the dtype's rounding floor) guarantees a gap <= r S; ``gap_tol = 10 r S`` plus
-    100 eps S of rounding. The gap to the nearest saddle value, (1−c)²/(2K), is orders of
-    magnitude larger, so the classification is robust to these choices.
+    100 eps S of rounding. The Gram tolerance is 1e-4 (float64) or 5e-2 (float32), raised to
+    4 gtol / (μ ||W*||_F) (twice the Gram error a stop at ||∇f|| = gtol allows; capped at 0.25)
+    when that is larger, e.g. for λ_W ≪ λ_H. The gap to the nearest saddle value, (1−c)²/(2K),
+    is orders of magnitude larger than any of these, so the classification is robust to them.
     """
     dt = problem.dtype
     eps = float(np.finfo(dt).eps)
@@ -81,8 +83,14 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
     if gtol is None:
         gtol = math.sqrt(2 * mu * rel * scale) if mu > 0 else 0.0
         gtol = max(gtol, GTOL_FLOOR[dt])
+    geom_tol = GEOM_TOL[dt]
+    w_frob = math.sqrt(problem.K) * pred.w_norm if pred.w_norm else 0.0
+    if mu > 0 and w_frob > 0:
+        # at ||∇f|| <= gtol the parameters are within ~gtol/μ of the optimum, which moves the
+        # Gram by ~2 ||ΔW|| / ||W*||_F relative; allow twice that when it exceeds the default
+        geom_tol = max(geom_tol, 4 * gtol / (mu * w_frob))
     return Tolerances(gtol=float(gtol), ftol=rel * scale, gap_tol=10 * rel * scale + 100 * eps * scale,
-                      geom_tol=GEOM_TOL[dt], neg_tol=math.sqrt(eps))
+                      geom_tol=float(min(geom_tol, 0.25)), neg_tol=math.sqrt(eps))
 
 
 def _lanczos_program(problem: Problem, rep, iters: int):
