@@ -1,0 +1,228 @@
+"""``ncflow sweep``, ``ncflow plot`` and ``ncflow metrics``: experiments at scale.
+
+* ``ncflow sweep CONFIG.toml --out DIR`` runs (or resumes) a parameter sweep (:mod:`ncflow.sweep`);
+  problem and solver flags (``--runs 10``, ``--dim 8``, ...) override the TOML's [problem] /
+  [solver] values.
+* ``ncflow plot DIR`` draws a sweep's or a single result's figures (:mod:`ncflow.plot`).
+* ``ncflow metrics FEATURES.npz`` measures neural collapse of a real network's features
+  (:mod:`ncflow.features`).
+
+Every error in a flag, a config file or an input file exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .cli import UsageError, add_problem_flags, float_in
+from .cli_run import add_output_flags, add_solver_flags, configure_jax, flag_message
+
+#: flag destinations that are not sweep settings, or that name a setting differently
+_DEST_TO_KEY = {"classes": "K", "dim": "d", "per_class": "n", "no_bias": "bias", "no_early_stop": "early_stop"}
+_NOT_SETTINGS = ("devices",)
+
+
+def _overrides(args, parser_groups) -> dict:
+    """{setting: value} for every problem/solver flag given on the command line."""
+    out = {}
+    for dest in parser_groups:
+        value = getattr(args, dest, None)
+        if value is None or dest in _NOT_SETTINGS:
+            continue
+        key = _DEST_TO_KEY.get(dest, dest)
+        if dest in ("no_bias", "no_early_stop"):
+            value = not value
+        out[key] = value
+    return out
+
+
+def _stderr(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def cmd_sweep(args) -> int:
+    """``ncflow sweep``."""
+    from . import sweep as _sw
+
+    if args.overwrite:
+        raise UsageError("--overwrite is not supported: a sweep resumes in its directory; use a new --out")
+    if args.coordinator is not None or args.distributed or args.num_processes is not None:
+        raise UsageError("sweep runs in a single process (multi-process flags are not supported)")
+    if args.out is None and not args.dry_run:
+        raise UsageError("--out DIR is required (the sweep's files go there)")
+    try:
+        cfg = _sw.load_config(args.config, _overrides(args, args._setting_dests))
+        if args.out is not None:
+            _sw.check_out_dir(cfg, args.out)
+    except _sw.SweepError as e:
+        raise UsageError(flag_message(str(e))) from None
+    if args.dry_run:
+        _print_plan(cfg, args.json)
+        return 0
+    jargs = argparse.Namespace(**vars(args))
+    jargs.dtype = "float64" if any(p.problem.dtype == "float64" for p in cfg.points) else "float32"
+    configure_jax(jargs)
+    devices = None
+    if args.devices is not None:
+        from .cli_run import select_devices
+
+        devices = select_devices(args)
+    try:
+        report = _sw.run_sweep(cfg, args.out, resume=args.resume, progress=args.progress, log=_stderr,
+                               devices=devices)
+    except _sw.SweepError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        from .io import to_jsonable
+
+        rows = [dict(zip(report.summary, vals)) for vals in zip(*report.summary.values())]
+        print(json.dumps(to_jsonable({"out": report.out_dir, "status": report.status, "config_hash": cfg.hash,
+                                      "points": report.points, "ran": report.ran, "skipped": report.skipped,
+                                      "recomputed": report.recomputed,
+                                      "wall_s": report.wall_s, "summary": rows})))
+    else:
+        print(format_summary(report.summary, cfg.swept))
+        print(f"\n{report.points} points ({len(report.ran)} run now, {len(report.skipped)} already complete), "
+              f"status {report.status}; files in {report.out_dir}/ (summary.csv, manifest.json, points/)")
+    return 0
+
+
+def _print_plan(cfg, as_json: bool) -> None:
+    from . import sweep as _sw
+
+    groups = cfg.shape_groups()
+    if as_json:
+        from .io import to_jsonable
+
+        print(json.dumps(to_jsonable({"config_hash": cfg.hash, "points": [
+            {"point": p.index, "swept": p.swept, "lr_used": p.lr} for p in cfg.points],
+            "shape_groups": [[p.index for p in g] for g in groups]})))
+        return
+    print(f"{len(cfg.points)} points in {len(groups)} shape group(s); config hash {cfg.hash}")
+    for gi, g in enumerate(groups):
+        s = g[0].settings
+        extra = "".join(f" {k}={_fmt(v)}" for k, v in g[0].swept.items() if k not in _sw.LANE_KEYS + ("K", "d", "n"))
+        print(f"  group {gi + 1}: K={s['K']} d={s['d']} n={s['n']} {s['dtype']}{extra}, points "
+              + ", ".join(str(p.index) for p in g))
+    for p in cfg.points:
+        swept = ", ".join(f"{k}={_fmt(v)}" for k, v in p.swept.items())
+        print(f"  point {p.index}: {swept or '(no grid)'}  lr={p.lr:.4g}  runs={p.settings['runs']}")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def format_summary(summary: dict, swept) -> str:
+    """The sweep's summary as a text table (point, swept values, c, global fraction, median f)."""
+    if summary.get("point") is None or len(summary["point"]) == 0:
+        return "(no completed points)"
+    head = ["point"] + list(swept) + ["c", "global", "95% interval", "saddle", "not_conv", "median f", "f*"]
+    rows = []
+    for i in range(len(summary["point"])):
+        r = [str(summary["point"][i])] + [_fmt(_item(summary[k][i])) for k in swept]
+        r += [f"{summary['c'][i]:.3g}", f"{summary['global_fraction'][i]:.3f}",
+              f"[{summary['global_ci_low'][i]:.3f}, {summary['global_ci_high'][i]:.3f}]",
+              str(summary["saddle_count"][i]), str(summary["not_converged_count"][i]),
+              "—" if summary["objective_median"][i] is None else f"{summary['objective_median'][i]:.6g}",
+              f"{summary['f_star'][i]:.6g}"]
+        rows.append(r)
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _item(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def cmd_plot(args) -> int:
+    """``ncflow plot``."""
+    from . import plot as _plot
+
+    try:
+        written = _plot.plot_directory(args.directory, formats=tuple(args.format))
+    except _plot.PlotError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps({"files": written}))
+    else:
+        for path in written:
+            print(path)
+        if not written:
+            print("nothing to plot (no swept parameter and no history)")
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    """``ncflow metrics``."""
+    from . import features as _f
+
+    if args.no_bias and args.lambda_b != 0.0:
+        raise UsageError("--lambda-b cannot be combined with --no-bias (there is no bias to regularize)")
+    try:
+        feats = _f.load_features(args.file)
+        report = _f.compare(feats, lambda_w=args.lambda_w, lambda_h=args.lambda_h, lambda_b=args.lambda_b,
+                            bias=not args.no_bias)
+    except _f.FeaturesError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        from .io import to_jsonable
+
+        print(json.dumps(to_jsonable({"file": args.file, **report})))
+    else:
+        print(_f.format_report(report, args.file))
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``sweep``, ``plot`` and ``metrics`` sub-commands to the ``ncflow`` parser."""
+    p = sub.add_parser("sweep", help="run or resume a parameter sweep from a TOML config",
+                       description="Run every point of a TOML sweep config (see ncflow.sweep for the format), "
+                                   "one compiled batch per shape group, and write per-point results plus "
+                                   "summary.csv and manifest.json to --out. Re-running the same command "
+                                   "resumes: complete points are skipped. Problem/solver flags override the "
+                                   "config's [problem]/[solver] values.")
+    p.add_argument("config", metavar="CONFIG.toml", help="sweep config (TOML)")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and list the points; run nothing")
+    p.add_argument("--resume", choices=("missing", "exact"), default="missing",
+                   help="for a partially complete batch: run only its missing points (default; run i is "
+                        "bitwise the same in any batch), or re-run the whole batch and write only the "
+                        "missing points (exact)")
+    before = {a.dest for a in p._actions}
+    add_problem_flags(p, {"K": None, "d": None, "n": None, "lambda_w": None, "lambda_h": None})
+    add_solver_flags(p)
+    dests = [a.dest for a in p._actions if a.dest not in before]
+    p.set_defaults(**{d: None for d in dests}, _setting_dests=dests)
+    add_output_flags(p)
+    p.set_defaults(func=cmd_sweep)
+
+    q = sub.add_parser("plot", help="figures of a sweep (or of one result with history)",
+                       description="Write PNG and PDF figures next to the results: outcome fractions against "
+                                   "one swept parameter, a phase diagram for two, and convergence curves "
+                                   "for every result with history.")
+    q.add_argument("directory", metavar="DIR", help="a sweep directory (manifest.json) or a result directory")
+    q.add_argument("--format", nargs="+", choices=("png", "pdf", "svg"), default=["png", "pdf"],
+                   help="file formats (default: png pdf)")
+    q.add_argument("--json", action="store_true", help="print the written files as JSON")
+    q.set_defaults(func=cmd_plot)
+
+    m = sub.add_parser("metrics", help="neural-collapse metrics of a real network's features (.npz)",
+                       description="NC1–NC4 of features saved as .npz (H (d, N) or features (N, d), labels (N,), "
+                                   "optional W (K, d), b (K,); see ncflow.features), side by side with the "
+                                   "UFM optimum for the same K, d and n = mean class size.")
+    m.add_argument("file", metavar="FEATURES.npz")
+    m.add_argument("--lambda-w", type=float_in(0.0), default=5e-4, help="λ_W of the UFM comparison (default 5e-4)")
+    m.add_argument("--lambda-h", type=float_in(0.0), default=5e-4, help="λ_H of the UFM comparison (default 5e-4)")
+    m.add_argument("--lambda-b", type=float_in(0.0), default=0.0, help="λ_b of the UFM comparison (default 0)")
+    m.add_argument("--no-bias", action="store_true", help="compare with the bias-free UFM")
+    m.add_argument("--json", action="store_true", help="print one JSON object")
+    m.set_defaults(func=cmd_metrics)

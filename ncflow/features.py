@@ -1,0 +1,305 @@
+"""Neural-collapse metrics of a real network's features, beside the UFM's prediction.
+
+Input: a NumPy ``.npz`` archive (read with ``allow_pickle=False``) holding
+
+* ``H`` — features as columns, shape (d, N), **or** ``features`` — one sample per row, (N, d);
+  real, finite;
+* ``labels`` — (N,), integers in [0, K). K = ``W.shape[0]`` when ``W`` is given, else
+  ``labels.max() + 1``; every class needs at least one sample; classes may be unbalanced;
+* ``W`` (optional) — classifier weights (K, d), finite; without it NC2, NC3, NC4 are null;
+* ``b`` (optional, needs ``W``) — bias (K,), finite; absent = a bias-free classifier (b = 0).
+
+Metrics (THEORY.md §5, float64, unbalanced classes allowed): μ_k class means, μ_G = the mean of
+all N samples, Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (weight 1/N per sample),
+Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ (weight 1/K per class), H̄ = [μ_k − μ_G],
+W̃ = W with rows centred, P = (I − 11ᵀ/K)/√(K−1):
+
+* NC1 = tr(Σ_W Σ_B^†)/K (pseudo-inverse with the relative cut-off of :mod:`ncflow.metrics`;
+  0 where Σ_B = 0);
+* NC2 = ‖W̃W̃ᵀ/‖W̃W̃ᵀ‖_F − P‖_F and the uncentered ‖WWᵀ/‖WWᵀ‖_F − P‖_F;
+* NC3 = ‖W̃H̄/‖W̃H̄‖_F − P‖_F;  NC4 = ‖W μ_G + b‖ (the paper's code);
+* ``within_between`` = tr Σ_W / tr Σ_B.
+
+For balanced classes these equal :func:`ncflow.metrics.nc_metrics`. The UFM side is the theory's
+global optimum for the same K and d, n = round(N/K), and the given λ's: its metrics follow from
+the predicted Gram W Wᵀ and self-duality μ_k = √(λ_W/(nλ_H)) w_k (null where the theory fixes
+no unique Gram: rank-limited d < K−1, or a λ of 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import zipfile
+
+import numpy as np
+
+
+class FeaturesError(ValueError):
+    """A features file is missing, unreadable or malformed; the message names the array."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """Loaded features: ``H (d, N)`` float64, ``labels (N,)`` int64, ``K``, optional
+    ``W (K, d)`` and ``b (K,)`` (float64)."""
+
+    H: np.ndarray
+    labels: np.ndarray
+    K: int
+    W: np.ndarray | None = None
+    b: np.ndarray | None = None
+
+    @property
+    def d(self) -> int:
+        """Feature dimension."""
+        return self.H.shape[0]
+
+    @property
+    def N(self) -> int:
+        """Number of samples."""
+        return self.H.shape[1]
+
+    def class_sizes(self) -> np.ndarray:
+        """Samples per class, shape (K,)."""
+        return np.bincount(self.labels, minlength=self.K)
+
+
+def _real(name: str, a: np.ndarray, ndim: int, shape_text: str) -> np.ndarray:
+    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+        raise FeaturesError(f"{name}: must be a real numeric array {shape_text}, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise FeaturesError(f"{name}: must have shape {shape_text}, got {a.shape}")
+    a = np.asarray(a, np.float64)
+    if not np.all(np.isfinite(a)):
+        bad = int(np.sum(~np.isfinite(a)))
+        raise FeaturesError(f"{name}: contains {bad} NaN or infinite value(s)")
+    return a
+
+
+def load_features(path: str | os.PathLike) -> Features:
+    """Read and check a features ``.npz`` (format in the module docstring).
+
+    Raises :class:`FeaturesError` naming the file or the array for anything unusable.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FeaturesError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise FeaturesError(f"{path}: is a directory, not an .npz file")
+    if not zipfile.is_zipfile(path):
+        raise FeaturesError(f"{path}: not an .npz archive (expected numpy.savez output)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise FeaturesError(f"{path}: unreadable .npz archive ({e})") from None
+    with archive:
+        names = set(archive.files)
+
+        def get(name):
+            try:
+                return archive[name]
+            except ValueError:  # object arrays need pickle
+                raise FeaturesError(f"{name}: object arrays are not supported (save plain numeric arrays)") from None
+            except (OSError, zipfile.BadZipFile, EOFError) as e:
+                raise FeaturesError(f"{name}: unreadable in {path} ({e})") from None
+
+        if "H" in names and "features" in names:
+            raise FeaturesError("H and features: give one of them, not both")
+        if "H" in names:
+            H = _real("H", get("H"), 2, "(d, N)")
+        elif "features" in names:
+            H = _real("features", get("features"), 2, "(N, d)").T
+        else:
+            raise FeaturesError(f"H: missing array (need H (d, N) or features (N, d); the file has "
+                                f"{', '.join(sorted(names)) or 'no arrays'})")
+        if "labels" not in names:
+            raise FeaturesError("labels: missing array (need labels (N,), integers in [0, K))")
+        labels = get("labels")
+        W = get("W") if "W" in names else None
+        b = get("b") if "b" in names else None
+    return make_features(H, labels, W, b, source="H" if "H" in names else "features")
+
+
+def make_features(H, labels, W=None, b=None, source: str = "H") -> Features:
+    """Check arrays already in memory (``H (d, N)``) and build :class:`Features`."""
+    H = _real(source, np.asarray(H), 2, "(d, N)" if source == "H" else "(N, d)")
+    d, N = H.shape
+    if N < 1 or d < 1:
+        raise FeaturesError(f"{source}: needs at least one sample and one dimension, got {d} x {N}")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise FeaturesError(f"labels: must be an integer array, got dtype {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != N:
+        raise FeaturesError(f"labels: must have shape ({N},) to match {source}, got {labels.shape}")
+    labels = labels.astype(np.int64)
+    if W is not None:
+        W = _real("W", np.asarray(W), 2, f"(K, {d})")
+        if W.shape[1] != d:
+            raise FeaturesError(f"W: must have shape (K, {d}) to match the feature dimension, got {W.shape}")
+        K = W.shape[0]
+    else:
+        K = int(labels.max()) + 1 if N else 0
+    if b is not None:
+        if W is None:
+            raise FeaturesError("b: given without W (the bias belongs to the classifier W)")
+        b = _real("b", np.asarray(b), 1, f"({K},)")
+        if b.shape != (K,):
+            raise FeaturesError(f"b: must have shape ({K},) to match W, got {b.shape}")
+    if K < 2:
+        raise FeaturesError(f"labels: need K >= 2 classes, got K = {K}")
+    if labels.min() < 0 or labels.max() >= K:
+        bad = labels[(labels < 0) | (labels >= K)][0]
+        raise FeaturesError(f"labels: values must be in [0, {K - 1}] (K = {K}), found {bad}")
+    sizes = np.bincount(labels, minlength=K)
+    if np.any(sizes == 0):
+        empty = np.nonzero(sizes == 0)[0]
+        raise FeaturesError(f"labels: class {int(empty[0])} has no samples (every class in [0, {K - 1}] "
+                            f"needs one; {len(empty)} empty)")
+    return Features(H=H, labels=labels, K=K, W=W, b=b)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _normalize(X: np.ndarray) -> np.ndarray:
+    nrm = np.linalg.norm(X)
+    return X / nrm if nrm > 0 else np.zeros_like(X)
+
+
+def _etf(K: int) -> np.ndarray:
+    return (np.eye(K) - 1.0 / K) / math.sqrt(K - 1)
+
+
+def class_means(H: np.ndarray, labels: np.ndarray, K: int) -> np.ndarray:
+    """Class means ``M (d, K)``."""
+    sizes = np.bincount(labels, minlength=K)
+    sums = np.zeros((H.shape[0], K))
+    for k in range(K):
+        sums[:, k] = H[:, labels == k].sum(axis=1)
+    return sums / sizes
+
+
+def features_metrics(H, labels, W=None, b=None, K: int | None = None) -> dict:
+    """NC metrics of features ``H (d, N)`` with integer ``labels (N,)`` (conventions in the
+    module docstring). Returns ``nc1``, ``nc2``, ``nc3``, ``nc4``, ``nc2_uncentered``,
+    ``within_between`` (floats; NC2–NC4 None without ``W``), ``w_norm`` (rms ‖w_k‖ or None),
+    ``mean_norm`` (rms ‖μ_k − μ_G‖) and ``class_sizes``."""
+    H = np.asarray(H, np.float64)
+    labels = np.asarray(labels, np.int64)
+    K = int(K if K is not None else (W.shape[0] if W is not None else labels.max() + 1))
+    d, N = H.shape
+    M = class_means(H, labels, K)
+    muG = H.mean(axis=1)
+    Sw = np.zeros((d, d))
+    for k in range(K):
+        E = H[:, labels == k] - M[:, k:k + 1]
+        Sw += E @ E.T
+    Sw /= N
+    Hbar = M - muG[:, None]
+    U, s, _ = np.linalg.svd(Hbar / math.sqrt(K), full_matrices=False)
+    cutoff = (s.max() if s.size else 0.0) * max(d, K) * np.finfo(np.float64).eps * 10
+    keep = s > cutoff
+    nc1 = float(np.sum(np.einsum("dj,de,ej->j", U[:, keep], Sw, U[:, keep]) / s[keep] ** 2) / K)
+    trW, trB = float(np.trace(Sw)), float(np.sum(Hbar**2) / K)
+    ratio = trW / trB if trB > 0 else (math.inf if trW > 0 else 0.0)
+    out = {"nc1": nc1, "nc2": None, "nc3": None, "nc4": None, "nc2_uncentered": None,
+           "within_between": ratio, "w_norm": None, "mean_norm": math.sqrt(trB),
+           "class_sizes": np.bincount(labels, minlength=K).tolist()}
+    if W is not None:
+        W = np.asarray(W, np.float64)
+        bb = np.zeros(K) if b is None else np.asarray(b, np.float64)
+        P = _etf(K)
+        Wc = W - W.mean(axis=0, keepdims=True)
+        out.update(
+            nc2=float(np.linalg.norm(_normalize(Wc @ Wc.T) - P)),
+            nc3=float(np.linalg.norm(_normalize(Wc @ Hbar) - P)),
+            nc4=float(np.linalg.norm(W @ muG + bb)),
+            nc2_uncentered=float(np.linalg.norm(_normalize(W @ W.T) - P)),
+            w_norm=float(np.sqrt(np.sum(W * W) / K)),
+        )
+    return out
+
+
+def predicted_metrics(problem) -> dict:
+    """The same metrics at the theory's global optimum of ``problem`` (balanced, collapsed),
+    from the predicted Gram ``G = W Wᵀ`` and self-duality ``μ_k = κ w_k``: Σ_W = 0 so NC1 = 0;
+    W̃W̃ᵀ = C G C and W̃H̄ = κ C G C (C = I − 11ᵀ/K), so NC3 = NC2; NC4 = ‖κ G 1/K + b*‖.
+    Values are None where the theory fixes no unique Gram."""
+    from .theory import predict
+
+    pred = predict(problem)
+    out = {"nc1": None, "nc2": None, "nc3": None, "nc4": None, "nc2_uncentered": None,
+           "within_between": None, "w_norm": pred.w_norm, "mean_norm": pred.h_norm}
+    if pred.gram is None:
+        return out
+    K = problem.K
+    G = np.asarray(pred.gram, np.float64)
+    lw, lh = float(problem.lambda_w), float(problem.lambda_h)
+    kappa = math.sqrt(lw / (problem.n * lh))
+    C = np.eye(K) - 1.0 / K
+    P = _etf(K)
+    nc2 = float(np.linalg.norm(_normalize(C @ G @ C) - P))
+    b = np.zeros(K) if pred.bias is None else np.full(K, pred.bias)
+    out.update(nc1=0.0, nc2=nc2, nc3=nc2, nc4=float(np.linalg.norm(kappa * G @ np.ones(K) / K + b)),
+               nc2_uncentered=float(np.linalg.norm(_normalize(G) - P)), within_between=0.0)
+    return out
+
+
+def compare(feats: Features, lambda_w: float = 5e-4, lambda_h: float = 5e-4, lambda_b: float = 0.0,
+            bias: bool = True) -> dict:
+    """Metrics of ``feats`` and of the matching UFM optimum: ``{"K", "d", "N", "class_sizes",
+    "features": {...}, "ufm": {"problem", "theory", "metrics"}}``."""
+    from .problem import Problem, ProblemError
+    from .theory import predict
+
+    m = features_metrics(feats.H, feats.labels, feats.W, feats.b, K=feats.K)
+    n = max(1, int(round(feats.N / feats.K)))
+    try:
+        problem = Problem(K=feats.K, d=feats.d, n=n, lambda_w=lambda_w, lambda_h=lambda_h,
+                          lambda_b=lambda_b if bias else 0.0, bias=bias, dtype="float64")
+    except ProblemError as e:
+        raise FeaturesError(f"UFM comparison: {e}") from None
+    return {
+        "K": feats.K, "d": feats.d, "N": feats.N, "class_sizes": m.pop("class_sizes"),
+        "has_W": feats.W is not None, "has_b": feats.b is not None,
+        "features": m,
+        "ufm": {"problem": problem.describe(), "theory": predict(problem).to_json(),
+                "metrics": predicted_metrics(problem)},
+    }
+
+
+_ROWS = (("nc1", "NC1  tr(Σ_W Σ_B†)/K"), ("nc2", "NC2  (centered W)"), ("nc2_uncentered", "NC2  (uncentered W)"),
+         ("nc3", "NC3  W–H̄ alignment"), ("nc4", "NC4  ‖W μ_G + b‖"), ("within_between", "tr Σ_W / tr Σ_B"),
+         ("w_norm", "‖w_k‖ (rms)"), ("mean_norm", "‖μ_k − μ_G‖ (rms)"))
+
+
+def format_report(report: dict, name: str = "features") -> str:
+    """The report of :func:`compare` as a text table."""
+    sizes = np.asarray(report["class_sizes"])
+    u = report["ufm"]
+    p = u["problem"]
+    lines = [f"Neural-collapse metrics of {name}: K={report['K']} classes, d={report['d']}, N={report['N']}"]
+    if len(sizes) <= 20:
+        lines.append("  class sizes " + " ".join(str(int(s)) for s in sizes))
+    else:
+        lines.append(f"  class sizes min {int(sizes.min())}  median {np.median(sizes):g}  max {int(sizes.max())}")
+    if not report["has_W"]:
+        lines.append("  no W in the file: NC2, NC3, NC4 need the classifier weights")
+    head = (f"UFM optimum (n={p['n']}, λ_W={p['lambda_w']:g}, λ_H={p['lambda_h']:g}, "
+            f"c={u['theory']['c']:.3g}, {u['theory']['geometry']})")
+    width = max(len(r[1]) for r in _ROWS)
+    lines.append("")
+    lines.append(f"  {'metric'.ljust(width)}  {'features':>12}   {head}")
+    for key, label in _ROWS:
+        lines.append(f"  {label.ljust(width)}  {_num(report['features'][key]):>12}   {_num(u['metrics'][key])}")
+    lines.append("")
+    lines.append(f"  UFM f* = {u['theory']['objective']:.6g}")
+    return "\n".join(lines)
+
+
+def _num(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.4g}" if math.isfinite(v) else str(v)

@@ -1,0 +1,330 @@
+"""Sweeps (ncflow.sweep, `ncflow sweep`): config validation, files, equivalence with
+ncflow.simulate, resume after a partial run and after a real SIGKILL, refusal of another sweep.
+
+float64 for the exactness checks (1e-12); the SIGKILL test runs a small float32 sweep in a
+subprocess and requires the resumed files to equal an uninterrupted sweep's exactly.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import ncflow
+from ncflow import io as nio
+from ncflow.cli import main
+from ncflow.sweep import SweepError, load_config, parse_config, run_sweep
+
+BASE64 = {
+    "description": "float64 equivalence",
+    "problem": {"K": 3, "d": 3, "n": 2, "lambda_h": 5e-2, "dtype": "float64"},
+    "solver": {"runs": 6, "seed": 7, "max_steps": 3000, "engine": "full"},
+    "grid": {"lambda_w": [5e-2, 2e-2]},
+}
+
+KILL_TOML = """
+description = "SIGKILL resume test"
+[problem]
+K = 4
+n = 5
+lambda_h = 1e-2
+dtype = "float32"
+[solver]
+runs = 48
+seed = 3
+max_steps = 2500
+early_stop = false
+engine = "full"
+[grid]
+d = [4, 5, 6]
+lambda_w = [1e-2, 3e-2]
+"""
+
+
+def _files(directory):
+    """{relative path: bytes} of every file under ``directory``."""
+    out = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, directory)] = fh.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep64(tmp_path_factory):
+    """The float64 sweep on ONE device (as on one GPU): both points' runs share the device, so
+    lanes of different points are compacted together as runs finish."""
+    import jax
+
+    out = tmp_path_factory.mktemp("sweep64") / "out"
+    report = run_sweep(BASE64, out, devices=jax.devices()[:1])
+    return out, report
+
+
+# --------------------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"problem": {"K": 1}}, "problem.K must be an integer >= 2, got 1"),
+    ({"problem": {"K": 3.0}}, "problem.K must be an integer >= 2"),
+    ({"problem": {"lambda_w": -1e-3}}, "problem.lambda_w must be a finite number >= 0"),
+    ({"problem": {"dtype": "float16"}}, 'problem.dtype must be one of "float32", "float64"'),
+    ({"problem": {"bias": "yes"}}, "problem.bias must be true or false"),
+    ({"problem": {"runs": 3}}, "problem.runs is not a setting (it belongs in [solver])"),
+    ({"solver": {"runs": 0}}, "solver.runs must be an integer >= 1, got 0"),
+    ({"solver": {"seed": 2**32}}, "solver.seed must be an integer in [0, 4294967295]"),
+    ({"solver": {"lr": 0.0}}, 'solver.lr must be a finite number > 0 or "auto"'),
+    ({"solver": {"engine": "fast"}}, "solver.engine must be one of"),
+    ({"solver": {"optimizer": "sgd-ish"}}, "solver.optimizer"),
+    ({"grid": {"lambda_w": []}}, "grid.lambda_w must be a non-empty list"),
+    ({"grid": {"lambda_w": 1e-3}}, "grid.lambda_w must be a non-empty list"),
+    ({"grid": {"lambda_w": [1e-3, -1.0]}}, "grid.lambda_w[1] must be a finite number >= 0, got -1.0"),
+    ({"grid": {"lambda_w": [1e-3, 1e-3]}}, "grid.lambda_w[1] repeats the value"),
+    ({"grid": {"d": [4, 0]}}, "grid.d[1] must be an integer >= 1"),
+    ({"grid": {"lambda_w": {"geomspace": [0, 1, 3]}}}, "grid.lambda_w.geomspace must be [start, stop, num]"),
+    ({"grid": {"lambda_w": {"logspace": [1, 2, 3]}}}, "grid.lambda_w must be a list or"),
+    ({"grid": {"depth": [1, 2]}}, "grid.depth is not a problem or solver setting"),
+    ({"problem": {"lambda_w": 1e-3}, "grid": {"lambda_w": [1e-3]}}, "problem.lambda_w is also swept by grid.lambda_w"),
+    ({"problem": {"bias": False}, "grid": {"lambda_b": [0.0, 0.1]}},
+     "point 1 (lambda_b=0.1): grid.lambda_b must be 0 when bias = false"),
+    ({"problem": {"loss": "rescaled-mse"}, "solver": {"engine": "collapsed"}}, "solver.engine"),
+    ({"extra": 1}, "unknown top-level key 'extra'"),
+])
+def test_bad_configs_name_the_key_and_range(raw, needle):
+    with pytest.raises(SweepError) as e:
+        parse_config(raw)
+    assert needle in str(e.value)
+
+
+def test_config_normalization_hash_and_points():
+    a = parse_config({"problem": {"lambda_b": 0}, "grid": {"lambda_h": {"geomspace": [1e-4, 1e-2, 3]},
+                                                            "d": [4, 5]}})
+    b = parse_config({"problem": {"lambda_b": 0.0}, "grid": {"lambda_h": [1e-4, 1e-3, 1e-2], "d": [4, 5]}})
+    assert a.hash == b.hash  # 0 and 0.0, a range and its list: the same normalized config
+    assert [p.swept for p in a.points][:3] == [{"lambda_h": 1e-4, "d": 4}, {"lambda_h": 1e-4, "d": 5},
+                                               {"lambda_h": pytest.approx(1e-3), "d": 4}]
+    assert len(a.points) == 6 and a.swept == ("lambda_h", "d")
+    groups = a.shape_groups()
+    assert [[p.index for p in g] for g in groups] == [[0, 2, 4], [1, 3, 5]]  # one batch per d
+    assert parse_config({"solver": {"runs": 5}}).hash != a.hash
+    opt = parse_config({"grid": {"optimizer": ["gd", "momentum"], "lambda_w": [1e-3, 1e-2]}})
+    assert [[p.index for p in g] for g in opt.shape_groups()] == [[0, 1], [2, 3]]  # batch-wide setting
+    assert opt.points[2].lr < opt.points[0].lr  # each optimizer's default step
+    p = parse_config({}).points[0]
+    assert p.settings["runs"] == 1000 and p.settings["max_steps"] == 30_000  # `ncflow run` defaults
+    assert p.lr == pytest.approx(ncflow.theory.default_step_size(p.problem, 1.0))
+
+
+def test_example_config_is_valid():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "examples", "sweep_lambda.toml"))
+    assert len(cfg.points) == 25 and len(cfg.shape_groups()) == 1 and cfg.swept == ("lambda_w", "lambda_h")
+    assert min(p.problem.c for p in cfg.points) < 1 < max(p.problem.c for p in cfg.points)
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[problem]\nK = 1\n")
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "problem.K must be an integer >= 2" in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[problem\nK = 3\n")
+    assert main(["sweep", str(broken), "--out", str(tmp_path / "o")]) == 2
+    assert "invalid TOML" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    good = tmp_path / "good.toml"
+    good.write_text('[grid]\nd = [4, 5]\n')
+    assert main(["sweep", str(good), "--dim", "6", "--out", str(tmp_path / "o")]) == 2
+    assert "grid.d" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_dry_run_and_overrides(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[problem]\nK = 4\n[grid]\nlambda_w = [1e-3, 1e-2]\nd = [3, 4]\n')
+    assert main(["sweep", str(cfg), "--dry-run", "--json", "--runs", "7"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert len(plan["points"]) == 4 and plan["shape_groups"] == [[0, 2], [1, 3]]
+    assert plan["config_hash"] == load_config(cfg, {"runs": 7}).hash != load_config(cfg).hash
+
+
+# --------------------------------------------------------------------------- running (float64)
+
+
+def test_point_equals_simulate_with_the_same_settings(sweep64):
+    out, report = sweep64
+    assert report.status == "complete" and report.ran == [0, 1]
+    cfg = parse_config(BASE64)
+    p = cfg.points[1]  # second in its batch: its lanes sit behind point 0's
+    ref = ncflow.simulate(p.problem, runs=6, seed=7, max_steps=3000, engine="full", init_scale=1.0,
+                          progress=False)
+    table = nio.read_table_csv(cfg.point_dir(out, 1) + "/runs.csv")
+    assert table["outcome"].tolist() == ref.outcome.tolist()
+    np.testing.assert_allclose(table["objective"], ref.per_run["objective"], rtol=0, atol=1e-12)
+    assert (ref.outcome == "global").all()
+
+
+def test_files_manifest_and_summary(sweep64):
+    out, report = sweep64
+    manifest = nio.read_json(out / "manifest.json")
+    assert manifest["status"] == "complete" and manifest["points"] == 2 and manifest["completed"] == 2
+    assert manifest["config_hash"] == parse_config(BASE64).hash
+    assert manifest["master_seed"] == 7 and manifest["config"]["grid"] == {"lambda_w": [5e-2, 2e-2]}
+    assert {"ncflow", "jax", "jaxlib", "device"} <= set(manifest["versions"])
+    assert manifest["wall_s"] > 0
+    s = nio.read_table_csv(out / "summary.csv")
+    assert s["point"].tolist() == [0, 1] and s["lambda_w"].tolist() == [5e-2, 2e-2]
+    for label in ncflow.LABELS:
+        for suffix in ("count", "fraction", "ci_low", "ci_high"):
+            assert f"{label}_{suffix}" in s
+    assert s["global_count"].tolist() == [6, 6] and s["geometry"].tolist() == ["simplex_etf"] * 2
+    pred = ncflow.predict(ncflow.Problem(K=3, d=3, n=2, lambda_w=2e-2, lambda_h=5e-2))
+    assert s["f_star"][1] == pred.objective and s["c"][1] == pytest.approx(pred.c)
+    assert abs(s["objective_median"][1] - pred.objective) < 1e-10
+    for name in ("points/0000/runs.csv", "points/0000/summary.json", "points/0000/config.json",
+                 "points/0001/point.json"):
+        assert (out / name).is_file()
+    for table in (s, nio.read_table_csv(out / "points/0000/runs.csv")):
+        assert not [c for c in table if "time" in c or c.endswith("_s") or "wall" in c]
+    assert not [f for f in _files(out) if f.endswith((".pkl", ".pickle", ".npy", ".npz"))]
+
+
+def test_resume_of_a_partial_batch_runs_only_its_missing_point_exactly(sweep64, tmp_path):
+    out, _ = sweep64
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = _files(copy)
+    os.remove(copy / "points/0001/summary.json")  # point 1 incomplete; its runs.csv stays stale
+    report = run_sweep(BASE64, copy, devices=jax.devices()[:1])
+    assert report.ran == [1] and report.skipped == [0] and report.recomputed == []
+    assert report.status == "complete"
+    after = _files(copy)
+    for name in before:
+        if not name.endswith(("summary.json", "manifest.json", "config.json")):  # those hold timing/versions
+            assert after[name] == before[name], name
+    again = run_sweep(BASE64, copy, devices=jax.devices()[:1])
+    assert again.ran == [] and again.skipped == [0, 1] and again.recomputed == []
+    assert nio.read_json(copy / "manifest.json")["sessions"] == 3
+
+
+def test_resume_modes_hand_the_right_points_to_the_engine(sweep64, tmp_path, monkeypatch):
+    import ncflow.engine
+
+    out, _ = sweep64
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    os.remove(copy / "points/0000/summary.json")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(points, config, devices=None):
+        seen.append([(float(p.problem.lambda_w), p.runs, p.seed) for p in points])
+        raise Stop
+
+    monkeypatch.setattr(ncflow.engine, "simulate_points", fake)
+    with pytest.raises(Stop):
+        run_sweep(BASE64, copy, resume="missing")
+    assert seen == [[(5e-2, 6, 7)]]  # point 0 alone
+    with pytest.raises(Stop):
+        run_sweep(BASE64, copy, resume="exact")
+    assert seen[-1] == [(5e-2, 6, 7), (2e-2, 6, 7)]  # exact: the whole batch again
+    with pytest.raises(SweepError, match="resume must be one of missing, exact"):
+        run_sweep(BASE64, copy, resume="never")
+    assert nio.read_json(copy / "manifest.json")["status"] == "partial"
+
+
+def test_another_sweep_in_the_directory_is_refused_untouched(sweep64, tmp_path, capsys):
+    out, _ = sweep64
+    before = _files(out)
+    other = {**BASE64, "solver": {**BASE64["solver"], "runs": 5}}
+    with pytest.raises(SweepError, match="holds a different sweep"):
+        run_sweep(other, out)
+    toml = tmp_path / "other.toml"
+    toml.write_text('[problem]\nK = 3\nd = 3\nn = 2\ndtype = "float64"\n[solver]\nruns = 2\n')
+    assert main(["sweep", str(toml), "--out", str(out)]) == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+    assert _files(out) == before
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(SweepError, match="not empty"):
+        run_sweep(BASE64, stray)
+    assert os.listdir(stray) == ["notes.txt"]
+
+
+# --------------------------------------------------------------------------- SIGKILL and resume
+
+
+def _sweep_cmd(cfg, out, cache):
+    return [sys.executable, "-m", "ncflow.cli", "sweep", str(cfg), "--out", str(out), "--no-progress",
+            "--compile-cache", str(cache)]
+
+
+def _complete(out):
+    pts = out / "points"
+    if not pts.is_dir():
+        return 0
+    return sum((pts / p / "summary.json").exists() for p in os.listdir(pts))
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_sweep(tmp_path):
+    t_start = time.monotonic()
+    cfg = tmp_path / "kill.toml"
+    cfg.write_text(KILL_TOML)
+    cache = tmp_path / "xla-cache"
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the uninterrupted reference (also fills the compilation cache the other runs reuse)
+    done = subprocess.run(_sweep_cmd(cfg, ref, cache), capture_output=True, text=True, timeout=50, env=env)
+    assert done.returncode == 0, done.stderr
+    n_points = 6
+    proc = subprocess.Popen(_sweep_cmd(cfg, cut, cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env)
+    try:
+        killed_at = None
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and proc.poll() is None:
+            if 0 < _complete(cut) < n_points:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
+                killed_at = _complete(cut)
+                break
+            time.sleep(0.005)
+        assert killed_at is not None, f"could not catch the sweep mid-way (exit {proc.poll()})"
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert nio.read_json(cut / "manifest.json")["status"] == "partial"
+    assert 0 < killed_at < n_points
+    print(f"killed with {killed_at} of {n_points} points complete")
+    (cut / "points" / ".runs.csv.stale.tmp").write_text("left by a killed writer")
+    resumed = subprocess.run(_sweep_cmd(cfg, cut, cache), capture_output=True, text=True, timeout=50, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{n_points - killed_at} run now" in resumed.stdout
+    assert nio.read_json(cut / "manifest.json")["status"] == "complete"
+    a, b = _files(ref), _files(cut)
+    assert not [f for f in b if f.endswith(".tmp")]  # temporaries of the killed run are cleaned up
+    assert a["summary.csv"] == b["summary.csv"]
+    runs = sorted(f for f in a if f.endswith("runs.csv"))
+    assert len(runs) == n_points
+    for name in runs:
+        assert a[name] == b[name], name
+    ta = nio.read_table_csv(ref / "summary.csv")
+    assert sorted(set(ta["d"].tolist())) == [4, 5, 6] and len(ta["point"]) == n_points
+    assert time.monotonic() - t_start < 120
