@@ -19,6 +19,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .metrics import ClassStats
+from .metrics import class_stats as _class_stats
 from .objective import Params, coeff
 from .problem import Problem
 
@@ -34,11 +35,7 @@ class Collapsed(NamedTuple):
 
 def collapse(problem: Problem, params: Params) -> Collapsed:
     """The collapsed state of a full point: class means and within-class scatter of H."""
-    d, K, n = problem.d, problem.K, problem.n
-    Hk = params.H.reshape(d, K, n)
-    M = jnp.mean(Hk, axis=2)
-    E = (Hk - M[:, :, None]).reshape(d, K * n)
-    return Collapsed(params.W, M, E @ E.T, params.b)
+    return Collapsed(*_class_stats(problem, params))
 
 
 def expand(problem: Problem, x: Collapsed) -> Params:
