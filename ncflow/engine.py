@@ -236,8 +236,7 @@ class _Programs:
                                    compile_only=True),
             lambda: self.check(x_abs, prob_b, compile_only=True),
             lambda: self.take((x_abs, prob_b, lr, pred_b), i32((lanes,)), compile_only=True),
-            lambda: self.summaries(*jax.tree_util.tree_map(_unsharded, (x_abs, prob_b, pred_b)),
-                                   compile_only=True),
+            lambda: self.summaries(x_abs, prob_b, pred_b, compile_only=True),
         ]
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as ex:
@@ -304,22 +303,31 @@ class _Programs:
         """Reorder lanes within each device (``idx`` holds device-local indices)."""
         return self._call("take", _tree_take, tree, idx, donate=(0,), compile_only=compile_only)
 
-    # Metrics with LAPACK calls (SVD, eigh) run on gathered lanes on ONE device: inside a
-    # shard_map over several CPU devices such a program was seen to deadlock.
+    # Metrics with LAPACK calls (SVD, eigh) run on the gathered lanes, one lane after another
+    # (lax.map without batching). Batched LAPACK kernels split their batch over XLA's intra-op
+    # thread pool and wait for it; two of them at once (eigh and SVD of one program, or one per
+    # device) exhausted a 2-thread pool and deadlocked. Unbatched, each runs inline, and a run's
+    # numbers cannot depend on the batch.
+    def _host_map(self, name, fn, *args, compile_only=False):
+        prog = lambda *a: jax.lax.map(lambda t: fn(*t), a)  # noqa: E731
+        if compile_only:
+            abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+            return self._call(name, prog, *abstract, compile_only=True, sharded=False)
+        return jax.tree_util.tree_map(np.asarray, self._call(name, prog, *args, sharded=False))
+
     def diagnostics(self, x, prob_b):
-        """NC1–NC3 of every lane (inputs gathered on the host; one device)."""
+        """NC1–NC3 of every lane (numpy inputs gathered on the host, all lanes)."""
         rep, N = self.rep, self.problem.N
 
         def one(p, xi):
             nc = _m.nc_metrics(rep.stats(p, xi), N)
             return nc.nc1, nc.nc2, nc.nc3
 
-        fn = self._per_lane(one)
-        return self._call("diag", lambda x, p: fn(p, x), x, prob_b, sharded=False)
+        return self._host_map("diag", one, prob_b, x)
 
     def summaries(self, x, prob_b, pred_b, compile_only=False):
         """Objective, gradient norm, NC metrics, distance to the optimum and the
-        representation's extras of every lane (inputs gathered on the host; one device)."""
+        representation's extras of every lane (numpy inputs gathered on the host, all lanes)."""
         rep, N = self.rep, self.problem.N
 
         def one(p, xi, pa):
@@ -328,13 +336,7 @@ class _Programs:
             extra = rep.extras(p, xi) if rep.extras is not None else {}
             return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), extra
 
-        fn = self._per_lane(one)
-        return self._call("summ", lambda x, p, pa: fn(p, x, pa), x, prob_b, pred_b, compile_only=compile_only,
-                          sharded=False)
-
-
-def _unsharded(a) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(a.shape, a.dtype)
+        return self._host_map("summ", one, prob_b, x, pred_b, compile_only=compile_only)
 
 
 def _history_chunks(max_chunks: int) -> set[int]:
@@ -484,7 +486,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     # ------------------------------------------------------------------ classify
     t_cls = time.perf_counter()
     x_all, prob_all, pred_all = layout.gather((x, prob_b, pred_b))
-    f, gn, nc, dist, extra = jax.tree_util.tree_map(np.asarray, progs.summaries(x_all, prob_all, pred_all))
+    f, gn, nc, dist, extra = progs.summaries(x_all, prob_all, pred_all)
     lane_g = _gather_host(lane, layout)
     steps_g = _gather_host(steps, layout)
     status_g = _gather_host(status, layout)

@@ -105,7 +105,9 @@ def _lanczos_program(problem: Problem, rep, iters: int):
         r = lanczos_extremes(mv, v0, iters)
         return r.min_eig, r.max_eig
 
-    return jax.jit(jax.vmap(one))
+    # lanes one after another: batched LAPACK (the tridiagonal eigh) can deadlock a small
+    # intra-op thread pool, and a run's estimate must not depend on its batch
+    return jax.jit(lambda p, x, k: jax.lax.map(lambda t: one(*t), (p, x, k)))
 
 
 def hessian_extremes(problem: Problem, rep, x, prob_b, lanes: np.ndarray, iters: int, batch: int = 16):
