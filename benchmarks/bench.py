@@ -41,6 +41,7 @@ def _args():
     ap.add_argument("--devices", type=int, default=None, help="CPU devices (default: one per core)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     ap.add_argument("--skip-cli", action="store_true", help="skip the time-to-answer rows")
+    ap.add_argument("--problems", default=None, help='override the problem list, e.g. "10,64,20;100,64,10"')
     ap.add_argument("--sections", default="main,crossover,groups,devices,cli",
                     help="comma list of: main, crossover, groups, devices, cli")
     return ap.parse_args()
@@ -181,6 +182,8 @@ def main():
     for dt, c in ceiling.items():
         print(f"# matmul ceiling {dt}: jax {c['jax_gflops']:.1f} GFLOP/s, numpy {c['numpy_gflops']:.1f} GFLOP/s")
     probs = QUICK if ARGS.quick else PROBLEMS
+    if ARGS.problems:
+        probs = [tuple(int(v) for v in item.split(",")) for item in ARGS.problems.split(";")]
     runs = 64 if ARGS.quick else ARGS.runs
     for dtype in (ARGS.dtypes.split(",") if "main" in sections else []):
         for K, d, n in probs:

@@ -82,8 +82,8 @@ ENGINES = ("auto", "full", "collapsed")
 def choose(problem: Problem, engine: str = "auto") -> Representation:
     """The representation for ``engine`` ("auto", "full" or "collapsed").
 
-    "auto" takes the collapsed one for the MSE loss whenever its step is estimated cheaper
-    (flop counts above; the measured crossover is recorded in benchmarks/README.md), else full.
+    "auto" takes the collapsed one for the MSE loss when its flop count is below ``CROSSOVER``
+    (0.5) times the full step's — the measured crossover, recorded in benchmarks/README.md.
     """
     if engine == "full":
         return FULL
@@ -93,6 +93,13 @@ def choose(problem: Problem, engine: str = "auto") -> Representation:
         return COLLAPSED
     if engine != "auto":
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if problem.loss == "mse" and COLLAPSED.flops_per_step(problem) < FULL.flops_per_step(problem):
+    if problem.loss == "mse" and COLLAPSED.flops_per_step(problem) < CROSSOVER * FULL.flops_per_step(problem):
         return COLLAPSED
     return FULL
+
+
+#: "auto" takes the collapsed step when its flop count is below this fraction of the full one's.
+#: Measured (benchmarks/bench.py, crossover section, K=10, d=64, float32, 2-core CPU): the full
+#: engine was faster up to N = 80 and the collapsed one from N = 160, where the flop models
+#: alone would switch at N ≈ 56; the collapsed step's small products run at a lower rate.
+CROSSOVER = 0.5
