@@ -61,8 +61,10 @@ def add_solver_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adam-eps", type=float_in(0.0, low_open=True), default=1e-8, help="Adam ε")
     g.add_argument("--flow-time", type=float_in(0.0, low_open=True), default=None,
                    help="gradient-flow time horizon (default: until stationary)")
-    g.add_argument("--rtol", type=float_in(0.0, low_open=True), default=1e-7, help="flow solver relative tolerance")
-    g.add_argument("--atol", type=float_in(0.0, low_open=True), default=1e-10, help="flow solver absolute tolerance")
+    g.add_argument("--rtol", type=float_in(0.0, low_open=True), default=None,
+                   help="flow solver relative tolerance (default 1e-10 float64, 1e-6 float32)")
+    g.add_argument("--atol", type=float_in(0.0, low_open=True), default=None,
+                   help="flow solver absolute tolerance (default 1e-12 float64, 1e-8 float32)")
     g.add_argument("--init", default="gaussian", help="gaussian (default), orthogonal, small, or saddle")
     g.add_argument("--active", type=int_at_least(0), default=None,
                    help="for --init saddle: active directions s of the critical point")

@@ -77,7 +77,9 @@ class Config:
         momentum: momentum coefficient in [0, 1) for "momentum"/"nesterov" (default 0.9).
         beta1, beta2, adam_eps: Adam's hyperparameters.
         flow_time: time horizon of "flow" (None: until stationary or max_steps solver steps).
-        rtol, atol: error tolerances of the flow's adaptive solver.
+        rtol, atol: error tolerances of the flow's adaptive solver (None: 1e-10 / 1e-12 in
+            float64, 1e-6 / 1e-8 in float32 — tight enough for the flow to meet the stopping
+            tolerance of its dtype).
         init: "gaussian", "orthogonal", "small" or "saddle" (see :mod:`ncflow.init`).
         active: for init "saddle", the number s of active directions of the critical point.
         perturb: for init "saddle", the size of the Gaussian perturbation.
@@ -103,8 +105,8 @@ class Config:
     beta2: float = 0.999
     adam_eps: float = 1e-8
     flow_time: float | None = None
-    rtol: float = 1e-7
-    atol: float = 1e-10
+    rtol: float | None = None
+    atol: float | None = None
     init: str = "gaussian"
     active: int | None = None
     perturb: float = 1e-3
@@ -399,6 +401,9 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     tols = [default_tolerances(p.problem, pr, config.gtol) for p, pr in zip(points, preds)]
     gtol_lane = np.asarray([t.gtol for t in tols])[lane_pt]
     ftol_lane = np.asarray([t.ftol for t in tols])[lane_pt]
+    strict_lane = np.asarray([t.strict_gtol for t in tols])[lane_pt]
+    gap_lane = np.asarray([t.gap_tol for t in tols])[lane_pt]
+    fstar_lane = np.asarray([pr.objective for pr in preds])[lane_pt]
 
     pred_arrays = [pr.arrays(base.K, dt) for pr in preds]
     pred_b = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(v) for v in a]), *pred_arrays)
@@ -460,7 +465,11 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
             ref = np.maximum(1.0, np.abs(f0[perm]))
             if config.early_stop:
                 div = active & (~fin | (np.abs(f_now) > 1e6 * ref))
-                conv = active & ~div & (g_now <= gtol_lane) & (np.abs(f_now - f_prev) <= ftol_lane)
+                # a run stops at the predicted optimum at gtol; anywhere else it must be stationary
+                # to strict_lane (gtol/1000), so a run slowly leaving a saddle is not stopped there
+                at_opt = np.abs(f_now - fstar_lane) <= gap_lane
+                tol = np.where(at_opt, gtol_lane, strict_lane)
+                conv = active & ~div & (g_now <= tol) & (np.abs(f_now - f_prev) <= ftol_lane)
                 status[div] = DIVERGED
                 status[conv] = CONVERGED
             status[(status == RUNNING) & ((steps >= config.max_steps) | (rep_done > 0))] = BUDGET
@@ -479,6 +488,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
                 order = (order_local + (np.arange(still.shape[0]) * L)[:, None]).reshape(-1)
                 perm, status, steps, f_prev = perm[order], status[order], steps[order], f_prev[order]
                 gtol_lane, ftol_lane = gtol_lane[order], ftol_lane[order]
+                strict_lane, gap_lane, fstar_lane = strict_lane[order], gap_lane[order], fstar_lane[order]
                 lane, lane_pt, lane_rn = lane[order], lane_pt[order], lane_rn[order]
     if config.history and chunk_i not in record_at and chunk_i > 0:
         record(f_now, g_now, x)

@@ -48,6 +48,10 @@ class Tolerances:
         gap_tol: |f − f*| <= gap_tol for ``global``.
         geom_tol: relative Gram error <= geom_tol for ``global``.
         neg_tol: negative curvature threshold, relative to max(1, |λ_max|).
+        strict_gtol: stopping tolerance away from the predicted optimum: gtol/1000 (never below
+            the dtype's rounding floor). Near a saddle the gradient can be below gtol while the
+            run is still escaping; only a run stationary to this tolerance (e.g. one started
+            exactly at a critical point) stops there. Classification still uses gtol.
     """
 
     gtol: float
@@ -55,6 +59,7 @@ class Tolerances:
     gap_tol: float
     geom_tol: float
     neg_tol: float
+    strict_gtol: float = 0.0
 
     def to_json(self) -> dict:
         """The tolerances as a plain dict."""
@@ -90,7 +95,8 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
         # Gram by ~2 ||ΔW|| / ||W*||_F relative; allow twice that when it exceeds the default
         geom_tol = max(geom_tol, 4 * gtol / (mu * w_frob))
     return Tolerances(gtol=float(gtol), ftol=rel * scale, gap_tol=10 * rel * scale + 100 * eps * scale,
-                      geom_tol=float(min(geom_tol, 0.25)), neg_tol=math.sqrt(eps))
+                      geom_tol=float(min(geom_tol, 0.25)), neg_tol=math.sqrt(eps),
+                      strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])))
 
 
 def _lanczos_program(problem: Problem, rep, iters: int):
