@@ -116,9 +116,10 @@ def test_escape_from_origin():
 
 
 def test_escape_from_saddle_through_engine():
-    """s = 1 through ncflow.simulate (engine auto = collapsed GD wrapped by the recorder): the
-    same rate g governs the escape; median within 10% of the prediction."""
-    r = ncflow.simulate(P, runs=8, init="saddle", active=1, perturb=EPS, max_steps=200, progress=False)
+    """s = 1 through ncflow.simulate (collapsed GD wrapped by the recorder): the same rate g
+    governs the escape; median within 10% of the prediction."""
+    r = ncflow.simulate(P, runs=8, init="saddle", active=1, perturb=EPS, max_steps=200, progress=False,
+                        engine="collapsed")
     assert r.representation == "collapsed+escape"
     esc = r.per_run["escape_step"]
     assert np.all(np.isfinite(esc))
