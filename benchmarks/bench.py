@@ -42,8 +42,8 @@ def _args():
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     ap.add_argument("--skip-cli", action="store_true", help="skip the time-to-answer rows")
     ap.add_argument("--problems", default=None, help='override the problem list, e.g. "10,64,20;100,64,10"')
-    ap.add_argument("--sections", default="main,crossover,groups,devices,cli",
-                    help="comma list of: main, crossover, groups, devices, cli")
+    ap.add_argument("--sections", default="main,crossover,groups,sweep,devices,cli",
+                    help="comma list of: main, crossover, groups, sweep, devices, cli")
     return ap.parse_args()
 
 
@@ -158,6 +158,25 @@ def groups(dtype="float32", runs=1024, K=10, d=64, n=20, sizes=(1, 4, 8, 16, 64,
     return out
 
 
+def sweep_row(points=100, runs=20, steps=500):
+    """A 100-point (λ_W × λ_H) sweep as ONE batch (simulate_points) against 100 separate
+    simulate calls with the same settings; wall times include compilation."""
+    lams = np.geomspace(1e-3, 1e-1, int(round(points ** 0.5)))
+    probs = [ncflow.Problem(K=10, d=10, n=20, lambda_w=a, lambda_h=b, dtype="float32") for a in lams for b in lams]
+    cfg = ncflow.Config(max_steps=steps, early_stop=False, progress=False)
+    pts = [ncflow.Point(problem=p, runs=runs, lr=0.1, init_scale=1.0, seed=0) for p in probs]
+    t0 = time.perf_counter()
+    one = ncflow.simulate_points(pts, cfg)
+    t_one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sep = [ncflow.simulate(p, cfg, runs=runs, lr=0.1) for p in probs]
+    t_sep = time.perf_counter() - t0
+    same = all(np.array_equal(a.outcome, b.outcome) for a, b in zip(one, sep))
+    print(f"  {len(probs)} points x {runs} runs x {steps} steps: one program {t_one:.1f} s, "
+          f"{len(probs)} separate runs {t_sep:.1f} s ({t_sep / t_one:.1f}x); same outcomes: {same}")
+    return {"points": len(probs), "one_program_s": t_one, "separate_s": t_sep, "same_outcomes": same}
+
+
 def devices_rows(counts=(1, 2, 4), steps=3000):
     """Throughput of the default problem on 1, 2, 4 XLA CPU devices (separate processes)."""
     out = []
@@ -218,6 +237,9 @@ def main():
         print("\ncache groups, collapsed K=10 d=64 n=20 float32:")
         extra["groups"] = groups(runs=128 if ARGS.quick else 1024, sizes=(8, 128) if ARGS.quick else
                                  (1, 4, 8, 16, 64, 256, 1024))
+    if "sweep" in sections:
+        print("\nsweep in one program vs separate runs:")
+        extra["sweep"] = sweep_row(points=16 if ARGS.quick else 100)
     if "devices" in sections:
         print("\nXLA CPU devices (default problem, 3000 steps, no early stop):")
         extra["devices"] = devices_rows(steps=300 if ARGS.quick else 3000)
