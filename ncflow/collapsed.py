@@ -129,7 +129,7 @@ def gd_step(problem: Problem, x: Collapsed, lr) -> Collapsed:
     about 4Kd² + 8K²d flops. ``lr = 0`` leaves the state exactly unchanged.
     """
     W, M, G, b = x
-    K, d, n, N = problem.K, problem.d, problem.n, problem.N
+    K, n, N = problem.K, problem.n, problem.N
     lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
     WMG = W @ jnp.concatenate([M, G], axis=1)  # (K, K + d)
     Rm = WMG[:, :K] + b[:, None] - jnp.eye(K, dtype=W.dtype)

@@ -33,12 +33,12 @@ import numpy as np
 from . import init as _init
 from . import metrics as _m
 from . import solvers, theory
-from .outcomes import classify, Tolerances, default_tolerances
+from .outcomes import classify, default_tolerances
 from .objective import Params
 from .problem import Problem
 from .progress import Progress
 from .layout import AXIS, Layout, make_layout
-from .representations import ENGINES, Representation, choose
+from .representations import ENGINES, Representation
 from .result import Result
 from jax.sharding import PartitionSpec as P
 
