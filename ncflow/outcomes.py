@@ -140,7 +140,7 @@ def hessian_extremes(problem: Problem, rep, x, prob_b, lanes: np.ndarray, iters:
     return lo, hi
 
 
-def classify(problem, rep, x, prob_b, f, gnorm, dist, lane_point, tols, iters, status, progs=None):
+def classify(problem, rep, x, prob_b, f, gnorm, dist, lane_point, tols, iters, status):
     """Label every run (see the module doc). Returns ``(labels (R,) str, min_eig (R,), max_eig (R,))``;
     Hessian estimates are NaN for runs that did not need them."""
     from .engine import DIVERGED  # status code
