@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
 import ncflow  # noqa: E402
-from ncflow.representations import COLLAPSED, FULL  # noqa: E402
+from ncflow.dynamics.spaces import COLLAPSED, FULL  # noqa: E402
 
 PROBLEMS = [(10, 64, 20), (10, 64, 200), (10, 512, 100), (100, 64, 10)]
 QUICK = [(10, 64, 20), (4, 16, 10)]

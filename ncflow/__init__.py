@@ -4,11 +4,31 @@ Public API::
 
     import ncflow
     p = ncflow.Problem(K=10, d=16, n=100, lambda_w=5e-4, lambda_h=5e-4)
-    ncflow.theory.predict(p)                 # closed-form optimum
+    ncflow.predict(p)                        # closed-form optimum (ncflow.theory.predict)
     r = ncflow.simulate(p, runs=1000)        # batched GD + classification
     print(r.report()); r.outcomes(); r.save("out/")
+
+``import ncflow`` is cheap: every name below is imported on first use (PEP 562), so the
+command line's ``ncflow theory`` never starts the engine, optax or diffrax.
+
+Layers (each imports only from the layers below it; checked by import-linter in CI)::
+
+    ncflow.cli                                      the command line
+    ncflow.sweep | ncflow.plot                      grids, resume, figures
+    ncflow.features | ncflow.landscape              real features; Hessian probes
+    ncflow.batch                                    MANY runs: layout, memory, lanes, programs, loop
+    ncflow.result                                   the one object a simulation returns
+    ncflow.report | ncflow.outcomes                 report text; classification and tolerances
+    ncflow.dynamics                                 ONE run's state and steppers (GD, optax, flow), starts
+    ncflow.maths                                    ONE run's maths: objective, theory, collapsed, metrics
+    ncflow.config | ncflow.problem                  validated settings
+    ncflow.settings                                 the one table of settings
+    ncflow.codes | errors | io | progress | stats   leaves
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -16,17 +36,52 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from . import flow, landscape, metrics, objective, solvers, theory  # noqa: E402
-from .collapsed import Collapsed  # noqa: E402
-from .engine import Config, ConfigError, Point, simulate, simulate_points  # noqa: E402
-from .objective import Params  # noqa: E402
-from .outcomes import LABELS, Tolerances  # noqa: E402
-from .problem import Problem, ProblemError  # noqa: E402
-from .result import Result, load_summary, load_table  # noqa: E402
-from .theory import Prediction, predict  # noqa: E402
+#: public name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "Problem": ("ncflow.problem", "Problem"),
+    "ProblemError": ("ncflow.errors", "ProblemError"),
+    "Config": ("ncflow.config", "Config"),
+    "ConfigError": ("ncflow.errors", "ConfigError"),
+    "Point": ("ncflow.batch.loop", "Point"),
+    "simulate": ("ncflow.batch.loop", "simulate"),
+    "simulate_points": ("ncflow.batch.loop", "simulate_points"),
+    "predict": ("ncflow.maths.theory", "predict"),
+    "Prediction": ("ncflow.maths.theory", "Prediction"),
+    "Params": ("ncflow.maths.objective", "Params"),
+    "Collapsed": ("ncflow.maths.collapsed", "Collapsed"),
+    "LABELS": ("ncflow.codes", "LABELS"),
+    "Tolerances": ("ncflow.outcomes", "Tolerances"),
+    "Result": ("ncflow.result", "Result"),
+    "load_summary": ("ncflow.result", "load_summary"),
+    "load_table": ("ncflow.result", "load_table"),
+    # submodules under their short names
+    "theory": ("ncflow.maths.theory", None),
+    "objective": ("ncflow.maths.objective", None),
+    "metrics": ("ncflow.maths.metrics", None),
+    "collapsed": ("ncflow.maths.collapsed", None),
+    "lanczos": ("ncflow.maths.lanczos", None),
+    "solvers": ("ncflow.dynamics.steppers", None),
+    "flow": ("ncflow.dynamics.flow", None),
+    "landscape": ("ncflow.landscape", None),
+    "features": ("ncflow.features", None),
+    "io": ("ncflow.io", None),
+    "plot": ("ncflow.plot", None),
+    "sweep": ("ncflow.sweep", None),
+}
 
-__all__ = [
-    "__version__", "Collapsed", "Config", "ConfigError", "LABELS", "Params", "Point", "Prediction",
-    "Problem", "ProblemError", "Result", "Tolerances", "flow", "landscape", "load_summary", "load_table",
-    "metrics", "objective", "predict", "simulate", "simulate_points", "solvers", "theory",
-]
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'ncflow' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

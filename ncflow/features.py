@@ -227,7 +227,7 @@ def predicted_metrics(problem) -> dict:
     from the predicted Gram ``G = W Wᵀ`` and self-duality ``μ_k = κ w_k``: Σ_W = 0 so NC1 = 0;
     W̃W̃ᵀ = C G C and W̃H̄ = κ C G C (C = I − 11ᵀ/K), so NC3 = NC2; NC4 = ‖κ G 1/K + b*‖.
     Values are None where the theory fixes no unique Gram."""
-    from .theory import predict
+    from ncflow.maths.theory import predict
 
     pred = predict(problem)
     out = {"nc1": None, "nc2": None, "nc3": None, "nc4": None, "nc2_uncentered": None,
@@ -251,8 +251,8 @@ def compare(feats: Features, lambda_w: float = 5e-4, lambda_h: float = 5e-4, lam
             bias: bool = True) -> dict:
     """Metrics of ``feats`` and of the matching UFM optimum: ``{"K", "d", "N", "class_sizes",
     "features": {...}, "ufm": {"problem", "theory", "metrics"}}``."""
-    from .problem import Problem, ProblemError
-    from .theory import predict
+    from ncflow.problem import Problem, ProblemError
+    from ncflow.maths.theory import predict
 
     m = features_metrics(feats.H, feats.labels, feats.W, feats.b, K=feats.K)
     n = max(1, int(round(feats.N / feats.K)))

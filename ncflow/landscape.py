@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import objective as _o
-from . import theory
-from .lanczos import lanczos_extremes
-from .objective import Params
-from .problem import Problem
+from ncflow.maths import objective as _o
+from ncflow.maths import theory
+from ncflow.maths.lanczos import lanczos_extremes
+from ncflow.maths.objective import Params
+from ncflow.problem import Problem
 
 #: |eigenvalue| below this counts as zero in :func:`critical_point_report` (float64)
 ZERO_TOL = 1e-8

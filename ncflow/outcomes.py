@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import objective as _o
-from .lanczos import lanczos_extremes
-from .problem import Problem
-from .theory import Prediction
+from ncflow.maths import objective as _o
+from ncflow.maths.lanczos import lanczos_extremes
+from ncflow.codes import DIVERGED, LABELS  # noqa: F401  (LABELS re-exported)
+from ncflow.problem import Problem
+from ncflow.maths.theory import Prediction
 
-LABELS = ("global", "saddle", "local_min", "not_converged", "diverged")
 
 #: relative objective accuracy a converged run is asked for, by dtype
 TARGET_REL = {"float64": 1e-11, "float32": 1e-4}
@@ -143,8 +143,6 @@ def hessian_extremes(problem: Problem, rep, x, prob_b, lanes: np.ndarray, iters:
 def classify(problem, rep, x, prob_b, f, gnorm, dist, lane_point, tols, iters, status):
     """Label every run (see the module doc). Returns ``(labels (R,) str, min_eig (R,), max_eig (R,))``;
     Hessian estimates are NaN for runs that did not need them."""
-    from .engine import DIVERGED  # status code
-
     gtol = np.asarray([tols[i].gtol for i in lane_point])
     gap_tol = np.asarray([tols[i].gap_tol for i in lane_point])
     geom_tol = np.asarray([tols[i].geom_tol for i in lane_point])

@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-from . import io as _io
-from .outcomes import LABELS
+from ncflow import io as _io
+from ncflow.outcomes import LABELS
 
 COLORS = {"global": "tab:green", "saddle": "tab:orange", "local_min": "tab:red",
           "not_converged": "tab:gray", "diverged": "tab:purple"}

@@ -13,13 +13,11 @@ import math
 import equinox as eqx
 import numpy as np
 
+from ncflow.errors import ProblemError
+
 BIAS_MODES = ("unregularized", "regularized", "none")
 LOSSES = ("mse", "rescaled-mse")
 DTYPES = ("float32", "float64")
-
-
-class ProblemError(ValueError):
-    """A problem field is outside its accepted range. The message names the field."""
 
 
 def _check_int(name: str, value, low: int) -> None:

@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from . import io as _io
-from .outcomes import LABELS, Tolerances
-from .problem import Problem
-from .stats import wilson_interval
-from .theory import Prediction
+from ncflow import io as _io
+from ncflow.outcomes import LABELS, Tolerances
+from ncflow.config import Config
+from ncflow.dynamics.replay import replay
+from ncflow.problem import Problem
+from ncflow.report import format_result, median
+from ncflow.stats import wilson_interval
+from ncflow.maths.theory import Prediction
 
 RESULT_FILES = ("summary.json", "config.json", "runs.csv")
 
@@ -27,7 +30,7 @@ def versions() -> dict:
     import jax
     import jaxlib
 
-    from . import __version__
+    from ncflow import __version__
 
     return {"ncflow": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
@@ -107,12 +110,12 @@ class Result:
         """
         import jax
 
-        from .representations import COLLAPSED
+        from ncflow.dynamics.spaces import COLLAPSED
 
         if exact and self.representation == "collapsed":
-            from .engine import replay
+            from ncflow.batch.loop import replay
 
-            from .engine import Config
+            from ncflow.batch.loop import Config
 
             fields = {k: v for k, v in self.config.items() if k in Config.__dataclass_fields__}
             return replay(self.problem, int(self.per_run["run"][i]), int(self.per_run["steps"][i]),
@@ -125,7 +128,7 @@ class Result:
 
     def summary(self) -> dict:
         """The JSON summary (the object ``ncflow run --json`` prints)."""
-        med = {k: _median(self.per_run[k]) for k in ("nc1", "nc2", "nc3", "nc4", "gram_error", "grad_norm")}
+        med = {k: median(self.per_run[k]) for k in ("nc1", "nc2", "nc3", "nc4", "gram_error", "grad_norm")}
         return {
             "theory": self.prediction.to_json(),
             "problem": self.problem.describe(),
@@ -166,38 +169,7 @@ class Result:
 
     def report(self) -> str:
         """Human-readable report: prediction, outcome table with intervals, metrics, timing."""
-        from .cli import format_prediction
-
-        lines = ["Theory prediction", format_prediction(self.problem, self.prediction), ""]
-        lines.append(f"Outcomes of {self.runs} runs ({self.representation} engine, {self.problem.dtype}, "
-                     f"lr={self.config['lr']:.4g}, init scale {self.config['init_scale']:g}, "
-                     f"budget {self.config['max_steps']} steps)")
-        lines.append(f"  {'outcome':<14}{'count':>7}{'fraction':>10}   95% interval")
-        for label, o in self.outcomes().items():
-            lo, hi = o["ci95"]
-            lines.append(f"  {label:<14}{o['count']:>7}{o['fraction']:>10.3f}   [{lo:.3f}, {hi:.3f}]")
-        fo = self.final_objective()
-        if fo["median"] is not None:
-            lines.append("")
-            lines.append(f"Final objective  min {fo['min']:.10g}  median {fo['median']:.10g}  max {fo['max']:.10g}"
-                         f"   (f* = {self.prediction.objective:.10g})")
-        m = {k: _median(self.per_run[k]) for k in ("nc1", "nc2", "nc3", "gram_error")}
-        if all(v is not None for v in m.values()):
-            lines.append(f"Median NC1 {m['nc1']:.2e}  NC2 {m['nc2']:.2e}  NC3 {m['nc3']:.2e}  "
-                         f"Gram error {m['gram_error']:.2e}")
-        st = self.per_run["steps"]
-        lines.append(f"Steps per run  min {int(st.min())}  median {int(np.median(st))}  max {int(st.max())}")
-        t = self.timing
-        lines.append(f"Timing  compile {t['compile_s']:.2f} s  run {t['run_s']:.2f} s  classify "
-                     f"{t['classify_s']:.2f} s  wall {t['wall_s']:.2f} s  "
-                     f"{t['run_steps_per_s']:.3g} run-steps/s  ({self.device})")
-        return "\n".join(lines)
-
-
-def _median(a) -> float | None:
-    a = np.asarray(a, np.float64)
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else None
+        return format_result(self)
 
 
 def check_output_dir(directory: str, overwrite: bool = False) -> None:

@@ -60,8 +60,8 @@ from IPython.display import Image, display
 
 import ncflow
 import ncflow.plot
-import ncflow.sweep
-from ncflow import init
+import ncflow.sweep.run
+from ncflow.dynamics import starts as init
 
 NOTEBOOK_T0 = time.perf_counter()
 
@@ -127,7 +127,7 @@ QUICKSTART = [
         g = pred.gram
         cos = g / np.sqrt(np.outer(np.diag(g), np.diag(g)))
         print(f"predicted cosine between any two classifiers: {cos[0, 1]:.4f} = -1/(K-1)")
-    print(f"default step size 1/L = {ncflow.theory.default_step_size(p):.4f}")
+    print(f"default step size 1/L = {ncflow.maths.theory.default_step_size(p):.4f}")
     '''),
     md(r'''
     ## 2. Simulate
@@ -271,7 +271,8 @@ THEORY_CHECK = [
     '''),
     setup_cell(x64=True),
     code(r'''
-    from ncflow import landscape, theory
+    from ncflow import landscape
+    from ncflow.maths import theory
 
     BASE = dict(K=4, d=8, n=5, dtype="float64")
     # Stop at ||grad f|| <= 1e-10 (tighter than the float64 default) so that the measured norms
@@ -598,9 +599,10 @@ PHASE_DIAGRAMS = [
     import shutil
     import tempfile
 
-    from ncflow import landscape, theory
+    from ncflow import landscape
+    from ncflow.maths import theory
     from ncflow.plot import fractions_figure, phase_figure
-    from ncflow.sweep import load_sweep, run_sweep
+    from ncflow.sweep.run import load_sweep, run_sweep
 
     WORK = tempfile.mkdtemp(prefix="ncflow_phase_")
     BASE = {"K": 10, "d": 10, "n": 20, "lambda_w": 5e-3, "lambda_h": 5e-3, "dtype": "float32"}
@@ -875,8 +877,10 @@ CONVERGENCE_RATES = [
     code(r'''
     import jax.numpy as jnp
 
-    from ncflow import objective, solvers, theory
-    from ncflow.flow import flow_representation
+    from ncflow.maths import objective
+    from ncflow.dynamics import steppers as solvers
+    from ncflow.maths import theory
+    from ncflow.dynamics.flow import flow_representation
 
     P_EQ = ncflow.Problem(K=4, d=8, n=5, lambda_w=5e-3, lambda_h=5e-3, dtype="float64")  # λ_W = λ_H
     P_UN = ncflow.Problem(K=4, d=8, n=5, lambda_w=1e-2, lambda_h=2e-3, dtype="float64")  # λ_W > λ_H
@@ -1085,7 +1089,7 @@ CONVERGENCE_RATES = [
     representation directly (`FlowState.t_end`, as in `tests/test_flow.py`).
     '''),
     code(r'''
-    from ncflow.flow import STAGES
+    from ncflow.dynamics.flow import STAGES
 
     lr_gd = theory.default_step_size(P_UN)
     mom = solvers.momentum_of(ncflow.Config(optimizer="momentum"))

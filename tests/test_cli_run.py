@@ -1,7 +1,7 @@
 """``ncflow run``: JSON output, --out files and refusal to overwrite, flag validation before any
 compilation, exact step accounting without early stopping, and the installed console script.
 
-Mostly in-process (``ncflow.cli.main`` returns the exit code; argparse errors raise SystemExit(2));
+Mostly in-process (``ncflow.cli.app`` returns the exit code; argparse errors raise SystemExit(2));
 one subprocess test runs the real ``ncflow`` command with ``--dtype float64`` in a fresh
 interpreter, where float64 is not already enabled. Problems are tiny: compilation dominates.
 """
@@ -20,9 +20,9 @@ import time
 import jax
 import pytest
 
-import ncflow.cli_run
-import ncflow.engine
-from ncflow.cli import main
+import ncflow.cli.run
+import ncflow.batch.loop  # noqa: F401
+from ncflow.cli.app import main
 from ncflow.outcomes import LABELS
 
 TINY = ["-K", "3", "-d", "4", "-n", "2", "--lambda-w", "1e-2", "--lambda-h", "1e-2"]
@@ -63,9 +63,9 @@ def no_engine(monkeypatch):
     """Fail the test if the engine is reached (i.e. something would be compiled)."""
     def boom(*a, **k):
         raise AssertionError("the engine was called: the flag must be rejected before compiling")
-    monkeypatch.setattr(ncflow.engine, "simulate", boom)
-    monkeypatch.setattr(ncflow.engine, "simulate_points", boom)
-    monkeypatch.setattr(ncflow.cli_run, "simulate", boom, raising=False)  # if imported at module level
+    monkeypatch.setattr(ncflow.batch.loop, "simulate", boom)
+    monkeypatch.setattr(ncflow.batch.loop, "simulate_points", boom)
+    monkeypatch.setattr(ncflow.cli.run, "simulate", boom, raising=False)  # if imported at module level
 
 
 # ------------------------------------------------------------------ JSON + --out (one compile)

@@ -1,5 +1,5 @@
 """`ncflow theory`: JSON and table output, and flag validation (exit 2, one stderr line naming
-the flag, no traceback). Mostly in-process through ``ncflow.cli.main``; two subprocess runs
+the flag, no traceback). Mostly in-process through ``ncflow.cli.app``; two subprocess runs
 check the real ``python -m ncflow.cli`` entry point."""
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ncflow import theory
-from ncflow.cli import main
+from ncflow.maths import theory
+from ncflow.cli.app import main
 from ncflow.problem import Problem
 
 REPO = Path(__file__).resolve().parents[1]

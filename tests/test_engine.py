@@ -31,9 +31,10 @@ import numpy as np
 import pytest
 
 import ncflow
-from ncflow import Config, ConfigError, Point, Problem, simulate, simulate_points, theory
+from ncflow import Config, ConfigError, Point, Problem, simulate, simulate_points
+from ncflow.maths import theory
 from ncflow import io as nio
-from ncflow import objective as obj
+from ncflow.maths import objective as obj
 from ncflow.outcomes import LABELS
 from ncflow.result import ResultExistsError
 

@@ -11,8 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from ncflow import Problem, metrics, theory
-from ncflow.cli import main
+from ncflow import Problem
+from ncflow.maths import metrics
+from ncflow.maths import theory
+from ncflow.cli.app import main
 from ncflow.features import (FeaturesError, compare, features_metrics, load_features, make_features,
                              predicted_metrics)
 

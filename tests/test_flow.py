@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 import ncflow
-from ncflow import init, objective, theory
-from ncflow.flow import FlowState, flow_representation
-from ncflow.objective import Params
+from ncflow.dynamics import starts as init
+from ncflow.maths import objective
+from ncflow.maths import theory
+from ncflow.dynamics.flow import FlowState, flow_representation
+from ncflow.maths.objective import Params
 from ncflow.problem import Problem
 
 P = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2)

@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 
 import ncflow
-from ncflow import init, objective, solvers, theory
-from ncflow.engine import Config
+from ncflow.dynamics import starts as init
+from ncflow.maths import objective
+from ncflow.dynamics import steppers as solvers
+from ncflow.maths import theory
+from ncflow.batch.loop import Config
 from ncflow.problem import Problem
 
 P = Problem(K=4, d=6, n=3, lambda_w=2e-2, lambda_h=2e-2)

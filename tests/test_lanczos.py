@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncflow.lanczos import (
+from ncflow.maths.lanczos import (
     LanczosResult,
     dense_hessian_eigvalsh,
     lanczos_extremes,

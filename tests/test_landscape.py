@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from ncflow import landscape, theory
+from ncflow import landscape
+from ncflow.maths import theory
 from ncflow.problem import Problem
 
 PA = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=3e-2)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncflow import objective as obj
-from ncflow import theory
-from ncflow.metrics import ClassStats, NCMetrics, class_stats, nc_metrics, optimum_distance
-from ncflow.objective import Params
+from ncflow.maths import objective as obj
+from ncflow.maths import theory
+from ncflow.maths.metrics import ClassStats, NCMetrics, class_stats, nc_metrics, optimum_distance
+from ncflow.maths.objective import Params
 from ncflow.problem import Problem
 
 CASE_A = dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=2e-3)

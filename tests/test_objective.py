@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from ncflow import objective as obj
-from ncflow.objective import Params
+from ncflow.maths import objective as obj
+from ncflow.maths.objective import Params
 from ncflow.problem import Problem
 
 # The bias modes of THEORY.md §1 (A, C, B) and the rescaled MSE.

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from ncflow import io as nio
-from ncflow.cli import main
+from ncflow.cli.app import main
 from ncflow.outcomes import LABELS
-from ncflow.sweep import run_sweep
+from ncflow.sweep.run import run_sweep
 
 pytest.importorskip("matplotlib")
 
@@ -115,7 +115,7 @@ def test_plot_errors_exit_2(tmp_path, capsys):
 
 
 def test_import_ncflow_does_not_import_matplotlib():
-    code = ("import sys, ncflow, ncflow.sweep, ncflow.plot, ncflow.cli_sweep, ncflow.features, ncflow.cli; "
-            "ncflow.cli.build_parser(); assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+    code = ("import sys, ncflow, ncflow.sweep, ncflow.plot, ncflow.cli.sweep, ncflow.features, ncflow.cli.app; "
+            "ncflow.cli.app.build_parser(); assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import ncflow
-from ncflow import objective, theory
+from ncflow.maths import objective
+from ncflow.maths import theory
 from ncflow.problem import Problem
-from ncflow.representations import choose
+from ncflow.dynamics.spaces import choose
 
 BASE = dict(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2, loss="rescaled-mse")
 #: (α, M): two with δ* > 0 and one zero solution (M = 0.1 < ε = c = 0.139 at α = 1)

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 import ncflow
-from ncflow import init, objective, solvers, theory
-from ncflow.cli import main
-from ncflow.engine import Config, ConfigError
-from ncflow.objective import Params
+from ncflow.dynamics import starts as init
+from ncflow.maths import objective
+from ncflow.dynamics import steppers as solvers
+from ncflow.maths import theory
+from ncflow.cli.app import main
+from ncflow.batch.loop import Config, ConfigError
+from ncflow.maths.objective import Params
 from ncflow.problem import Problem
 
 P = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2)

@@ -19,8 +19,8 @@ import pytest
 
 import ncflow
 from ncflow import io as nio
-from ncflow.cli import main
-from ncflow.sweep import SweepError, load_config, parse_config, run_sweep
+from ncflow.cli.app import main
+from ncflow.sweep.run import SweepError, load_config, parse_config, run_sweep
 
 BASE64 = {
     "description": "float64 equivalence",
@@ -121,7 +121,7 @@ def test_config_normalization_hash_and_points():
     assert opt.points[2].lr < opt.points[0].lr  # each optimizer's default step
     p = parse_config({}).points[0]
     assert p.settings["runs"] == 1000 and p.settings["max_steps"] == 30_000  # `ncflow run` defaults
-    assert p.lr == pytest.approx(ncflow.theory.default_step_size(p.problem, 1.0))
+    assert p.lr == pytest.approx(ncflow.maths.theory.default_step_size(p.problem, 1.0))
 
 
 def test_example_config_is_valid():
@@ -219,7 +219,7 @@ def test_resume_of_a_partial_batch_runs_only_its_missing_point_exactly(sweep64, 
 
 
 def test_resume_modes_hand_the_right_points_to_the_engine(sweep64, tmp_path, monkeypatch):
-    import ncflow.engine
+    import ncflow.batch.loop
 
     out, _ = sweep64
     copy = tmp_path / "copy"
@@ -234,7 +234,7 @@ def test_resume_modes_hand_the_right_points_to_the_engine(sweep64, tmp_path, mon
         seen.append([(float(p.problem.lambda_w), p.runs, p.seed) for p in points])
         raise Stop
 
-    monkeypatch.setattr(ncflow.engine, "simulate_points", fake)
+    monkeypatch.setattr(ncflow.batch.loop, "simulate_points", fake)
     with pytest.raises(Stop):
         run_sweep(BASE64, copy, resume="missing")
     assert seen == [[(5e-2, 6, 7)]]  # point 0 alone

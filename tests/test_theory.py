@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from ncflow import lanczos
-from ncflow import objective as obj
-from ncflow import theory
-from ncflow.metrics import class_stats, nc_metrics, optimum_distance
-from ncflow.objective import Params
+from ncflow.maths import lanczos
+from ncflow.maths import objective as obj
+from ncflow.maths import theory
+from ncflow.maths.metrics import class_stats, nc_metrics, optimum_distance
+from ncflow.maths.objective import Params
 from ncflow.problem import Problem, ProblemError
 
 # Jitted reports (CPU compiles dominate the run time, so each test compiles one program per

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from . import metrics as _m
-from . import objective as _o
-from .problem import Problem
-from .representations import Representation
+from ncflow.maths import metrics as _m
+from ncflow.maths import objective as _o
+from ncflow.problem import Problem
+from ncflow.dynamics.spaces import Representation
 
 #: one Tsit5 step evaluates the vector field 6 times (FSAL)
 STAGES = 6

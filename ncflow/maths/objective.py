@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .problem import Problem
+from ncflow.problem import Problem
 
 
 class Params(NamedTuple):

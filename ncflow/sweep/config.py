@@ -103,7 +103,7 @@ def extra_solver_keys() -> dict:
     """Settings of :class:`ncflow.Config` beyond SOLVER_SPECS (e.g. ``optimizer``), with their
     defaults. They are accepted in [solver] and [grid], checked by ``Config`` itself, and enter
     the normalized config only where given."""
-    from .engine import Config
+    from ncflow.config import Config
 
     return {f.name: f.default for f in dataclasses.fields(Config)
             if f.name not in SPECS and f.name not in ENGINE_ONLY}
@@ -245,8 +245,8 @@ def _check_keys(raw: Mapping, extras: Mapping) -> None:
 
 def parse_config(raw: Mapping) -> SweepConfig:
     """Validate a sweep config given as a dict (the parsed TOML) and expand its points."""
-    from .engine import ConfigError
-    from .problem import Problem, ProblemError
+    from ncflow.errors import ConfigError
+    from ncflow.problem import Problem, ProblemError
 
     if not isinstance(raw, Mapping):
         raise SweepError(f"a sweep config must be a table/dict, got {type(raw).__name__}")
@@ -300,16 +300,16 @@ def parse_config(raw: Mapping) -> SweepConfig:
 def point_config(s: Mapping, progress: bool | None = False):
     """The engine :class:`~ncflow.Config` of a point's settings (``ncflow run`` with the same
     settings uses exactly this config)."""
-    from .engine import Config
+    from ncflow.config import Config
 
     return Config(progress=progress, **{k: v for k, v in s.items() if k not in PROBLEM_SPECS})
 
 
 def _representation(problem, config):
     try:
-        from .solvers import representation
+        from ncflow.dynamics.steppers import representation
     except ImportError:  # pragma: no cover - older engines
-        from .representations import choose
+        from ncflow.dynamics.spaces import choose
 
         return choose(problem, config.engine)
     return representation(problem, config)
@@ -317,9 +317,9 @@ def _representation(problem, config):
 
 def _default_lr(problem, config) -> float:
     try:
-        from .solvers import default_lr
+        from ncflow.dynamics.steppers import default_lr
     except ImportError:  # pragma: no cover - older engines
-        from .theory import default_step_size
+        from ncflow.maths.theory import default_step_size
 
         return default_step_size(problem, config.init_scale or 1.0)
     return default_lr(problem, config)

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .objective import Params
-from .problem import Problem, ProblemError
+from ncflow.maths.objective import Params
+from ncflow.problem import Problem, ProblemError
 
 GEOMETRIES = ("simplex_etf", "orthogonal_frame", "etf_with_mean", "zero", "rank_limited",
               "not_attained", "not_unique")

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .objective import Params
-from .problem import Problem
+from ncflow.maths.objective import Params
+from ncflow.problem import Problem
 
 
 def run_key(master_seed: int, run_index):
@@ -33,8 +33,7 @@ def gaussian(problem: Problem, key, scale) -> Params:
 def initializer(problem: Problem, config):
     """The one-run start ``fn(problem, key, scale) -> Params`` selected by ``config.init``.
 
-    Only "gaussian" is built in here; :mod:`ncflow.solvers`-era kinds are added by
-    :func:`ncflow.init.INITIALIZERS`.
+    The kinds are those of :data:`INITIALIZERS` (the names of ``ncflow.config.STARTS``).
     """
     try:
         make = INITIALIZERS[config.init]
@@ -93,7 +92,7 @@ def critical_point_jnp(problem: Problem, s: int) -> Params:
     (bias-free), ``R`` = the first s coordinate axes of R^d, ``V = Yᵀ U/√n``; singular values
     ``z = √n (1 − c)``; ``b = 1/(K(1 + λ_b))`` (with a bias).
     """
-    from .theory import _centered_basis  # host constant, no coefficients involved
+    from ncflow.maths.theory import _centered_basis  # host constant, no coefficients involved
 
     K, d, n = problem.K, problem.d, problem.n
     dt = problem.dtype
@@ -121,7 +120,7 @@ def saddle_factory(problem: Problem, config):
     directions (:func:`critical_point_jnp`) plus a Gaussian perturbation of W and H with entries
     N(0, perturb²/d) from the run's key (b is not perturbed). The per-lane ``scale`` (init_scale)
     is ignored: ``config.perturb`` sets the perturbation size."""
-    from .theory import max_active
+    from ncflow.maths.theory import max_active
 
     s = config.active
     if s is None or not 0 <= s < max_active(problem):

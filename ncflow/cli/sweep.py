@@ -16,8 +16,8 @@ import argparse
 import json
 import sys
 
-from .cli import UsageError, add_problem_flags, float_in
-from .cli_run import add_output_flags, add_solver_flags, configure_jax, flag_message
+from ncflow.cli.common import (UsageError, add_output_flags, add_problem_flags, add_solver_flags, configure_jax,
+                               flag_message, float_in, select_devices)
 
 #: flag destinations that are not sweep settings, or that name a setting differently
 _DEST_TO_KEY = {"classes": "K", "dim": "d", "per_class": "n", "no_bias": "bias", "no_early_stop": "early_stop"}
@@ -45,7 +45,7 @@ def _stderr(msg: str) -> None:
 
 def cmd_sweep(args) -> int:
     """``ncflow sweep``."""
-    from . import sweep as _sw
+    from ncflow.sweep import run as _sw
 
     if args.overwrite:
         raise UsageError("--overwrite is not supported: a sweep resumes in its directory; use a new --out")
@@ -67,8 +67,6 @@ def cmd_sweep(args) -> int:
     configure_jax(jargs)
     devices = None
     if args.devices is not None:
-        from .cli_run import select_devices
-
         devices = select_devices(args)
     try:
         report = _sw.run_sweep(cfg, args.out, resume=args.resume, progress=args.progress, log=_stderr,
@@ -76,7 +74,7 @@ def cmd_sweep(args) -> int:
     except _sw.SweepError as e:
         raise UsageError(str(e)) from None
     if args.json:
-        from .io import to_jsonable
+        from ncflow.io import to_jsonable
 
         rows = [dict(zip(report.summary, vals)) for vals in zip(*report.summary.values())]
         print(json.dumps(to_jsonable({"out": report.out_dir, "status": report.status, "config_hash": cfg.hash,
@@ -91,11 +89,11 @@ def cmd_sweep(args) -> int:
 
 
 def _print_plan(cfg, as_json: bool) -> None:
-    from . import sweep as _sw
+    from ncflow.sweep import run as _sw
 
     groups = cfg.shape_groups()
     if as_json:
-        from .io import to_jsonable
+        from ncflow.io import to_jsonable
 
         print(json.dumps(to_jsonable({"config_hash": cfg.hash, "points": [
             {"point": p.index, "swept": p.swept, "lr_used": p.lr} for p in cfg.points],
@@ -146,7 +144,7 @@ def _item(v):
 
 def cmd_plot(args) -> int:
     """``ncflow plot``."""
-    from . import plot as _plot
+    from ncflow import plot as _plot
 
     try:
         written = _plot.plot_directory(args.directory, formats=tuple(args.format))
@@ -164,7 +162,7 @@ def cmd_plot(args) -> int:
 
 def cmd_metrics(args) -> int:
     """``ncflow metrics``."""
-    from . import features as _f
+    from ncflow import features as _f
 
     if args.no_bias and args.lambda_b != 0.0:
         raise UsageError("--lambda-b cannot be combined with --no-bias (there is no bias to regularize)")
@@ -175,7 +173,7 @@ def cmd_metrics(args) -> int:
     except _f.FeaturesError as e:
         raise UsageError(str(e)) from None
     if args.json:
-        from .io import to_jsonable
+        from ncflow.io import to_jsonable
 
         print(json.dumps(to_jsonable({"file": args.file, **report})))
     else:

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .objective import Params, coeff
-from .problem import Problem
-from .theory import PredictionArrays
+from ncflow.maths.objective import Params, coeff
+from ncflow.problem import Problem
+from ncflow.maths.theory import PredictionArrays
 
 
 class ClassStats(NamedTuple):

@@ -1,18 +1,16 @@
-"""``ncflow run``: batched gradient descent from random starts, classified against the theory."""
+"""What the sub-commands share: the parser class, flag types, problem/solver/output flags, JAX set-up
+and the translation of API errors into flag-named messages. Imports nothing of the other CLI modules."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import json
+import math
 import os
 import sys
 
-from .cli import UsageError, add_problem_flags, float_in, int_at_least, problem_from_args
+from ncflow.errors import ProblemError
+from ncflow.problem import Problem
 
-#: The embedded default: the paper's claim on K = 10 classes with d >= K.
-RUN_DEFAULTS = {"K": 10, "d": 10, "n": 100, "lambda_w": 5e-4, "lambda_h": 5e-4}
 
 CONFIG_FLAGS = {"runs": "--runs", "seed": "--seed", "lr": "--lr", "max_steps": "--max-steps",
                 "init_scale": "--init-scale", "engine": "--engine", "chunk": "--chunk",
@@ -20,6 +18,89 @@ CONFIG_FLAGS = {"runs": "--runs", "seed": "--seed", "lr": "--lr", "max_steps": "
                 "momentum": "--momentum", "beta1": "--beta1", "beta2": "--beta2",
                 "flow_time": "--flow-time", "rtol": "--rtol", "atol": "--atol", "init": "--init",
                 "active": "--active", "perturb": "--perturb", "adam_eps": "--adam-eps"}
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr, exit status 2."""
+
+    def error(self, message):  # noqa: D102 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+class UsageError(Exception):
+    """A flag value rejected after parsing; the message names the flag."""
+
+
+def int_at_least(low: int):
+    """argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+def float_in(low: float = 0.0, high: float = math.inf, low_open: bool = False):
+    """argparse type: a finite float in [low, high] (or (low, high] when low_open)."""
+    bracket = "(" if low_open else "["
+    rng = f"{bracket}{low:g}, {'inf' if high == math.inf else f'{high:g}'}"
+    rng += ")" if high == math.inf else "]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a finite number in {rng}, got {text!r}") from None
+        bad_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or bad_low or value > high:
+            raise argparse.ArgumentTypeError(f"must be a finite number in {rng}, got {text!r}")
+        return value
+    return parse
+
+
+PROBLEM_FLAGS = {"K": "--classes", "d": "--dim", "n": "--per-class", "lambda_w": "--lambda-w",
+                 "lambda_h": "--lambda-h", "lambda_b": "--lambda-b", "bias": "--no-bias",
+                 "dtype": "--dtype", "loss": "--loss", "alpha": "--alpha",
+                 "target_scale": "--target-scale"}
+
+
+def add_problem_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """The problem flags shared by ``theory``, ``run`` and ``sweep``."""
+    g = p.add_argument_group("problem")
+    g.add_argument("--classes", "-K", type=int_at_least(2), default=defaults["K"], help="number of classes K >= 2")
+    g.add_argument("--dim", "-d", type=int_at_least(1), default=defaults["d"], help="feature dimension d >= 1")
+    g.add_argument("--per-class", "-n", type=int_at_least(1), default=defaults["n"], help="samples per class n >= 1")
+    g.add_argument("--lambda-w", type=float_in(0.0), default=defaults["lambda_w"], help="weight decay on W, >= 0")
+    g.add_argument("--lambda-h", type=float_in(0.0), default=defaults["lambda_h"], help="weight decay on H, >= 0")
+    g.add_argument("--lambda-b", type=float_in(0.0), default=0.0, help="weight decay on b, >= 0 (0: unregularized bias)")
+    g.add_argument("--no-bias", action="store_true", help="bias-free model (b = 0)")
+    g.add_argument("--loss", choices=("mse", "rescaled-mse"), default="mse",
+                   help="loss: mse, or rescaled-mse (per sample α(z_y − M)² + Σ_{j≠y} z_j²)")
+    g.add_argument("--alpha", type=float_in(0.0, low_open=True), default=1.0, help="α > 0 of rescaled-mse")
+    g.add_argument("--target-scale", type=float_in(0.0, low_open=True), default=1.0,
+                   help="M > 0 of rescaled-mse")
+
+
+def problem_from_args(args, dtype: str = "float64") -> Problem:
+    """Build the Problem from parsed flags; a rejected field is reported by its flag name."""
+    if args.no_bias and args.lambda_b != 0.0:
+        raise UsageError("--lambda-b cannot be combined with --no-bias (there is no bias to regularize)")
+    try:
+        return Problem(K=args.classes, d=args.dim, n=args.per_class, lambda_w=args.lambda_w,
+                       lambda_h=args.lambda_h, lambda_b=args.lambda_b, bias=not args.no_bias,
+                       loss=args.loss, alpha=args.alpha, target_scale=args.target_scale, dtype=dtype)
+    except ProblemError as e:
+        msg = str(e)
+        for field, flag in PROBLEM_FLAGS.items():
+            if msg.startswith(field + " "):
+                msg = flag + msg[len(field):]
+                break
+        raise UsageError(msg) from None
 
 
 def seed_type(text: str) -> int:
@@ -149,7 +230,7 @@ def check_distributed(args) -> None:
 
 def config_from_args(args):
     """The engine Config from parsed flags; a rejected setting is reported by its flag."""
-    from .engine import Config, ConfigError
+    from ncflow.config import Config, ConfigError
 
     try:
         return Config(runs=args.runs, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
@@ -184,7 +265,7 @@ def select_devices(args):
 
 def check_out(args) -> None:
     """Refuse an --out that would overwrite a result or is not a directory (before compiling)."""
-    from .result import ResultExistsError, check_output_dir
+    from ncflow.result import ResultExistsError, check_output_dir
 
     if args.out is None:
         return
@@ -194,80 +275,3 @@ def check_out(args) -> None:
         raise UsageError(f"--out {args.out} already holds a result; choose another directory or pass --overwrite") from None
     except NotADirectoryError:
         raise UsageError(f"--out {args.out} exists and is not a directory") from None
-
-
-def cmd_run(args) -> int:
-    """``ncflow run``."""
-    problem = problem_from_args(args, dtype=args.dtype)
-    if args.engine == "collapsed" and problem.loss != "mse":
-        raise UsageError("--engine collapsed supports the MSE loss only")
-    config = config_from_args(args)
-    check_distributed(args)
-    check_out(args)
-    with stdout_to_stderr():  # C++ libraries (e.g. gloo) print to fd 1; keep stdout for results
-        result = _compute(args, problem, config)
-    if result is None:  # not process 0
-        return 0
-    if args.out:
-        result.save(args.out, overwrite=args.overwrite)
-    if args.json:
-        print(json.dumps(_jsonable(result.summary())))
-    else:
-        print(result.report())
-        if args.out:
-            print(f"Results written to {args.out}/ (runs.csv, summary.json, config.json)")
-    return 0
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send file descriptor 1 to stderr for the duration (restored afterwards)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _compute(args, problem, config):
-    """Set up JAX, run the simulation; the Result on process 0, None elsewhere."""
-    configure_jax(args)
-    import jax
-
-    from .engine import ConfigError, simulate
-
-    if jax.process_index() != 0:  # only process 0 prints and writes files
-        config = dataclasses.replace(config, progress=False)
-
-    devices = select_devices(args)
-    try:
-        result = simulate(problem, config, devices=devices)
-    except ConfigError as e:
-        raise UsageError(flag_message(str(e))) from None
-    return result if jax.process_index() == 0 else None
-
-
-def _jsonable(obj):
-    from .io import to_jsonable
-
-    return to_jsonable(obj)
-
-
-def register(sub) -> None:
-    """Add the ``run`` sub-command to the ``ncflow`` parser."""
-    p = sub.add_parser("run", help="batched GD from random starts, classified against the theory",
-                       description="Run R random initializations under full-batch gradient descent and "
-                                   "classify each against the closed-form theory. With no arguments: "
-                                   "K=10, d=10, n=100, λ_W=λ_H=5e-4, unregularized bias, 1000 runs.")
-    add_problem_flags(p, RUN_DEFAULTS)
-    add_solver_flags(p)
-    add_output_flags(p)
-    p.set_defaults(func=cmd_run)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use the `ncflow` command")

@@ -30,112 +30,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import init as _init
-from . import metrics as _m
-from . import solvers, theory
-from .outcomes import classify, default_tolerances
-from .objective import Params
-from .problem import Problem
-from .progress import Progress
-from .layout import AXIS, Layout, make_layout
-from .representations import ENGINES, Representation
-from .result import Result
+from ncflow.dynamics import starts as _init
+from ncflow.maths import metrics as _m
+from ncflow.dynamics import steppers as solvers
+from ncflow.maths import theory
+from ncflow.outcomes import classify, default_tolerances
+from ncflow.maths.objective import Params
+from ncflow.problem import Problem
+from ncflow.progress import Progress
+from ncflow.batch.layout import AXIS, Layout, make_layout
+from ncflow.codes import BUDGET, CONVERGED, DIVERGED, PADDING, RUNNING
+from ncflow.config import Config
+from ncflow.dynamics.spaces import Representation
+from ncflow.errors import ConfigError
+from ncflow.result import Result
 from jax.sharding import PartitionSpec as P
 
 COEFF_FIELDS = ("lambda_w", "lambda_h", "lambda_b", "alpha", "target_scale")
 
-# status codes of a run while the engine works on it
-RUNNING, CONVERGED, DIVERGED, BUDGET = 0, 1, 2, 3
-
-
-class ConfigError(ValueError):
-    """A solver setting is outside its accepted range; the message names the setting."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Solver settings of one batch of runs.
-
-    Attributes:
-        runs: number of runs R >= 1.
-        seed: master seed (int >= 0); run i starts from ``fold_in(key(seed), i)``.
-        lr: GD step size > 0; None = ``theory.default_step_size(problem, init_scale)``.
-        max_steps: step budget per run, >= 1.
-        init_scale: Gaussian init scale >= 0 (entries N(0, scale²/d)); 0 = the origin.
-        engine: "auto", "full" or "collapsed" (see :mod:`ncflow.representations`).
-        early_stop: stop each run when it converges or diverges; False = every run takes
-            exactly ``max_steps`` steps (throughput benchmarks).
-        chunk: GD steps between two stopping checks (>= 1).
-        group: runs per cache group (None: chosen so a group's state is ~256 KiB).
-        gtol: stationarity tolerance on ||∇f||; None = dtype default (see outcomes).
-        history: record scalar diagnostics at log-spaced steps.
-        progress: progress bar on stderr; None = only when stderr is a terminal.
-        lanczos_iters: Lanczos steps used to look for negative curvature.
-        memory_limit_bytes: refuse batches estimated above this; None = 80% of free memory.
-        optimizer: "gd" (default), "momentum", "nesterov", "adam" (optax) or "flow"
-            (gradient flow with an adaptive ODE solver); see :mod:`ncflow.solvers`.
-        momentum: momentum coefficient in [0, 1) for "momentum"/"nesterov" (default 0.9).
-        beta1, beta2, adam_eps: Adam's hyperparameters.
-        flow_time: time horizon of "flow" (None: until stationary or max_steps solver steps).
-        rtol, atol: error tolerances of the flow's adaptive solver (None: 1e-10 / 1e-12 in
-            float64, 1e-6 / 1e-8 in float32 — tight enough for the flow to meet the stopping
-            tolerance of its dtype).
-        init: "gaussian", "orthogonal", "small" or "saddle" (see :mod:`ncflow.init`).
-        active: for init "saddle", the number s of active directions of the critical point.
-        perturb: for init "saddle", the size of the Gaussian perturbation.
-    """
-
-    runs: int = 1000
-    seed: int = 0
-    lr: float | None = None
-    max_steps: int = 20_000
-    init_scale: float = 1.0
-    engine: str = "auto"
-    early_stop: bool = True
-    chunk: int = 100
-    group: int | None = None
-    gtol: float | None = None
-    history: bool = False
-    progress: bool | None = None
-    lanczos_iters: int = 32
-    memory_limit_bytes: int | None = None
-    optimizer: str = "gd"
-    momentum: float | None = None
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    flow_time: float | None = None
-    rtol: float | None = None
-    atol: float | None = None
-    init: str = "gaussian"
-    active: int | None = None
-    perturb: float = 1e-3
-
-    def __post_init__(self):
-        def need(ok, field, rng, value):
-            if not ok:
-                raise ConfigError(f"{field} must be {rng}, got {value!r}")
-
-        def is_int(v):
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-
-        need(is_int(self.runs) and self.runs >= 1, "runs", "an integer >= 1", self.runs)
-        need(is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "an integer in [0, 2^32)", self.seed)
-        need(self.lr is None or (is_num(self.lr) and self.lr > 0), "lr", "a finite number > 0", self.lr)
-        need(is_int(self.max_steps) and self.max_steps >= 1, "max_steps", "an integer >= 1", self.max_steps)
-        need(is_num(self.init_scale) and self.init_scale >= 0, "init_scale", "a finite number >= 0", self.init_scale)
-        need(self.engine in ENGINES, "engine", "one of " + ", ".join(ENGINES), self.engine)
-        need(is_int(self.chunk) and self.chunk >= 1, "chunk", "an integer >= 1", self.chunk)
-        need(self.group is None or (is_int(self.group) and self.group >= 1), "group", "an integer >= 1", self.group)
-        need(self.gtol is None or (is_num(self.gtol) and self.gtol > 0), "gtol", "a finite number > 0", self.gtol)
-        need(is_int(self.lanczos_iters) and self.lanczos_iters >= 2, "lanczos_iters", "an integer >= 2",
-             self.lanczos_iters)
-        from .solvers import validate_config
-
-        validate_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,7 +332,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     n_loc = len(lane)
     lane0 = lane.copy()  # history is kept in this original lane order
     perm = np.arange(n_loc)  # current local lane -> original local lane
-    status = np.where(real, RUNNING, -1).astype(np.int8)
+    status = np.where(real, RUNNING, PADDING).astype(np.int8)
     steps = np.zeros(n_loc, np.int64)
     T = config.chunk
     max_chunks = int(math.ceil(config.max_steps / T))
@@ -586,20 +498,3 @@ def simulate(problem: Problem, config: Config | None = None, **overrides) -> Res
     point = Point(problem=problem, runs=config.runs, lr=float(lr), init_scale=float(config.init_scale),
                   seed=int(config.seed))
     return simulate_points([point], config, devices=devices)[0]
-
-
-def replay(problem: Problem, run: int, steps: int, *, seed: int = 0, lr: float, init_scale: float = 1.0,
-           config: Config | None = None):
-    """Run ``run`` of a GD batch again on the full representation, for exactly ``steps`` steps,
-    and return its final ``Params`` (``W (K, d)``, ``H (d, N)``, ``b (K,)``).
-
-    GD is deterministic and run i starts from ``fold_in(key(seed), i)``, so this rebuilds the
-    exact H of a run that the collapsed engine carried as (W, M, G, b) (to rounding). ``config``
-    supplies the start (``init``, ``active``, ``perturb``; default: Gaussian).
-    """
-    from .representations import FULL
-
-    init_fn = _init.initializer(problem, config or Config())
-    params = init_fn(problem, _init.run_key(seed, run), init_scale)
-    step = jax.jit(lambda x, k: jax.lax.fori_loop(0, k, lambda _, y: FULL.step(problem, y, lr), x))
-    return step(params, int(steps))

@@ -88,12 +88,12 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from . import io as _io
-from .outcomes import LABELS
-from .sweep_config import (LANE_KEYS, PROBLEM_SPECS, SOLVER_SPECS, SweepConfig, SweepError, SweepPoint,  # noqa: F401
+from ncflow import io as _io
+from ncflow.outcomes import LABELS
+from ncflow.sweep.config import (LANE_KEYS, PROBLEM_SPECS, SOLVER_SPECS, SweepConfig, SweepError, SweepPoint,  # noqa: F401
                            apply_overrides, extra_solver_keys, load_config, parse_config, point_config,
                            read_toml)
-from .sweep_config import _representation
+from ncflow.sweep.config import _representation
 
 FORMAT = "ncflow-sweep/1"
 
@@ -196,7 +196,7 @@ def _batches(group: list[SweepPoint], limit: int | None) -> list[list[SweepPoint
     """Split a shape group into batches whose estimated memory fits ``limit`` (None: no split)."""
     if limit is None:
         return [group]
-    from .engine import auto_group, estimate_memory
+    from ncflow.batch.loop import auto_group, estimate_memory
 
     s = group[0].settings
     rep = _representation(group[0].problem, point_config(s))
@@ -251,8 +251,9 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
     """
     import jax
 
-    from .engine import ConfigError, Point, available_memory_bytes, simulate_points
-    from .result import versions
+    from ncflow.batch.loop import Point, available_memory_bytes, simulate_points
+    from ncflow.errors import ConfigError
+    from ncflow.result import versions
 
     t0 = time.perf_counter()
     if resume not in RESUME_MODES:

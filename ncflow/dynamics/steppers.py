@@ -25,13 +25,14 @@ import numpy as np
 import optax
 from jaxtyping import Array, Int
 
-from . import metrics as _m
-from . import objective as _o
-from . import theory
-from .problem import Problem
-from .representations import Representation, choose
+from ncflow.maths import metrics as _m
+from ncflow.maths import objective as _o
+from ncflow.maths import theory
+from ncflow.config import OPTIMIZERS  # noqa: F401  (re-exported: the optimizers stepped here)
+from ncflow.errors import ConfigError
+from ncflow.problem import Problem
+from ncflow.dynamics.spaces import Representation, choose
 
-OPTIMIZERS = ("gd", "momentum", "nesterov", "adam", "flow")
 #: momentum coefficient of "momentum"/"nesterov" when Config.momentum is None
 DEFAULT_MOMENTUM = 0.9
 #: default step size of "adam" (Adam's steps have size ~lr per coordinate whatever the curvature,
@@ -56,55 +57,9 @@ def _is_int(v) -> bool:
 FLOW_TOLERANCES = {"float64": (1e-10, 1e-12), "float32": (1e-6, 1e-8)}
 
 
-def validate_config(config) -> None:
-    """Check optimizer- and init-related settings of an engine Config (no problem needed);
-    raise ConfigError whose message starts with the field name."""
-    from .engine import ConfigError
-    from .init import INITIALIZERS
-
-    opt = config.optimizer
-    if opt not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {opt!r}")
-    if config.momentum is not None:
-        if opt not in ("momentum", "nesterov"):
-            raise ConfigError(f"momentum: only used by optimizer momentum or nesterov, got optimizer {opt!r}")
-        if not (_is_num(config.momentum) and 0 <= config.momentum < 1):
-            raise ConfigError(f"momentum must be a number in [0, 1), got {config.momentum!r}")
-    for field in ("beta1", "beta2"):
-        v = getattr(config, field)
-        if not (_is_num(v) and 0 <= v < 1):
-            raise ConfigError(f"{field} must be a number in [0, 1), got {v!r}")
-    if not (_is_num(config.adam_eps) and config.adam_eps > 0):
-        raise ConfigError(f"adam_eps must be a finite number > 0, got {config.adam_eps!r}")
-    if config.flow_time is not None:
-        if opt != "flow":
-            raise ConfigError(f"flow_time: only used by optimizer flow, got optimizer {opt!r}")
-        if not (_is_num(config.flow_time) and config.flow_time > 0):
-            raise ConfigError(f"flow_time must be a finite number > 0, got {config.flow_time!r}")
-    for field in ("rtol", "atol"):
-        v = getattr(config, field)
-        if v is not None and not (_is_num(v) and v > 0):
-            raise ConfigError(f"{field} must be a finite number > 0, got {v!r}")
-    if opt != "gd" and config.engine == "collapsed":
-        raise ConfigError(f"engine: collapsed supports optimizer gd only, got optimizer {opt!r}; use full or auto")
-    if config.init not in INITIALIZERS:
-        raise ConfigError(f"init must be one of {', '.join(INITIALIZERS)}, got {config.init!r}")
-    if config.init == "saddle":
-        if config.active is None:
-            raise ConfigError("active: required by init saddle (the number s of active directions)")
-        if not (_is_int(config.active) and config.active >= 0):
-            raise ConfigError(f"active must be an integer >= 0, got {config.active!r}")
-    elif config.active is not None:
-        raise ConfigError(f"active: only used by init saddle, got init {config.init!r}")
-    if not (_is_num(config.perturb) and config.perturb >= 0):
-        raise ConfigError(f"perturb must be a finite number >= 0, got {config.perturb!r}")
-
-
 def validate_for_problem(problem: Problem, config) -> None:
     """The checks that need the (base) problem: init saddle's ``active`` must name a saddle,
     ``0 <= active <= max_active − 1``, of a family with closed-form critical points."""
-    from .engine import ConfigError
-
     if config.init != "saddle":
         return
     top = theory.max_active(problem)
@@ -277,7 +232,7 @@ def representation(problem: Problem, config) -> Representation:
     if opt == "gd":
         rep = choose(problem, config.engine)
     elif opt == "flow":
-        from .flow import flow_representation
+        from ncflow.dynamics.flow import flow_representation
 
         rtol, atol = FLOW_TOLERANCES[problem.dtype]
         rep = flow_representation(config.rtol if config.rtol is not None else rtol,
@@ -298,7 +253,7 @@ def default_lr(problem: Problem, config) -> float:
     """
     scale = config.init_scale if config.init_scale is not None else 1.0
     if config.init == "small":
-        from .init import SMALL_FACTOR
+        from ncflow.dynamics.starts import SMALL_FACTOR
 
         scale = scale * SMALL_FACTOR
     base = theory.default_step_size(problem, scale or 1.0)

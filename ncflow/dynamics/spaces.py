@@ -11,10 +11,11 @@ from typing import Callable
 
 import jax
 
-from . import collapsed as _c
-from . import metrics as _m
-from . import objective as _o
-from .problem import Problem
+from ncflow.maths import collapsed as _c
+from ncflow.maths import metrics as _m
+from ncflow.maths import objective as _o
+from ncflow.config import ENGINES
+from ncflow.problem import Problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +77,6 @@ COLLAPSED = Representation(
     flops_per_step=lambda p: 4 * p.K * p.d**2 + 8 * p.K**2 * p.d,
 )
 
-ENGINES = ("auto", "full", "collapsed")
 
 
 def choose(problem: Problem, engine: str = "auto") -> Representation:

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .metrics import ClassStats
-from .metrics import class_stats as _class_stats
-from .objective import Params, coeff
-from .problem import Problem
+from ncflow.maths.metrics import ClassStats
+from ncflow.maths.metrics import class_stats as _class_stats
+from ncflow.maths.objective import Params, coeff
+from ncflow.problem import Problem
 
 
 class Collapsed(NamedTuple):

@@ -1,0 +1,22 @@
+"""Status codes of a run while the engine works on it, and the outcome labels it ends with.
+
+A leaf module: everything else may import it; it imports nothing of ncflow.
+"""
+
+from __future__ import annotations
+
+#: a lane that holds no run (padding of the run axis)
+PADDING = -1
+#: still stepping
+RUNNING = 0
+#: met the stopping rule (stationary)
+CONVERGED = 1
+#: non-finite values, or |f| grew past 10⁶·max(1, |f_0|)
+DIVERGED = 2
+#: out of budget (max_steps), or stopped by its stepper (a flow horizon reached)
+BUDGET = 3
+#: the stepper itself failed (e.g. the ODE solver could not take a step): an outcome, not an error
+STEP_FAILED = 4
+
+#: outcome labels of a finished run, in report order (codes 0–4)
+LABELS = ("global", "saddle", "local_min", "not_converged", "diverged")
