@@ -1,7 +1,24 @@
 """Test-session configuration, set once before any backend starts: float64 on, and 4 simulated
-CPU devices so that every engine test also exercises the sharded path."""
+CPU devices so that every engine test also exercises the sharded path. Shared fixtures below;
+shared functions live in ``helpers.py``."""
 
 import jax
+import pytest
+
+from helpers import CompileCounter
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_num_cpu_devices", 4)
+
+
+@pytest.fixture
+def compile_counter() -> CompileCounter:
+    """Counts XLA compilations inside ``with compile_counter:`` blocks (each block restarts at 0)::
+
+        def test_second_call_compiles_nothing(compile_counter):
+            f(x)                              # compiles
+            with compile_counter:
+                f(x)                          # same shapes: cached
+            assert compile_counter.count == 0, compile_counter.names
+    """
+    return CompileCounter()
