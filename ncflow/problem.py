@@ -14,76 +14,68 @@ import equinox as eqx
 import numpy as np
 
 from ncflow.errors import ProblemError
+from ncflow.settings import DTYPES, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_applies
 
 BIAS_MODES = ("unregularized", "regularized", "none")
-LOSSES = ("mse", "rescaled-mse")
-DTYPES = ("float32", "float64")
+
+__all__ = ["BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError"]
+
+#: coefficients that apply only under some other setting (alpha, target_scale: rescaled-mse)
+_CONDITIONAL = tuple(k for k in PROBLEM if SETTINGS[k].applies is not None)
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ProblemError(f"{name} must be an integer >= {low}, got {value!r}")
-    if value < low:
-        raise ProblemError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_nonneg(name: str, value, positive: bool = False) -> None:
-    msg = f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ProblemError(msg) from None
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0 if positive else arr < 0):
-        raise ProblemError(msg)
+def _default(name: str, static: bool = False):
+    d = SETTINGS[name].field_default
+    return eqx.field(static=True, default=d) if static else d
 
 
 class Problem(eqx.Module):
-    """One UFM problem (THEORY.md §1).
+    """One UFM problem (THEORY.md §1). Defaults, ranges and help: :mod:`ncflow.settings`.
 
     Attributes:
-        K: number of classes, >= 2.
-        d: feature dimension, >= 1.
-        n: samples per class, >= 1 (N = n K columns of H, class-major).
-        lambda_w, lambda_h: weight decay on W and H, finite and >= 0.
-        lambda_b: weight decay on the bias, finite and >= 0 (0 = unregularized bias).
+        K: number of classes, in [2, 65536] (default 10).
+        d: feature dimension, in [1, 65536] (default 10).
+        n: samples per class, in [1, 2^24] with N = n K < 2^31 (default 100; N columns of H,
+            class-major).
+        lambda_w, lambda_h: weight decay on W and H, finite and >= 0 (default 5e-4).
+        lambda_b: weight decay on the bias, finite and >= 0 (0 = unregularized bias); must be 0
+            when ``bias`` is False.
         bias: whether the model has a bias b (False = bias-free, case B).
         loss: "mse" or "rescaled-mse" (per-sample α(z_y − M)² + Σ_{j≠y} z_j²).
-        alpha, target_scale: α > 0 and M > 0 of the rescaled MSE (ignored for "mse").
-        dtype: "float32" or "float64".
+        alpha, target_scale: α > 0 and M > 0 of the rescaled MSE; with loss "mse" they must keep
+            their default 1 (a value given where it does not apply is refused).
+        dtype: "float32" (default: needs no ``jax_enable_x64``) or "float64".
 
     Coefficient fields may also hold arrays of shape (runs,) when a batch of problems is
-    vmapped; sizes, flags and dtype are static and shared by the whole batch.
+    vmapped; sizes, flags and dtype are static and shared by the whole batch. Python and numpy
+    scalars are stored as Python ints/floats (``Problem(K=np.uint8(200))`` has K = 200).
     """
 
-    K: int = eqx.field(static=True)
-    d: int = eqx.field(static=True)
-    n: int = eqx.field(static=True)
-    lambda_w: float = 5e-4
-    lambda_h: float = 5e-4
-    lambda_b: float = 0.0
-    bias: bool = eqx.field(static=True, default=True)
-    loss: str = eqx.field(static=True, default="mse")
-    alpha: float = 1.0
-    target_scale: float = 1.0
-    dtype: str = eqx.field(static=True, default="float64")
+    K: int = _default("K", static=True)
+    d: int = _default("d", static=True)
+    n: int = _default("n", static=True)
+    lambda_w: float = _default("lambda_w")
+    lambda_h: float = _default("lambda_h")
+    lambda_b: float = _default("lambda_b")
+    bias: bool = _default("bias", static=True)
+    loss: str = _default("loss", static=True)
+    alpha: float = _default("alpha")
+    target_scale: float = _default("target_scale")
+    dtype: str = _default("dtype", static=True)
+
+    def __post_init__(self):
+        for name in PROBLEM:  # each field by the table (arrays of coefficients stay arrays)
+            setattr(self, name, SETTINGS[name].check(getattr(self, name)))
 
     def __check_init__(self):
-        _check_int("K", self.K, 2)
-        _check_int("d", self.d, 1)
-        _check_int("n", self.n, 1)
-        _check_nonneg("lambda_w", self.lambda_w)
-        _check_nonneg("lambda_h", self.lambda_h)
-        _check_nonneg("lambda_b", self.lambda_b)
-        if not isinstance(self.bias, (bool, np.bool_)):
-            raise ProblemError(f"bias must be True or False, got {self.bias!r}")
+        if self.n * self.K > INT32_MAX:
+            raise ProblemError(f"n must be at most {INT32_MAX // self.K} for K = {self.K} (N = n K must stay "
+                               f"below 2^31), got {self.n}", field="n")
         if not self.bias and np.any(np.asarray(self.lambda_b) != 0):
-            raise ProblemError("lambda_b must be 0 when bias=False (there is no bias to regularize)")
-        if self.loss not in LOSSES:
-            raise ProblemError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        _check_nonneg("alpha", self.alpha, positive=True)
-        _check_nonneg("target_scale", self.target_scale, positive=True)
-        if self.dtype not in DTYPES:
-            raise ProblemError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise ProblemError("lambda_b must be 0 when bias=False (there is no bias to regularize)",
+                               field="lambda_b")
+        given = [k for k in _CONDITIONAL if np.any(np.asarray(getattr(self, k)) != SETTINGS[k].default)]
+        check_applies({"loss": self.loss, "bias": self.bias}, given)
 
     # ----------------------------------------------------------------- derived values
     @property

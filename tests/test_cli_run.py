@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -20,30 +19,14 @@ import time
 import jax
 import pytest
 
-import ncflow.cli.run
 import ncflow.batch.loop  # noqa: F401
+import ncflow.cli.run
 from ncflow.cli.app import main
 from ncflow.outcomes import LABELS
 
+from helpers import one_json_object, run_cli
+
 TINY = ["-K", "3", "-d", "4", "-n", "2", "--lambda-w", "1e-2", "--lambda-h", "1e-2"]
-
-
-def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of ``ncflow`` with ``argv``, in-process."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_json_object(text: str) -> dict:
-    """The single JSON object that is all of ``text`` (surrounding whitespace allowed)."""
-    obj, end = json.JSONDecoder().raw_decode(text.strip())
-    assert text.strip()[end:].strip() == "", "more than one JSON object / extra output on stdout"
-    assert isinstance(obj, dict)
-    return obj
 
 
 def check_summary_keys(s: dict) -> None:

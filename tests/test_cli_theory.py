@@ -4,32 +4,21 @@ check the real ``python -m ncflow.cli`` entry point."""
 
 import json
 import math
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ncflow.maths import theory
-from ncflow.cli.app import main
 from ncflow.problem import Problem
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, cli_exit_code, ncflow_command, subprocess_env
+
 JSON_KEYS = {"c", "geometry", "objective", "w_norm", "h_norm", "bias"}
 SMALL = ["-K", "4", "-n", "5", "-d", "8", "--lambda-w", "5e-3", "--lambda-h", "5e-3"]
 
 
-def run_main(argv):
-    """main(argv) -> exit status, whether it returns or raises SystemExit (argparse errors)."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
-
-
 def run_json(capsys, argv):
-    rc = run_main(["theory", "--json", *argv])
+    rc = cli_exit_code(["theory", "--json", *argv])
     out, err = capsys.readouterr()
     assert rc == 0, err
     lines = [ln for ln in out.splitlines() if ln.strip()]
@@ -41,7 +30,7 @@ def run_json(capsys, argv):
 def test_json_case_a(capsys):
     data = run_json(capsys, SMALL)
     assert JSON_KEYS <= set(data)
-    pred = theory.predict(Problem(K=4, n=5, d=8, lambda_w=5e-3, lambda_h=5e-3))
+    pred = theory.predict(Problem(K=4, n=5, d=8, lambda_w=5e-3, lambda_h=5e-3, dtype="float64"))
     assert data["geometry"] == "simplex_etf"
     assert data["c"] == pytest.approx(4 * math.sqrt(5 * 5e-3 * 5e-3), rel=1e-12)
     assert data["objective"] == pytest.approx(0.0327910197, abs=1e-10)
@@ -67,7 +56,7 @@ def test_json_regularized_bias(capsys):
 
 
 def test_json_defaults(capsys):
-    data = run_json(capsys, [])  # K=10, d=16, n=100, λ = 5e-4 (§6 last row)
+    data = run_json(capsys, [])  # K=10, d=10 (the defaults of `ncflow run`), n=100, λ = 5e-4 (§6 last row)
     assert data["geometry"] == "simplex_etf"
     assert data["objective"] == pytest.approx(0.043875, rel=1e-10)
     assert data["bias"] == pytest.approx(0.1, rel=1e-12)
@@ -92,7 +81,7 @@ def test_json_other_geometries_are_valid_json(capsys, argv, geometry):
 def test_json_rescaled_mse(capsys):
     data = run_json(capsys, [*SMALL, "--loss", "rescaled-mse", "--alpha", "3", "--target-scale", "2"])
     pred = theory.predict(Problem(K=4, n=5, d=8, lambda_w=5e-3, lambda_h=5e-3, loss="rescaled-mse",
-                                  alpha=3.0, target_scale=2.0))
+                                  alpha=3.0, target_scale=2.0, dtype="float64"))
     assert data["geometry"] == "simplex_etf"
     assert data["objective"] == pytest.approx(pred.objective, rel=1e-12)
     assert data["bias"] == pytest.approx(pred.bias, rel=1e-12)
@@ -100,7 +89,7 @@ def test_json_rescaled_mse(capsys):
 
 def test_rescaled_mse_outside_closed_form_is_a_usage_error(capsys):
     # The rescaled-MSE closed form needs a bias with λ_b = 0: a clean exit 2, not a traceback.
-    rc = run_main(["theory", *SMALL, "--loss", "rescaled-mse", "--no-bias"])
+    rc = cli_exit_code(["theory", *SMALL, "--loss", "rescaled-mse", "--no-bias"])
     out, err = capsys.readouterr()
     assert rc == 2
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -109,7 +98,7 @@ def test_rescaled_mse_outside_closed_form_is_a_usage_error(capsys):
 
 # ----------------------------------------------------------------------------- table
 def test_human_table_mentions_geometry(capsys):
-    rc = run_main(["theory", *SMALL])
+    rc = cli_exit_code(["theory", *SMALL])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "geometry" in out and "simplex_etf" in out
@@ -117,7 +106,7 @@ def test_human_table_mentions_geometry(capsys):
 
 
 def test_human_table_no_bias(capsys):
-    rc = run_main(["theory", *SMALL, "--no-bias"])
+    rc = cli_exit_code(["theory", *SMALL, "--no-bias"])
     out, _ = capsys.readouterr()
     assert rc == 0
     assert "orthogonal_frame" in out
@@ -145,7 +134,7 @@ BAD = [
 
 @pytest.mark.parametrize("argv,flag", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_values_exit_2(capsys, argv, flag):
-    rc = run_main(["theory", *argv])
+    rc = cli_exit_code(["theory", *argv])
     out, err = capsys.readouterr()
     assert rc == 2
     assert "Traceback" not in err
@@ -157,10 +146,8 @@ def test_bad_values_exit_2(capsys, argv, flag):
 
 # ----------------------------------------------------------------------------- real entry point
 def _cli(*argv):
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "ncflow.cli", *argv], capture_output=True, text=True,
-                          env=env, cwd=str(REPO), timeout=120)
+    return subprocess.run(ncflow_command(*argv), capture_output=True, text=True,
+                          env=subprocess_env(JAX_PLATFORMS="cpu"), cwd=str(REPO), timeout=120)
 
 
 def test_subprocess_json():

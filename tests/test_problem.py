@@ -26,8 +26,9 @@ def test_valid_construction_and_defaults():
     assert p.bias is True
     assert p.loss == "mse"
     assert p.alpha == 1.0 and p.target_scale == 1.0
-    assert p.dtype == "float64"
-    assert p.jnp_dtype == np.dtype("float64")
+    assert p.dtype == "float32"  # the one default of API, CLI and TOML (ncflow.settings)
+    assert p.jnp_dtype == np.dtype("float32")
+    assert make(dtype="float64").jnp_dtype == np.dtype("float64")
 
 
 # equinox warns when a numpy scalar lands in a static field; harmless for hashable scalars.
@@ -57,7 +58,7 @@ def test_batched_coefficients_are_accepted():
 
 
 def test_sizes_flags_and_dtype_are_static_coefficients_are_leaves():
-    p = make(lambda_b=0.1, alpha=2.0, target_scale=3.0)
+    p = make(lambda_b=0.1, loss="rescaled-mse", alpha=2.0, target_scale=3.0)
     leaves = [float(x) for x in jax.tree_util.tree_leaves(p)]
     assert sorted(leaves) == sorted([5e-3, 2e-3, 0.1, 2.0, 3.0])
 
@@ -86,7 +87,7 @@ def test_describe():
     desc = make(lambda_b=0.25).describe()
     assert desc == {
         "K": 4, "d": 8, "n": 5, "lambda_w": 5e-3, "lambda_h": 2e-3, "lambda_b": 0.25,
-        "bias": "regularized", "loss": "mse", "alpha": 1.0, "target_scale": 1.0, "dtype": "float64",
+        "bias": "regularized", "loss": "mse", "alpha": 1.0, "target_scale": 1.0, "dtype": "float32",
     }
 
 
@@ -107,12 +108,13 @@ def test_problem_error_is_value_error():
 @pytest.mark.parametrize(
     "field,value,range_text",
     [
-        ("K", 1, ">= 2"),
-        ("K", 0, ">= 2"),
-        ("K", -3, ">= 2"),
-        ("d", 0, ">= 1"),
-        ("d", -1, ">= 1"),
-        ("n", 0, ">= 1"),
+        ("K", 1, "in [2, 65536]"),
+        ("K", 0, "in [2, 65536]"),
+        ("K", -3, "in [2, 65536]"),
+        ("K", 2**16 + 1, "in [2, 65536]"),
+        ("d", 0, "in [1, 65536]"),
+        ("d", -1, "in [1, 65536]"),
+        ("n", 0, "in [1, 16777216]"),
     ],
 )
 def test_sizes_below_range(field, value, range_text):
@@ -125,7 +127,7 @@ def test_sizes_below_range(field, value, range_text):
 @pytest.mark.parametrize("value", [2.5, 4.0, "4", True, None, np.float64(3.0)])
 def test_sizes_must_be_integers(field, value):
     # d and n also demand integers; the floor is stated in every message.
-    floor = {"K": ">= 2", "d": ">= 1", "n": ">= 1"}[field]
+    floor = {"K": "in [2, ", "d": "in [1, ", "n": "in [1, "}[field]
     msg = _raises(field, floor, **{field: value})
     assert "integer" in msg
 
@@ -199,3 +201,13 @@ def test_alpha_and_target_scale_finite(field, value):
 
 def test_alpha_validated_even_for_plain_mse():
     _raises("alpha", "> 0", alpha=0.0)
+
+
+@pytest.mark.parametrize("field", ["alpha", "target_scale"])
+def test_rescaled_mse_coefficients_are_refused_with_plain_mse(field):
+    with pytest.raises(ProblemError) as info:
+        make(**{field: 2.0})  # loss "mse": the value would be silently ignored
+    assert str(info.value).startswith(field + " is only used with loss rescaled-mse"), str(info.value)
+    assert info.value.field == field
+    make(**{field: 1.0})  # the default (the engine's lanes of an mse batch hold it)
+    make(**{field: np.ones(3)})

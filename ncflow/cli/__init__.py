@@ -1,5 +1,7 @@
-"""The ``ncflow`` command line: a thin shell over the Python API (:mod:`.app` builds the parser and runs `ncflow theory`;
-:mod:`.common` holds what the sub-commands share; :mod:`.run` and :mod:`.sweep` are sub-commands)."""
+"""The ``ncflow`` command line: a thin shell over the Python API.
+
+:mod:`.app` builds the parser and runs ``ncflow theory``; :mod:`.common` holds what the sub-commands
+share; :mod:`.run` and :mod:`.sweep` are sub-commands."""
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 from ncflow.cli.common import Parser, UsageError, add_problem_flags, problem_from_args
@@ -32,15 +31,12 @@ def cmd_theory(args) -> int:
     return 0
 
 
-THEORY_DEFAULTS = {"K": 10, "d": 16, "n": 100, "lambda_w": 5e-4, "lambda_h": 5e-4}
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full ``ncflow`` argument parser."""
     parser = Parser(prog="ncflow", description="Batched simulator of the unconstrained features model.")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     pt = sub.add_parser("theory", help="closed-form prediction for a problem")
-    add_problem_flags(pt, THEORY_DEFAULTS)
+    add_problem_flags(pt, "theory")  # the defaults of `ncflow run` (ncflow.settings)
     pt.add_argument("--json", action="store_true", help="print one JSON object")
     pt.set_defaults(func=cmd_theory)
     from ncflow.cli import run as cli_run  # local import keeps `ncflow theory` free of engine start-up

@@ -1,5 +1,6 @@
-"""What the sub-commands share: the parser class, flag types, problem/solver/output flags, JAX set-up
-and the translation of API errors into flag-named messages. Imports nothing of the other CLI modules."""
+"""What the sub-commands share: the parser class, flag types, the problem/solver flags (generated
+from the one table of settings, :mod:`ncflow.settings`), output flags, JAX set-up and the naming of
+API errors by their flag. Imports nothing of the other CLI modules."""
 
 from __future__ import annotations
 
@@ -8,16 +9,14 @@ import math
 import os
 import sys
 
-from ncflow.errors import ProblemError
-from ncflow.problem import Problem
+from ncflow.errors import NcflowError
+from ncflow.settings import PROBLEM, SETTINGS, SOLVER, Setting, check_applies
 
-
-CONFIG_FLAGS = {"runs": "--runs", "seed": "--seed", "lr": "--lr", "max_steps": "--max-steps",
-                "init_scale": "--init-scale", "engine": "--engine", "chunk": "--chunk",
-                "gtol": "--gtol", "group": "--group", "optimizer": "--optimizer",
-                "momentum": "--momentum", "beta1": "--beta1", "beta2": "--beta2",
-                "flow_time": "--flow-time", "rtol": "--rtol", "atol": "--atol", "init": "--init",
-                "active": "--active", "perturb": "--perturb", "adam_eps": "--adam-eps"}
+#: {API field: flag} of every setting that has one (generated from the table)
+PROBLEM_FLAGS = {k: SETTINGS[k].flag for k in PROBLEM if SETTINGS[k].flag}
+CONFIG_FLAGS = {k: SETTINGS[k].flag for k in SOLVER if SETTINGS[k].flag}
+#: the attribute of a parsed namespace holding the names of the settings given on the command line
+GIVEN = "_given_settings"
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,7 +32,7 @@ class UsageError(Exception):
 
 
 def int_at_least(low: int):
-    """argparse type: an integer >= low."""
+    """argparse type: an integer >= low (flags that are not settings, e.g. --devices)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -46,7 +45,8 @@ def int_at_least(low: int):
 
 
 def float_in(low: float = 0.0, high: float = math.inf, low_open: bool = False):
-    """argparse type: a finite float in [low, high] (or (low, high] when low_open)."""
+    """argparse type: a finite float in [low, high] (or (low, high] when low_open); for flags that
+    are not settings of the table (``ncflow metrics``)."""
     bracket = "(" if low_open else "["
     rng = f"{bracket}{low:g}, {'inf' if high == math.inf else f'{high:g}'}"
     rng += ")" if high == math.inf else "]"
@@ -63,102 +63,137 @@ def float_in(low: float = 0.0, high: float = math.inf, low_open: bool = False):
     return parse
 
 
-PROBLEM_FLAGS = {"K": "--classes", "d": "--dim", "n": "--per-class", "lambda_w": "--lambda-w",
-                 "lambda_h": "--lambda-h", "lambda_b": "--lambda-b", "bias": "--no-bias",
-                 "dtype": "--dtype", "loss": "--loss", "alpha": "--alpha",
-                 "target_scale": "--target-scale"}
+# --------------------------------------------------------------------------- settings as flags
 
 
-def add_problem_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
-    """The problem flags shared by ``theory``, ``run`` and ``sweep``."""
-    g = p.add_argument_group("problem")
-    g.add_argument("--classes", "-K", type=int_at_least(2), default=defaults["K"], help="number of classes K >= 2")
-    g.add_argument("--dim", "-d", type=int_at_least(1), default=defaults["d"], help="feature dimension d >= 1")
-    g.add_argument("--per-class", "-n", type=int_at_least(1), default=defaults["n"], help="samples per class n >= 1")
-    g.add_argument("--lambda-w", type=float_in(0.0), default=defaults["lambda_w"], help="weight decay on W, >= 0")
-    g.add_argument("--lambda-h", type=float_in(0.0), default=defaults["lambda_h"], help="weight decay on H, >= 0")
-    g.add_argument("--lambda-b", type=float_in(0.0), default=0.0, help="weight decay on b, >= 0 (0: unregularized bias)")
-    g.add_argument("--no-bias", action="store_true", help="bias-free model (b = 0)")
-    g.add_argument("--loss", choices=("mse", "rescaled-mse"), default="mse",
-                   help="loss: mse, or rescaled-mse (per sample α(z_y − M)² + Σ_{j≠y} z_j²)")
-    g.add_argument("--alpha", type=float_in(0.0, low_open=True), default=1.0, help="α > 0 of rescaled-mse")
-    g.add_argument("--target-scale", type=float_in(0.0, low_open=True), default=1.0,
-                   help="M > 0 of rescaled-mse")
+def flag_of(field: str | None) -> str | None:
+    """The command-line flag of setting ``field`` (None if it has none)."""
+    s = SETTINGS.get(field) if field else None
+    return s.flag if s is not None else None
 
 
-def problem_from_args(args, dtype: str = "float64") -> Problem:
-    """Build the Problem from parsed flags; a rejected field is reported by its flag name."""
-    if args.no_bias and args.lambda_b != 0.0:
-        raise UsageError("--lambda-b cannot be combined with --no-bias (there is no bias to regularize)")
-    try:
-        return Problem(K=args.classes, d=args.dim, n=args.per_class, lambda_w=args.lambda_w,
-                       lambda_h=args.lambda_h, lambda_b=args.lambda_b, bias=not args.no_bias,
-                       loss=args.loss, alpha=args.alpha, target_scale=args.target_scale, dtype=dtype)
-    except ProblemError as e:
-        msg = str(e)
-        for field, flag in PROBLEM_FLAGS.items():
-            if msg.startswith(field + " "):
-                msg = flag + msg[len(field):]
-                break
-        raise UsageError(msg) from None
+def flag_message(err) -> str:
+    """The message of an API error with the setting called by its flag (``--max-steps must be
+    ...``), from the error's ``.field``; other errors and plain strings are returned unchanged."""
+    if isinstance(err, NcflowError):
+        return err.named(flag_of(err.field))
+    return str(err)
 
 
-def seed_type(text: str) -> int:
-    """argparse type: an integer seed in [0, 2^32)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 4294967295], got {text!r}") from None
-    if not 0 <= v < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 4294967295], got {text!r}")
-    return v
+def _parse_text(setting: Setting):
+    """argparse type of a setting: the text as the setting's kind ("auto" -> None where the
+    setting takes it). Text that does not parse is kept and refused, naming the flag, when the
+    table checks the value (:func:`setting_values`)."""
+    def parse(text: str):
+        if setting.auto and text == "auto":
+            return None
+        if setting.kind in ("int", "float"):
+            try:
+                return int(text) if setting.kind == "int" else float(text)
+            except ValueError:
+                return text
+        return text
+    return parse
 
 
-def add_solver_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of the GD solver shared by ``run`` and ``sweep``."""
-    g = p.add_argument_group("solver")
-    g.add_argument("--runs", "-R", type=int_at_least(1), default=1000, help="number of random starts (default 1000)")
-    g.add_argument("--seed", type=seed_type, default=0, help="master seed; run i uses fold_in(key(seed), i)")
-    g.add_argument("--lr", type=float_in(0.0, low_open=True), default=None,
-                   help="GD step size (default: 1/L, theory.default_step_size)")
-    g.add_argument("--max-steps", type=int_at_least(1), default=30_000, help="step budget per run")
-    g.add_argument("--init-scale", type=float_in(0.0), default=1.0,
-                   help="Gaussian init scale: entries N(0, scale²/d); 0 = start at the origin")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    g.add_argument("--engine", choices=("auto", "full", "collapsed"), default="auto",
-                   help="state representation (auto: the cheaper exact one)")
-    g.add_argument("--no-early-stop", action="store_true",
-                   help="every run takes exactly --max-steps steps (throughput benchmarks)")
-    g.add_argument("--chunk", type=int_at_least(1), default=100, help="steps between stopping checks")
-    g.add_argument("--group", type=int_at_least(1), default=None, help="runs per cache group (default: auto)")
-    g.add_argument("--gtol", type=float_in(0.0, low_open=True), default=None,
-                   help="stationarity tolerance on the gradient norm (default: from dtype and problem)")
-    g.add_argument("--history", action="store_true", help="record diagnostics at log-spaced steps")
-    g.add_argument("--optimizer", default="gd",
-                   help="gd (default), momentum, nesterov, adam, or flow (adaptive ODE gradient flow)")
-    g.add_argument("--momentum", type=float_in(0.0, 1.0), default=None, help="momentum in [0, 1) (momentum/nesterov)")
-    g.add_argument("--beta1", type=float_in(0.0, 1.0), default=0.9, help="Adam β1")
-    g.add_argument("--beta2", type=float_in(0.0, 1.0), default=0.999, help="Adam β2")
-    g.add_argument("--adam-eps", type=float_in(0.0, low_open=True), default=1e-8, help="Adam ε")
-    g.add_argument("--flow-time", type=float_in(0.0, low_open=True), default=None,
-                   help="gradient-flow time horizon (default: until stationary)")
-    g.add_argument("--rtol", type=float_in(0.0, low_open=True), default=None,
-                   help="flow solver relative tolerance (default 1e-10 float64, 1e-6 float32)")
-    g.add_argument("--atol", type=float_in(0.0, low_open=True), default=None,
-                   help="flow solver absolute tolerance (default 1e-12 float64, 1e-8 float32)")
-    g.add_argument("--init", default="gaussian", help="gaussian (default), orthogonal, small, or saddle")
-    g.add_argument("--active", type=int_at_least(0), default=None,
-                   help="for --init saddle: active directions s of the critical point")
-    g.add_argument("--perturb", type=float_in(0.0), default=1e-3, help="for --init saddle: perturbation size")
+class _SettingAction(argparse.Action):
+    """Store a setting's value and remember that it was given (``args._given_settings``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        setattr(namespace, GIVEN, getattr(namespace, GIVEN, frozenset()) | {self.dest})
+
+
+def _add_setting(group, s: Setting) -> None:
+    names = [s.flag] + ([s.short] if s.short else [])
+    text = s.help.replace("%", "%%")
+    if s.kind == "bool":
+        text = f"set {s.name} = {not s.negate}: {text[0].lower()}{text[1:]}" if s.negate else text
+        group.add_argument(*names, dest=s.name, action=_SettingAction, nargs=0, const=not s.negate,
+                           default=s.field_default, help=f"{text} (default: {s.default_text()})")
+        return
+    metavar = "{" + ",".join(s.choices) + "}" if s.kind == "choice" else s.name.upper()
+    rng = "" if s.kind == "choice" else f"; {s.range_text}"
+    group.add_argument(*names, dest=s.name, action=_SettingAction, type=_parse_text(s), default=s.field_default,
+                       metavar=metavar, help=f"{text} (default: {s.default_text()}{rng})")
+
+
+def _add_section(p: argparse.ArgumentParser, section: str, command: str):
+    g = p.add_argument_group(section)
+    for name in (PROBLEM if section == "problem" else SOLVER):
+        s = SETTINGS[name]
+        if s.flag and command in s.commands:
+            _add_setting(g, s)
+    p.set_defaults(**{GIVEN: frozenset()})
+    return g
+
+
+def add_problem_flags(p: argparse.ArgumentParser, command: str) -> None:
+    """The problem flags of ``command`` ("theory", "run" or "sweep"), generated from the table."""
+    _add_section(p, "problem", command)
+
+
+def add_solver_flags(p: argparse.ArgumentParser, command: str = "run") -> None:
+    """The solver flags of ``command`` ("run" or "sweep"), generated from the table, and --devices."""
+    g = _add_section(p, "solver", command)
     g.add_argument("--devices", type=int_at_least(1), default=None,
                    help="use the first N devices (default: all; on CPU one device per core)")
 
 
-def add_output_flags(p: argparse.ArgumentParser) -> None:
-    """Output flags shared by ``run`` and ``sweep``."""
+def _flag_names(args, section: str) -> list[str]:
+    return [k for k in (PROBLEM if section == "problem" else SOLVER) if SETTINGS[k].flag and hasattr(args, k)]
+
+
+def setting_values(args, section: str) -> dict:
+    """``{name: value}`` of the section's settings that have a flag in this command, each checked
+    by the table (a rejected value raises UsageError naming the flag)."""
+    out = {}
+    for k in _flag_names(args, section):
+        try:
+            out[k] = SETTINGS[k].check(getattr(args, k))
+        except NcflowError as e:
+            raise UsageError(flag_message(e)) from None
+    return out
+
+
+def given_settings(args) -> dict:
+    """``{name: value}`` of the settings given on the command line, each checked by the table."""
+    given = getattr(args, GIVEN, frozenset())
+    values = {**setting_values(args, "problem"), **setting_values(args, "solver")}
+    return {k: v for k, v in values.items() if k in given}
+
+
+def _refuse_inapplicable(args, values: dict) -> None:
+    try:
+        check_applies(values, getattr(args, GIVEN, frozenset()) & set(values))
+    except NcflowError as e:
+        raise UsageError(flag_message(e)) from None
+
+
+def problem_from_args(args):
+    """Build the Problem from parsed flags; a rejected field is reported by its flag name.
+    Settings without a flag in this command (``theory`` has no --dtype) take the table's default."""
+    from ncflow.problem import Problem
+
+    values = setting_values(args, "problem")
+    if not values["bias"] and values["lambda_b"] != 0.0:
+        raise UsageError("--lambda-b cannot be combined with --no-bias (there is no bias to regularize)")
+    _refuse_inapplicable(args, values)
+    try:
+        return Problem(**values)
+    except NcflowError as e:
+        raise UsageError(flag_message(e)) from None
+
+
+def add_output_flags(p: argparse.ArgumentParser, table_format: bool = False) -> None:
+    """Output flags shared by ``run`` and ``sweep`` (``table_format``: also --format csv|parquet)."""
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     g.add_argument("--out", metavar="DIR", default=None, help="write runs.csv, summary.json, config.json here")
+    if table_format:
+        g.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                       help="file format of the per-run tables under --out: runs.csv (default) or runs.parquet "
+                            "(needs pyarrow: pip install ncflow[parquet])")
     g.add_argument("--overwrite", action="store_true", help="allow --out to replace an earlier result")
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="force the progress bar on (default: only on a terminal)")
@@ -229,26 +264,15 @@ def check_distributed(args) -> None:
 
 
 def config_from_args(args):
-    """The engine Config from parsed flags; a rejected setting is reported by its flag."""
-    from ncflow.config import Config, ConfigError
+    """The engine Config from parsed flags (and --progress); a rejected setting is reported by its flag."""
+    from ncflow.config import Config
 
+    values = setting_values(args, "solver")
+    _refuse_inapplicable(args, values)
     try:
-        return Config(runs=args.runs, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
-                      init_scale=args.init_scale, engine=args.engine, early_stop=not args.no_early_stop,
-                      chunk=args.chunk, group=args.group, gtol=args.gtol, history=args.history,
-                      progress=args.progress, optimizer=args.optimizer, momentum=args.momentum,
-                      beta1=args.beta1, beta2=args.beta2, adam_eps=args.adam_eps, flow_time=args.flow_time,
-                      rtol=args.rtol, atol=args.atol, init=args.init, active=args.active, perturb=args.perturb)
-    except ConfigError as e:
-        raise UsageError(flag_message(str(e))) from None
-
-
-def flag_message(msg: str) -> str:
-    """Replace a leading Config field name by its command-line flag."""
-    for field, flag in CONFIG_FLAGS.items():
-        if msg.startswith(field + " ") or msg.startswith(field + ":"):
-            return flag + msg[len(field):]
-    return msg
+        return Config(progress=args.progress, **values)
+    except NcflowError as e:
+        raise UsageError(flag_message(e)) from None
 
 
 def select_devices(args):
@@ -272,6 +296,7 @@ def check_out(args) -> None:
     try:
         check_output_dir(args.out, args.overwrite)
     except ResultExistsError:
-        raise UsageError(f"--out {args.out} already holds a result; choose another directory or pass --overwrite") from None
+        raise UsageError(f"--out {args.out} already holds a result; choose another directory or pass "
+                         "--overwrite") from None
     except NotADirectoryError:
         raise UsageError(f"--out {args.out} exists and is not a directory") from None

@@ -2,40 +2,55 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import os
 import sys
 
-from ncflow.cli.common import (UsageError, add_output_flags, add_problem_flags, add_solver_flags, check_distributed,
-                               check_out, config_from_args, configure_jax, flag_message, problem_from_args,
-                               select_devices)
+from ncflow.cli.common import (
+    UsageError,
+    add_output_flags,
+    add_problem_flags,
+    add_solver_flags,
+    check_distributed,
+    check_out,
+    config_from_args,
+    configure_jax,
+    flag_message,
+    problem_from_args,
+    select_devices,
+)
 
-#: The embedded default: the paper's claim on K = 10 classes with d >= K.
-RUN_DEFAULTS = {"K": 10, "d": 10, "n": 100, "lambda_w": 5e-4, "lambda_h": 5e-4}
 
 def cmd_run(args) -> int:
     """``ncflow run``."""
-    problem = problem_from_args(args, dtype=args.dtype)
+    problem = problem_from_args(args)
     if args.engine == "collapsed" and problem.loss != "mse":
         raise UsageError("--engine collapsed supports the MSE loss only")
     config = config_from_args(args)
     check_distributed(args)
     check_out(args)
+    if args.format != "csv":
+        from ncflow.result import require_table_format
+
+        try:
+            require_table_format(args.format)
+        except ImportError:
+            raise UsageError("--format parquet needs pyarrow, which is not installed: "
+                             "pip install ncflow[parquet]") from None
     with stdout_to_stderr():  # C++ libraries (e.g. gloo) print to fd 1; keep stdout for results
         result = _compute(args, problem, config)
     if result is None:  # not process 0
         return 0
     if args.out:
-        result.save(args.out, overwrite=args.overwrite)
+        result.save(args.out, overwrite=args.overwrite, table_format=args.format)
     if args.json:
         print(json.dumps(_jsonable(result.summary())))
     else:
         print(result.report())
         if args.out:
-            print(f"Results written to {args.out}/ (runs.csv, summary.json, config.json)")
+            print(f"Results written to {args.out}/ (runs.{args.format}, summary.json, config.json)")
     return 0
 
 
@@ -68,7 +83,7 @@ def _compute(args, problem, config):
     try:
         result = simulate(problem, config, devices=devices)
     except ConfigError as e:
-        raise UsageError(flag_message(str(e))) from None
+        raise UsageError(flag_message(e)) from None
     return result if jax.process_index() == 0 else None
 
 
@@ -84,9 +99,9 @@ def register(sub) -> None:
                        description="Run R random initializations under full-batch gradient descent and "
                                    "classify each against the closed-form theory. With no arguments: "
                                    "K=10, d=10, n=100, λ_W=λ_H=5e-4, unregularized bias, 1000 runs.")
-    add_problem_flags(p, RUN_DEFAULTS)
-    add_solver_flags(p)
-    add_output_flags(p)
+    add_problem_flags(p, "run")
+    add_solver_flags(p, "run")
+    add_output_flags(p, table_format=True)
     p.set_defaults(func=cmd_run)
 
 

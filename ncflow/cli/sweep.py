@@ -16,26 +16,21 @@ import argparse
 import json
 import sys
 
-from ncflow.cli.common import (UsageError, add_output_flags, add_problem_flags, add_solver_flags, configure_jax,
-                               flag_message, float_in, select_devices)
+from ncflow.cli.common import (
+    UsageError,
+    add_output_flags,
+    add_problem_flags,
+    add_solver_flags,
+    configure_jax,
+    float_in,
+    given_settings,
+    select_devices,
+)
 
-#: flag destinations that are not sweep settings, or that name a setting differently
-_DEST_TO_KEY = {"classes": "K", "dim": "d", "per_class": "n", "no_bias": "bias", "no_early_stop": "early_stop"}
-_NOT_SETTINGS = ("devices",)
 
-
-def _overrides(args, parser_groups) -> dict:
-    """{setting: value} for every problem/solver flag given on the command line."""
-    out = {}
-    for dest in parser_groups:
-        value = getattr(args, dest, None)
-        if value is None or dest in _NOT_SETTINGS:
-            continue
-        key = _DEST_TO_KEY.get(dest, dest)
-        if dest in ("no_bias", "no_early_stop"):
-            value = not value
-        out[key] = value
-    return out
+def _overrides(args) -> dict:
+    """{TOML key: value} of every problem/solver flag given on the command line ("auto" for None)."""
+    return {k: "auto" if v is None else v for k, v in given_settings(args).items()}
 
 
 def _stderr(msg: str) -> None:
@@ -54,11 +49,11 @@ def cmd_sweep(args) -> int:
     if args.out is None and not args.dry_run:
         raise UsageError("--out DIR is required (the sweep's files go there)")
     try:
-        cfg = _sw.load_config(args.config, _overrides(args, args._setting_dests))
+        cfg = _sw.load_config(args.config, _overrides(args))
         if args.out is not None:
             _sw.check_out_dir(cfg, args.out)
     except _sw.SweepError as e:
-        raise UsageError(flag_message(str(e))) from None
+        raise UsageError(str(e)) from None
     if args.dry_run:
         _print_plan(cfg, args.json)
         return 0
@@ -195,11 +190,8 @@ def register(sub) -> None:
                    help="for a partially complete batch: run only its missing points (default; run i is "
                         "bitwise the same in any batch), or re-run the whole batch and write only the "
                         "missing points (exact)")
-    before = {a.dest for a in p._actions}
-    add_problem_flags(p, {"K": None, "d": None, "n": None, "lambda_w": None, "lambda_h": None})
-    add_solver_flags(p)
-    dests = [a.dest for a in p._actions if a.dest not in before]
-    p.set_defaults(**{d: None for d in dests}, _setting_dests=dests)
+    add_problem_flags(p, "sweep")  # a flag given overrides the TOML; defaults are the TOML's (ncflow.settings)
+    add_solver_flags(p, "sweep")
     add_output_flags(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -1,7 +1,9 @@
 """Sweep configs: the TOML settings, their validation and the expanded points.
 
-The file format is documented in :mod:`ncflow.sweep`. Every check raises :class:`SweepError`
-with the TOML key (``problem.K``, ``solver.lr``, ``grid.lambda_w[2]``) and the accepted range.
+The file format is documented in :mod:`ncflow.sweep`. The keys of [problem] and [solver], their
+defaults and accepted ranges are those of the one table of settings (:mod:`ncflow.settings`),
+shared with the Python API and the command line. Every check raises :class:`SweepError` with the
+TOML key (``problem.K``, ``solver.lr``, ``grid.lambda_w[2]``) and the accepted range.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import itertools
 import json
 import math
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
+
+from ncflow.errors import NcflowError
+from ncflow.settings import LANE_KEYS, SETTINGS, check_applies
 
 try:
     import tomllib
@@ -24,14 +29,42 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` packa
     except ModuleNotFoundError:
         tomllib = None
 
-LANE_KEYS = ("lambda_w", "lambda_h", "lambda_b", "alpha", "target_scale", "lr", "init_scale", "runs", "seed")
+__all__ = ["LANE_KEYS", "PROBLEM_SPECS", "SOLVER_SPECS", "SweepConfig", "SweepError", "SweepPoint", "apply_overrides",
+           "extra_solver_keys", "load_config", "parse_config", "point_config", "read_toml"]
 
 
 class SweepError(ValueError):
     """A sweep config or output directory is unusable; the message names the key or the path."""
 
 
-# --------------------------------------------------------------------------- setting specs
+# --------------------------------------------------------------------------- the settings (from the table)
+
+#: [problem] keys: {key: Setting}; each enters the normalized config with its default when not given
+PROBLEM_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "problem" and s.toml}
+#: [solver] keys whose default enters the normalized config (and hash) when not given
+SOLVER_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "solver" and s.toml and s.hashed}
+#: the other [solver] keys (optimizer, momentum, init, ...): in the normalized config only where given,
+#: so that the hash of a sweep written before they existed does not change
+_EXTRA_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "solver" and s.toml and not s.hashed}
+SPECS = {**PROBLEM_SPECS, **SOLVER_SPECS, **_EXTRA_SPECS}
+
+
+def extra_solver_keys() -> dict:
+    """The [solver] keys beyond SOLVER_SPECS (e.g. ``optimizer``) with their API defaults; they
+    are accepted in [solver] and [grid] and enter the normalized config only where given."""
+    return {k: s.field_default for k, s in _EXTRA_SPECS.items()}
+
+
+def _section(key: str) -> str:
+    return SETTINGS[key].section
+
+
+def _check_value(key: str, value, where: str):
+    """The normalized value of ``key`` (None for "auto"), or SweepError naming ``where``."""
+    try:
+        return SPECS[key].check(value)
+    except NcflowError as e:
+        raise SweepError(e.named(where)) from None
 
 
 def _is_int(v) -> bool:
@@ -40,89 +73,6 @@ def _is_int(v) -> bool:
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-_BAD = object()  # a check's answer for a rejected value
-
-
-def _int_spec(low: int, high: int | None = None, auto: bool = False):
-    rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high - 1}]"
-
-    def check(v):
-        if auto and v == "auto":
-            return None
-        return int(v) if _is_int(v) and v >= low and (high is None or v < high) else _BAD
-    return check, rng + (' or "auto"' if auto else "")
-
-
-def _float_spec(low: float, open_low: bool = False, auto: bool = False):
-    rng = f"a finite number {'>' if open_low else '>='} {low:g}" + (' or "auto"' if auto else "")
-
-    def check(v):
-        if auto and v == "auto":
-            return None
-        return float(v) if _is_num(v) and (v > low if open_low else v >= low) else _BAD
-    return check, rng
-
-
-def _choice_spec(*choices):
-    def check(v):
-        return v if isinstance(v, str) and v in choices else _BAD
-    return check, "one of " + ", ".join(json.dumps(c) for c in choices)
-
-
-def _bool_spec():
-    def check(v):
-        return v if isinstance(v, bool) else _BAD
-    return check, "true or false"
-
-
-PROBLEM_SPECS = {
-    "K": (_int_spec(2), 10), "d": (_int_spec(1), 10), "n": (_int_spec(1), 100),
-    "lambda_w": (_float_spec(0.0), 5e-4), "lambda_h": (_float_spec(0.0), 5e-4),
-    "lambda_b": (_float_spec(0.0), 0.0), "bias": (_bool_spec(), True),
-    "dtype": (_choice_spec("float32", "float64"), "float32"),
-    "loss": (_choice_spec("mse", "rescaled-mse"), "mse"),
-    "alpha": (_float_spec(0.0, open_low=True), 1.0), "target_scale": (_float_spec(0.0, open_low=True), 1.0),
-}
-SOLVER_SPECS = {
-    "runs": (_int_spec(1), 1000), "seed": (_int_spec(0, 2**32), 0),
-    "max_steps": (_int_spec(1), 30_000), "init_scale": (_float_spec(0.0), 1.0),
-    "lr": (_float_spec(0.0, open_low=True, auto=True), None),
-    "engine": (_choice_spec("auto", "full", "collapsed"), "auto"),
-    "chunk": (_int_spec(1), 100), "group": (_int_spec(1, auto=True), None),
-    "gtol": (_float_spec(0.0, open_low=True, auto=True), None),
-    "early_stop": (_bool_spec(), True), "history": (_bool_spec(), False),
-    "lanczos_iters": (_int_spec(2), 32),
-}
-SPECS = {**PROBLEM_SPECS, **SOLVER_SPECS}
-ENGINE_ONLY = ("progress", "memory_limit_bytes")  # Config fields that are not sweep settings
-
-
-def extra_solver_keys() -> dict:
-    """Settings of :class:`ncflow.Config` beyond SOLVER_SPECS (e.g. ``optimizer``), with their
-    defaults. They are accepted in [solver] and [grid], checked by ``Config`` itself, and enter
-    the normalized config only where given."""
-    from ncflow.config import Config
-
-    return {f.name: f.default for f in dataclasses.fields(Config)
-            if f.name not in SPECS and f.name not in ENGINE_ONLY}
-
-
-def _section(key: str) -> str:
-    return "problem" if key in PROBLEM_SPECS else "solver"
-
-
-def _check_value(key: str, value, where: str):
-    if key not in SPECS:  # an extra Config setting: any TOML scalar, Config validates it
-        if isinstance(value, (bool, int, str)) or _is_num(value):
-            return value
-        raise SweepError(f"{where} must be a number, a string or true/false, got {_show(value)}")
-    check, rng = SPECS[key][0]
-    out = check(value)
-    if out is _BAD:
-        raise SweepError(f"{where} must be {rng}, got {_show(value)}")
-    return out
 
 
 def _show(v) -> str:
@@ -244,9 +194,11 @@ def _check_keys(raw: Mapping, extras: Mapping) -> None:
 
 
 def parse_config(raw: Mapping) -> SweepConfig:
-    """Validate a sweep config given as a dict (the parsed TOML) and expand its points."""
-    from ncflow.errors import ConfigError
-    from ncflow.problem import Problem, ProblemError
+    """Validate a sweep config given as a dict (the parsed TOML) and expand its points.
+
+    A setting given (in [problem], [solver] or [grid]) where it does not apply (``momentum`` with
+    optimizer gd, ``alpha`` with loss mse, ...) is refused, naming its key."""
+    from ncflow.problem import Problem
 
     if not isinstance(raw, Mapping):
         raise SweepError(f"a sweep config must be a table/dict, got {type(raw).__name__}")
@@ -255,8 +207,8 @@ def parse_config(raw: Mapping) -> SweepConfig:
     base = {}
     for section, specs in (("problem", PROBLEM_SPECS), ("solver", SOLVER_SPECS)):
         table = raw.get(section, {})
-        base[section] = {k: (_check_value(k, table[k], f"{section}.{k}") if k in table else default)
-                         for k, (_, default) in specs.items()}
+        base[section] = {k: (_check_value(k, table[k], f"{section}.{k}") if k in table else s.field_default)
+                         for k, s in specs.items()}
     for k, v in raw.get("solver", {}).items():
         if k in extras:
             base["solver"][k] = _check_value(k, v, f"solver.{k}")
@@ -268,6 +220,7 @@ def parse_config(raw: Mapping) -> SweepConfig:
                   "solver": base["solver"], "grid": grid}
     text = json.dumps(normalized, sort_keys=True, separators=(",", ":"), allow_nan=False)
     digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    given = set(raw.get("problem", {})) | set(raw.get("solver", {})) | set(grid)
 
     keys = list(grid)
     points = []
@@ -280,19 +233,19 @@ def parse_config(raw: Mapping) -> SweepConfig:
             return f"grid.{field}" if field in grid else f"{_section(field)}.{field}"
 
         try:
+            check_applies(s, given)
             if not s["bias"] and s["lambda_b"] != 0.0:
-                raise ProblemError("lambda_b must be 0 when bias = false (there is no bias to regularize)")
-            problem = Problem(K=s["K"], d=s["d"], n=s["n"], lambda_w=s["lambda_w"], lambda_h=s["lambda_h"],
-                              lambda_b=s["lambda_b"], bias=s["bias"], loss=s["loss"], alpha=s["alpha"],
-                              target_scale=s["target_scale"], dtype=s["dtype"])
-        except ProblemError as e:
-            raise SweepError(f"{label}: {_rename(str(e), name)}") from None
-        try:
+                raise SweepError(f"{name('lambda_b')} must be 0 when bias = false (there is no bias to regularize)")
+            problem = Problem(**{k: s[k] for k in PROBLEM_SPECS})
             config = point_config(s)
             _representation(problem, config)
             lr = s["lr"] if s["lr"] is not None else float(_default_lr(problem, config))
-        except (ConfigError, ValueError) as e:
-            raise SweepError(f"{label}: {_rename(str(e), name)}") from None
+        except SweepError as e:
+            raise SweepError(f"{label}: {e}") from None
+        except NcflowError as e:
+            raise SweepError(f"{label}: {e.named(name(e.field) if e.field in SETTINGS else None)}") from None
+        except ValueError as e:
+            raise SweepError(f"{label}: {e}") from None
         points.append(SweepPoint(index=index, swept=swept, settings=s, problem=problem, lr=float(lr)))
     return SweepConfig(normalized=normalized, hash=digest, points=tuple(points), swept=tuple(keys))
 
@@ -306,31 +259,17 @@ def point_config(s: Mapping, progress: bool | None = False):
 
 
 def _representation(problem, config):
-    try:
-        from ncflow.dynamics.steppers import representation
-    except ImportError:  # pragma: no cover - older engines
-        from ncflow.dynamics.spaces import choose
+    """The dynamics the engine will run for this point (raises ConfigError where they do not fit)."""
+    from ncflow.dynamics.build import dynamics_for
 
-        return choose(problem, config.engine)
-    return representation(problem, config)
+    return dynamics_for(problem, config)
 
 
 def _default_lr(problem, config) -> float:
-    try:
-        from ncflow.dynamics.steppers import default_lr
-    except ImportError:  # pragma: no cover - older engines
-        from ncflow.maths.theory import default_step_size
+    """The engine's default step size for this point (as ``ncflow run``)."""
+    from ncflow.dynamics.build import default_lr
 
-        return default_step_size(problem, config.init_scale or 1.0)
     return default_lr(problem, config)
-
-
-def _rename(msg: str, name: Callable[[str], str]) -> str:
-    """Replace a leading field name of a Problem/Config message by its TOML key."""
-    head = msg.split(" ", 1)[0].rstrip(":")
-    if head in SPECS or head in extra_solver_keys():
-        return name(head) + msg[len(head):]
-    return msg
 
 
 def _describe(swept: Mapping) -> str:

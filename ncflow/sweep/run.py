@@ -30,6 +30,7 @@ Config file (TOML, read with the standard library's ``tomllib``)::
     group = "auto"         # runs per cache group, integer >= 1 or "auto"
     gtol = "auto"          # stationarity tolerance > 0, or "auto" (dtype default)
     early_stop = true      # false: every run takes exactly max_steps steps
+    stop = "certified"     # or "converged": see ncflow.Config.stop (THEORY §8 certificate)
     history = false        # record diagnostics at log-spaced steps (convergence plots)
     lanczos_iters = 32     # integer >= 2
     # ... and every other ncflow.Config setting (optimizer, momentum, init, ...), checked by Config
@@ -90,10 +91,21 @@ import numpy as np
 
 from ncflow import io as _io
 from ncflow.outcomes import LABELS
-from ncflow.sweep.config import (LANE_KEYS, PROBLEM_SPECS, SOLVER_SPECS, SweepConfig, SweepError, SweepPoint,  # noqa: F401
-                           apply_overrides, extra_solver_keys, load_config, parse_config, point_config,
-                           read_toml)
-from ncflow.sweep.config import _representation
+from ncflow.sweep.config import (  # noqa: F401
+    LANE_KEYS,
+    PROBLEM_SPECS,
+    SOLVER_SPECS,
+    SweepConfig,
+    SweepError,
+    SweepPoint,
+    _representation,
+    apply_overrides,
+    extra_solver_keys,
+    load_config,
+    parse_config,
+    point_config,
+    read_toml,
+)
 
 FORMAT = "ncflow-sweep/1"
 
@@ -196,7 +208,7 @@ def _batches(group: list[SweepPoint], limit: int | None) -> list[list[SweepPoint
     """Split a shape group into batches whose estimated memory fits ``limit`` (None: no split)."""
     if limit is None:
         return [group]
-    from ncflow.batch.loop import auto_group, estimate_memory
+    from ncflow.batch.memory import auto_group, estimate_memory
 
     s = group[0].settings
     rep = _representation(group[0].problem, point_config(s))
@@ -251,7 +263,8 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
     """
     import jax
 
-    from ncflow.batch.loop import Point, available_memory_bytes, simulate_points
+    from ncflow.batch.loop import Point, simulate_points
+    from ncflow.batch.memory import available_memory_bytes
     from ncflow.errors import ConfigError
     from ncflow.result import versions
 
