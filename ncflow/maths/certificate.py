@@ -1,0 +1,273 @@
+"""The early certificate of a global outcome (THEORY.md §8), evaluated on the host per lane.
+
+Theorem (§8): let f_sad be the lowest non-global critical value of f and L(f) a bound on the
+largest Hessian eigenvalue over the sublevel set {f' <= f}. If at some step T of gradient descent
+with step η
+
+    (H1) f(θ_T) < f_sad    and    (H2) η L(f(θ_T)) < 2,
+
+every later step decreases f by at least η(1 − ηL/2)||∇f||² and the run converges to one point of
+the global set. Only the current state matters, so a check at chunk ends is sound.
+
+In floating point f(θ_T) is known only up to the rounding of its evaluation (:func:`rounding_bound`),
+and the check keeps a margin: :func:`certified` asks for
+``f + rounding < f* + (1 − margin)(f_sad − f*)`` and ``η L(f + rounding) < 2``.
+
+Everything here is numpy on the host: scalars or arrays of one shape ``(lanes,)`` (any shape that
+broadcasts), with a problem whose coefficients are scalars or such arrays. Nothing is traced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ncflow.errors import ConfigError, ProblemError
+from ncflow.problem import Problem
+
+__all__ = ["SPACES", "certified", "hessian_bound", "rounding_bound", "saddle_gap", "saddle_gaps"]
+
+#: the state spaces whose objective evaluation :func:`rounding_bound` covers (the engines' names)
+SPACES = ("full", "collapsed")
+
+#: (C): the 1-direction counts as alive (and the above-threshold gap, the smaller, is used) once
+#: γ >= c(1 − _THRESHOLD_SLACK), so that rounding in the comparison can only make the gap smaller
+_THRESHOLD_SLACK = 1e-9
+
+
+def _coef(problem: Problem, name: str) -> np.ndarray:
+    """A coefficient of ``problem`` as a float64 array (shape () or (lanes,))."""
+    return np.asarray(getattr(problem, name), dtype=np.float64)
+
+
+def saddle_gaps(problem: Problem) -> np.ndarray:
+    """f_sad − f* per lane, shape () or (lanes,) (the problem's coefficient shape); NaN where no
+    certificate applies. THEORY.md §8, balanced classes:
+
+    - (A) λ_b = 0 and (B) bias-free: (1 − c)²/(2K) for every d (rank-limited d included: THEORY §3,
+      the saddles keep one direction fewer than the optimum; ties between directions are global).
+    - (C) λ_b > 0 with d >= K+1: below the threshold λ_b <= c/(1 − c), (1 − c)²/(2K); above it
+      min{(1 − c)², (γ − c)²/γ}/(2K) with γ = λ_b/(1 + λ_b) (the saddle that drops the direction
+      along 1; → 0 at the threshold). The 1-direction is treated as alive from
+      γ >= c(1 − 1e-9) on, so a threshold comparison flipped by rounding only shrinks the gap.
+    - c >= 1: +inf (the global minimizer is the only critical point).
+    - NaN (no proof, no early call): loss "rescaled-mse"; (C) with d <= K, whatever c (THEORY §7: strict
+      saddles shown for d >= K+1 only; for d <= K−1 above the threshold the lowest saddle swaps a
+      centred direction for the 1-direction and the §8 formula is not its gap); λ_W = 0 or λ_H = 0
+      (no attained, isolated optimum).
+    """
+    K, n, d = problem.K, problem.n, problem.d
+    lw, lh, lb = (_coef(problem, k) for k in ("lambda_w", "lambda_h", "lambda_b"))
+    lw, lh, lb = np.broadcast_arrays(lw, lh, lb)
+    c = K * np.sqrt(n * lw * lh)
+    gap = (1.0 - c) ** 2 / (2 * K)
+    if problem.bias:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = lb / (1.0 + lb)
+            above = (lb > 0) & (g >= c * (1.0 - _THRESHOLD_SLACK))
+            one_dir = np.where(above, (g - c) ** 2 / np.where(g > 0, g, 1.0), np.inf)
+        gap = np.where(above, np.minimum((1.0 - c) ** 2, one_dir) / (2 * K), gap)
+    gap = np.where(c >= 1.0, np.inf, gap)
+    if problem.bias and d <= K:  # (C) without a proof, whatever c
+        gap = np.where(lb > 0, np.nan, gap)
+    gap = np.where((lw == 0) | (lh == 0), np.nan, gap)
+    if problem.loss != "mse":
+        gap = np.full_like(gap, np.nan)
+    return np.asarray(gap, dtype=np.float64)
+
+
+def saddle_gap(problem: Problem) -> float | None:
+    """f_sad − f* of a problem with scalar coefficients (THEORY.md §8), as a float (``math.inf``
+    where c >= 1), or None where no certificate applies; the cases are those of :func:`saddle_gaps`.
+    ``f_sad = theory.predict(problem).objective + saddle_gap(problem)``."""
+    if any(np.ndim(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b")):
+        raise ProblemError("saddle_gap needs scalar coefficients; got a batched problem (use saddle_gaps)")
+    g = float(saddle_gaps(problem))
+    return None if math.isnan(g) else g
+
+
+def hessian_bound(problem: Problem, f) -> np.ndarray:
+    """L(f): an upper bound on the largest Hessian eigenvalue of f at every point of the sublevel
+    set {f' <= f} (THEORY.md §8), elementwise over ``f`` and the problem's coefficients (scalars or
+    arrays that broadcast, e.g. (lanes,)); returns float64 of the broadcast shape.
+
+        L(f) = a·(1[bias] + 2f/(N min(λ_W, λ_H))) + √(a·2f/N) + max(λ_W, λ_H, λ_b),  a = max(α, 1)
+
+    (a = 1 for the MSE loss: THEORY's formula). Proof: the Hessian's quadratic form at direction
+    (dW, dH, db) is (1/N)||Ω^½(dW H + W dH + db 1ᵀ)||² + (2/N)⟨Ω(WH + b1ᵀ − T), dW dH⟩ + the
+    regularizers; the first term is at most a(1[bias] + (||W||² + ||H||²)/N)||d||² by Cauchy–Schwarz,
+    with ||W||² + ||H||² <= 2f/min(λ_W, λ_H) on the sublevel set; the second at most
+    ||Ω(WH + b1ᵀ − T)||_F ||d||²/N <= √(2aNf)||d||²/N. +inf where min(λ_W, λ_H) = 0.
+    """
+    f = np.maximum(np.asarray(f, dtype=np.float64), 0.0)
+    lw, lh, lb = (_coef(problem, k) for k in ("lambda_w", "lambda_h", "lambda_b"))
+    a = max(float(np.max(_coef(problem, "alpha"))), 1.0) if problem.loss != "mse" else 1.0
+    N = problem.N
+    lmin = np.minimum(lw, lh)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quad = np.where(lmin > 0, 2.0 * f / (N * np.where(lmin > 0, lmin, 1.0)), np.inf)
+    lmax = np.maximum(np.maximum(lw, lh), lb if problem.bias else 0.0)
+    return a * (float(problem.bias) + quad) + np.sqrt(a * 2.0 * f / N) + lmax
+
+
+def _gamma(m: float, u: float) -> float:
+    """γ_m = m u/(1 − m u), the classic bound on the relative error of m roundings (inf past 1/2)."""
+    mu = m * u
+    return mu / (1.0 - mu) if mu < 0.5 else math.inf
+
+
+def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: float,
+                 sq_norm: np.ndarray | None) -> np.ndarray:
+    """The a-priori rounding bound of one space, for states whose exact objective is ``f``."""
+    K, d, n, N = problem.K, problem.d, problem.n, problem.N
+    lw, lh, lb = (_coef(problem, k) for k in ("lambda_w", "lambda_h", "lambda_b"))
+    mse = problem.loss == "mse"
+    alpha = 1.0 if mse else float(np.max(_coef(problem, "alpha")))
+    t = 1.0 if mse else float(np.max(np.abs(_coef(problem, "target_scale"))))
+    w_hi, w_lo = max(alpha, 1.0), min(alpha, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        W2 = np.where(lw > 0, 2.0 * f / np.where(lw > 0, lw, 1.0), np.inf)  # >= ||W||_F²
+        H2 = np.where(lh > 0, 2.0 * f / np.where(lh > 0, lh, 1.0), np.inf)  # >= ||H||_F² = n||M||² + tr G
+        WH = np.sqrt(W2 * H2)  # >= ||W||_F ||H||_F
+        WG = W2 * H2  # >= ||W||_F² tr G
+        if sq_norm is not None:
+            W2, H2 = np.minimum(W2, sq_norm), np.minimum(H2, sq_norm)
+            WH, WG = np.minimum(WH, sq_norm / 2), np.minimum(WG, sq_norm**2 / 4)
+        b2 = np.where(lb > 0, 2.0 * f / np.where(lb > 0, lb, 1.0), np.inf) if problem.bias else 0.0 * f
+        if sq_norm is not None:
+            b2 = np.minimum(b2, sq_norm)
+    g_z = _gamma(d + 2, u) + 2.1 * u_in  # per-entry error of (W @ H + b − T) relative to |W||H| + |b| + |T|
+    if space == "full":
+        Z = np.sqrt(2.0 * N * f / w_lo)  # >= ||WH + b1ᵀ − T||_F
+        Bn = np.minimum(Z + WH + t * math.sqrt(N), np.sqrt(N * b2))  # >= √N ||b|| = ||b 1ᵀ||_F
+        A = WH + Bn + t * math.sqrt(N)  # >= || |W||H| + |b|1ᵀ + |T| ||_F
+        data = w_hi * (Z * g_z * A + 2 * (g_z * A) ** 2) / N
+        m = max(K * N, d * N, K * d, K) + 10
+    else:
+        Z = np.sqrt(2.0 * K * f)  # >= ||W M + b1ᵀ − I||_F, as n||R_m||²/(2N) <= f
+        WM = WH / math.sqrt(n)  # >= ||W||_F ||M||_F
+        Bk = np.minimum(Z + WM + math.sqrt(K), np.sqrt(K * b2))  # >= √K ||b||
+        A = WM + Bk + math.sqrt(K)
+        g_s = _gamma(2 * d + K * d + 2, u) + 4.2 * u_in  # tr(W G Wᵀ) relative to ||W||² tr G
+        data = n * (Z * g_z * A + 2 * (g_z * A) ** 2) / N + g_s * WG / (2 * N)
+        m = max(K * K, d * K, K) + 10
+    g = _gamma(m, u)
+    return g * f + (1.0 + g) * data
+
+
+def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None, sq_norm=None,
+                   dot_input_roundoff: float = 0.0) -> np.ndarray:
+    """An upper bound on |f_computed − f| when f is evaluated in floating point by ncflow's objective:
+    :func:`ncflow.maths.objective.objective` / ``value_and_gradient`` (``space="full"``) or
+    :func:`ncflow.maths.collapsed.objective` / ``value_and_grad_norm`` (``space="collapsed"``);
+    None: the larger of the two (the collapsed form exists for the MSE loss only). THEORY.md §8
+    ("in floating point: evaluate f with its rounding bound").
+
+    Args:
+        problem: scalar coefficients or arrays that broadcast with ``f`` (e.g. (lanes,)).
+        f: the computed objective(s), any shape (e.g. (lanes,)).
+        dtype: the evaluation dtype (default the problem's); its eps sets the unit u.
+        sq_norm: optional ||W||_F² + ||H||_F² + ||b||² of each state (collapsed: ||W||² + n||M||² +
+            tr G + ||b||²), broadcasting with ``f``: tightens the norms, which otherwise come from
+            the sublevel set alone (||W||² <= 2f/λ_W, ||H||² <= 2f/λ_H, ||b||² <= 2f/λ_b) and are
+            loose for small λ.
+        dot_input_roundoff: the relative rounding of matrix-product INPUTS, 0 for true products in
+            the dtype; 2**-11 where float32 products run in TF32 (JAX's default precision on
+            NVIDIA GPUs since Ampere), 2**-8 for bfloat16 passes.
+
+    Returns:
+        float64 array of the broadcast shape; +inf where the bound is uninformative, where f is
+        not finite and where f < 0 (a state outside the assumptions, e.g. G not semidefinite).
+
+    Derivation (first order, standard model fl(x∘y) = (x∘y)(1+δ), |δ| <= u; γ_m = mu/(1 − mu)).
+    f is a sum of nonnegative parts: the data term ||Z||²/(2N) with Z = WH + b1ᵀ − T (collapsed:
+    (n||R_m||² + tr(WGWᵀ))/(2N), R_m = WM + b1ᵀ − I) and the regularizers λ||·||²/2. Every such sum
+    of m nonnegative computed terms, in any order, is exact to a factor 1 ± γ_m; the coefficients
+    rounded to the dtype add one u each. What is not relative to f is the cancellation inside Z:
+    each entry is a length-d dot product plus two additions, so |Ẑ − Z| <= γ_{d+2}(|W||H| + |b|1ᵀ +
+    |T|) entrywise, which moves the data term by at most (||Z|| ||e|| + ||e||²/2)/N with
+    ||e|| <= γ_{d+2}(||W||_F||H||_F + √N||b|| + ||T||_F); the code takes (||Z|| ||e|| + 2||e||²)/N,
+    which also holds with ||Z|| bounded from the COMPUTED f (||Z|| <= ||Ẑ|| + ||e||). tr(WGWᵀ)
+    moves by at most γ_{2d+Kd+2}||W||_F² tr G (G positive semidefinite). Norms are bounded by f as above (and
+    √N||b|| <= ||Z|| + ||W||||H|| + ||T|| when λ_b = 0). Hence
+
+        |f̂ − f| <= γ_m f + (1 + γ_m)·(cancellation terms),   m = max(KN, dN, Kd, K) + 10
+                                                              (collapsed: max(K², dK, K) + 10).
+
+    The constant: u is taken as the dtype's eps (twice the unit roundoff of round-to-nearest), which
+    covers fused multiply-adds, any summation order and the neglected O(u²) terms with a factor 2 to
+    spare. The bound is a function of the exact f; it is evaluated at f̂ + 2B(f̂) (B the bound at
+    f̂), which covers the exact f to first order. The full form's m grows like dN: for large
+    problems in float32 the bound blocks early calls (evaluate in the collapsed space, or in
+    float64 from the state: ``dtype="float64"``).
+    """
+    if space is not None and space not in SPACES:
+        raise ConfigError(f"space must be one of {', '.join(SPACES)} or None, got {space!r}", field="space")
+    if not (math.isfinite(dot_input_roundoff) and 0.0 <= dot_input_roundoff < 1.0):
+        raise ConfigError(f"dot_input_roundoff must be in [0, 1), got {dot_input_roundoff!r}",
+                          field="dot_input_roundoff")
+    u = float(np.finfo(np.dtype(problem.dtype if dtype is None else dtype)).eps)
+    spaces = [space] if space is not None else ["full"] + (["collapsed"] if problem.loss == "mse" else [])
+    f = np.asarray(f, dtype=np.float64)
+    finite = np.isfinite(f) & (f >= 0)  # f < 0: not a sum of nonnegative parts (e.g. G not PSD)
+    f = np.where(finite, f, 0.0)
+    sq = None if sq_norm is None else np.asarray(sq_norm, dtype=np.float64) * (1.0 + 1e-3)
+
+    def bound(x):
+        return np.maximum.reduce([_rounding_at(problem, x, s, u, dot_input_roundoff, sq) for s in spaces])
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        b0 = bound(f)
+        out = bound(f + 2.0 * b0)
+    return np.where(finite & ~np.isnan(out), out, np.inf)
+
+
+def _as_gap(gap) -> np.ndarray:
+    """``gap`` as float64 with NaN for None (scalar None, or None entries of a sequence)."""
+    if gap is None:
+        return np.array(np.nan)
+    a = np.asarray(gap)
+    if a.dtype == object:
+        a = np.vectorize(lambda g: np.nan if g is None else float(g), otypes=[np.float64])(a)
+    return a.astype(np.float64)
+
+
+def certified(problem: Problem, f, lr, f_star, gap, margin: float = 0.1, *, space: str | None = None,
+              sq_norm=None, dot_input_roundoff: float = 0.0) -> np.ndarray:
+    """Where the early certificate of THEORY.md §8 holds, elementwise over lanes:
+
+        (H1) f + r < f* + (1 − margin)·gap    and    (H2) 0 < lr·L(f + r) < 2,
+
+    r = :func:`rounding_bound` of f in the problem's dtype (``space``, ``sq_norm`` and
+    ``dot_input_roundoff`` are passed on), L = :func:`hessian_bound`. A lane that passes is
+    ``global``: its GD run from this state converges to a global minimizer.
+
+    Args:
+        problem: sizes, bias mode, loss and dtype; coefficients scalars or (lanes,) arrays.
+        f: the current objective of each lane as computed in the problem's dtype, () or (lanes,).
+        lr: the GD step of each lane, () or (lanes,).
+        f_star: the global minimum f* of each lane (``theory.predict``), () or (lanes,).
+        gap: f_sad − f* of each lane (:func:`saddle_gap`/:func:`saddle_gaps`): a float, an array
+            (NaN = no certificate), None, or a sequence with None entries; False wherever None/NaN.
+        margin: the fraction of the gap kept free, in [0, 1).
+
+    Returns:
+        bool array of the broadcast shape of all inputs (and the coefficients).
+    """
+    if not (isinstance(margin, (int, float, np.floating)) and 0.0 <= margin < 1.0):
+        raise ConfigError(f"margin must be in [0, 1), got {margin!r}", field="margin")
+    g = _as_gap(gap)
+    if np.any(g < 0):
+        raise ConfigError(f"gap must be >= 0 (f_sad − f*) or None/NaN, got min {np.nanmin(g)!r}", field="gap")
+    f = np.asarray(f, dtype=np.float64)
+    lr = np.asarray(lr, dtype=np.float64)
+    f_star = np.asarray(f_star, dtype=np.float64)
+    f_up = f + rounding_bound(problem, f, space=space, sq_norm=sq_norm, dot_input_roundoff=dot_input_roundoff)
+    with np.errstate(invalid="ignore", over="ignore"):
+        h1 = f_up < f_star + (1.0 - margin) * g
+        h2 = (lr > 0) & (lr * hessian_bound(problem, f_up) < 2.0)
+    ok = h1 & h2 & np.isfinite(f) & ~np.isnan(g) & np.isfinite(f_star)
+    coef_shapes = (np.shape(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b"))
+    shape = np.broadcast_shapes(ok.shape, *coef_shapes)
+    return np.broadcast_to(ok, shape).copy()
