@@ -12,7 +12,7 @@ no early stopping, so every method does the same work. Compilation is timed sepa
 per-seed NumPy and PyTorch loops are timed on as many runs as fit in ``--loop-wall`` seconds
 (run-steps/s stays honest: steps actually executed over seconds). Ratios compare methods of
 the same row, measured minutes apart in the same process. GFLOP/s use the flop models of
-``ncflow.representations`` (full: 6KdN, collapsed: 4Kd² + 8K²d per step) against a large
+``ncflow.dynamics.spaces`` (full: 6KdN, collapsed: 4Kd² + 8K²d per step) against a large
 matmul measured in the same run. The device count is the process's (a CPU run uses one
 XLA device per core unless ``--devices`` says otherwise).
 """
@@ -42,8 +42,8 @@ def _args():
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     ap.add_argument("--skip-cli", action="store_true", help="skip the time-to-answer rows")
     ap.add_argument("--problems", default=None, help='override the problem list, e.g. "10,64,20;100,64,10"')
-    ap.add_argument("--sections", default="main,crossover,groups,sweep,devices,cli",
-                    help="comma list of: main, crossover, groups, sweep, devices, cli")
+    ap.add_argument("--sections", default="main,crossover,groups,sweep,answer,devices,cli",
+                    help="comma list of: main, crossover, groups, sweep, answer, devices, cli")
     return ap.parse_args()
 
 
@@ -53,10 +53,11 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", ARGS.devices or os.cpu_count() or 1)
 jax.config.update("jax_enable_x64", True)
 
+import baselines  # noqa: E402
 import numpy as np  # noqa: E402
 
-import baselines  # noqa: E402
 import ncflow  # noqa: E402
+from ncflow.batch import memory  # noqa: E402
 from ncflow.dynamics.spaces import COLLAPSED, FULL  # noqa: E402
 
 PROBLEMS = [(10, 64, 20), (10, 64, 200), (10, 512, 100), (100, 64, 10)]
@@ -89,8 +90,8 @@ def steps_for(flops_per_step: float, runs: int, budget_flops: float = 2e10) -> i
 def ncflow_row(K, d, n, dtype, runs, steps, engine):
     p = ncflow.Problem(K=K, d=d, n=n, lambda_w=LAM, lambda_h=LAM, dtype=dtype)
     rep = FULL if engine == "full" else COLLAPSED
-    need = ncflow.engine.estimate_memory(p, rep, runs, 64)
-    if need > 0.6 * ncflow.engine.available_memory_bytes():
+    need = memory.estimate_memory(p, rep, runs, 64)
+    if need > 0.6 * memory.available_memory_bytes():
         return {"skipped": f"needs ~{need / 2**30:.1f} GiB"}
     r = ncflow.simulate(p, runs=runs, max_steps=steps, early_stop=False, engine=engine, chunk=min(steps, 100),
                         lr=0.1, progress=False)
@@ -147,7 +148,7 @@ def groups(dtype="float32", runs=1024, K=10, d=64, n=20, sizes=(1, 4, 8, 16, 64,
     """Collapsed-engine throughput against the cache group size (runs stepped together)."""
     out = []
     p = ncflow.Problem(K=K, d=d, n=n, lambda_w=LAM, lambda_h=LAM, dtype=dtype)
-    auto = ncflow.engine.auto_group(p, COLLAPSED)
+    auto = memory.auto_group(p, COLLAPSED)
     steps = steps_for(COLLAPSED.flops_per_step(p), runs, 1e10)
     for g in sizes:
         r = ncflow.simulate(p, runs=runs, max_steps=steps, early_stop=False, engine="collapsed", chunk=min(steps, 100),
@@ -175,6 +176,37 @@ def sweep_row(points=100, runs=20, steps=500):
     print(f"  {len(probs)} points x {runs} runs x {steps} steps: one program {t_one:.1f} s, "
           f"{len(probs)} separate runs {t_sep:.1f} s ({t_sep / t_one:.1f}x); same outcomes: {same}")
     return {"points": len(probs), "one_program_s": t_one, "separate_s": t_sep, "same_outcomes": same}
+
+
+#: THEORY §8's problems: (name, Problem fields)
+ANSWER_PROBLEMS = [
+    ("default K=10 d=10 n=100", dict(K=10, d=10, n=100, lambda_w=5e-4, lambda_h=5e-4)),
+    ("K=10 d=64 n=20", dict(K=10, d=64, n=20, lambda_w=5e-4, lambda_h=5e-4)),
+    ("K=4 d=8 n=5 λ=5e-3", dict(K=4, d=8, n=5, lambda_w=5e-3, lambda_h=5e-3)),
+    ("bias-free default", dict(K=10, d=10, n=100, lambda_w=5e-4, lambda_h=5e-4, bias=False)),
+    ("d=5 rank-limited", dict(K=10, d=5, n=100, lambda_w=5e-4, lambda_h=5e-4)),
+]
+
+
+def steps_to_answer(runs=50, dtype="float32"):
+    """Median steps until each run's outcome is known: the "certified" stop rule (THEORY §8) against
+    the "converged" rule, same starts, same step (1/L), per THEORY §8 problem; outcomes compared."""
+    out = []
+    for name, fields in ANSWER_PROBLEMS:
+        p = ncflow.Problem(dtype=dtype, **fields)
+        cert = ncflow.simulate(p, runs=runs, seed=0, stop="certified", progress=False)
+        conv = ncflow.simulate(p, runs=runs, seed=0, stop="converged", progress=False)
+        a, b = float(np.median(cert.per_run["steps"])), float(np.median(conv.per_run["steps"]))
+        row = {"problem": name, "dtype": dtype, "runs": runs, "certified_median_steps": a,
+               "converged_median_steps": b, "ratio": b / a,
+               "certified_runs": int(np.sum(cert.per_run["stop"] == "certified")),
+               "same_outcomes": bool(np.array_equal(cert.outcome, conv.outcome)),
+               "global": [int(np.sum(cert.outcome == "global")), int(np.sum(conv.outcome == "global"))]}
+        out.append(row)
+        print(f"  {name:<26} certified {a:>7.0f}  converged {b:>7.0f}  ({b / a:.1f}x)  certified runs "
+              f"{row['certified_runs']}/{runs}  global {row['global'][0]}/{row['global'][1]}  "
+              f"same outcomes: {row['same_outcomes']}")
+    return out
 
 
 def devices_rows(counts=(1, 2, 4), steps=3000):
@@ -213,7 +245,7 @@ def main():
             row["torch"] = baseline_row(baselines.torch_loop, K, d, n, dtype, runs, steps)
             need = runs * (K * d + d * N) * np.dtype(dtype).itemsize * 6
             row["naive_jax"] = (baseline_row(baselines.naive_jax, K, d, n, dtype, runs, steps)
-                                if need < 0.5 * ncflow.engine.available_memory_bytes() else {"skipped": "memory"})
+                                if need < 0.5 * memory.available_memory_bytes() else {"skipped": "memory"})
             row["ncflow_full"] = ncflow_row(K, d, n, dtype, runs, steps, "full")
             c_steps = steps_for(4 * K * d * d + 8 * K * K * d, runs, 2e9 if ARGS.quick else 2e10)
             row["ncflow_collapsed"] = ncflow_row(K, d, n, dtype, runs, c_steps, "collapsed")
@@ -240,6 +272,9 @@ def main():
     if "sweep" in sections:
         print("\nsweep in one program vs separate runs:")
         extra["sweep"] = sweep_row(points=16 if ARGS.quick else 100)
+    if "answer" in sections:
+        print("\nsteps to the answer, certified vs converged stop rule (THEORY §8 problems, 50 starts, float32):")
+        extra["answer"] = steps_to_answer(runs=8 if ARGS.quick else 50)
     if "devices" in sections:
         print("\nXLA CPU devices (default problem, 3000 steps, no early stop):")
         extra["devices"] = devices_rows(steps=300 if ARGS.quick else 3000)

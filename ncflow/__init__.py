@@ -60,7 +60,7 @@ _LAZY = {
     "metrics": ("ncflow.maths.metrics", None),
     "collapsed": ("ncflow.maths.collapsed", None),
     "lanczos": ("ncflow.maths.lanczos", None),
-    "solvers": ("ncflow.dynamics.steppers", None),
+    "solvers": ("ncflow.dynamics.build", None),
     "flow": ("ncflow.dynamics.flow", None),
     "landscape": ("ncflow.landscape", None),
     "features": ("ncflow.features", None),

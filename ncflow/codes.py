@@ -17,6 +17,12 @@ DIVERGED = 2
 BUDGET = 3
 #: the stepper itself failed (e.g. the ODE solver could not take a step): an outcome, not an error
 STEP_FAILED = 4
+#: certified global by the early certificate of THEORY §8 (stop rule "certified")
+CERTIFIED = 5
+
+#: why a run stopped, by status code (the per-run ``stop`` column)
+STOP_REASONS = {RUNNING: "running", CONVERGED: "converged", DIVERGED: "diverged", BUDGET: "budget",
+                STEP_FAILED: "step_failed", CERTIFIED: "certified"}
 
 #: outcome labels of a finished run, in report order (codes 0–4)
 LABELS = ("global", "saddle", "local_min", "not_converged", "diverged")

@@ -251,8 +251,8 @@ def compare(feats: Features, lambda_w: float = 5e-4, lambda_h: float = 5e-4, lam
             bias: bool = True) -> dict:
     """Metrics of ``feats`` and of the matching UFM optimum: ``{"K", "d", "N", "class_sizes",
     "features": {...}, "ufm": {"problem", "theory", "metrics"}}``."""
-    from ncflow.problem import Problem, ProblemError
     from ncflow.maths.theory import predict
+    from ncflow.problem import Problem, ProblemError
 
     m = features_metrics(feats.H, feats.labels, feats.W, feats.b, K=feats.K)
     n = max(1, int(round(feats.N / feats.K)))

@@ -163,11 +163,14 @@ def feature_landscape(problem: Problem, norms, angles, loss: str | None = None, 
 
     Args:
         norms, angles: 1-D grids (angles in radians).
-        loss: None (the problem's loss), "mse" or "rescaled-mse" (the problem's α, M are used).
+        loss: None (the problem's loss), "mse" or "rescaled-mse" (with the problem's α, M: 1 for
+            an mse problem).
     """
     if loss is not None and loss != problem.loss:
         fields = {f.name: getattr(problem, f.name) for f in dataclasses.fields(problem)}
         fields["loss"] = loss
+        if loss != "rescaled-mse":  # α and M apply to the rescaled MSE only: back to their defaults
+            fields.update(alpha=1.0, target_scale=1.0)
         problem = Problem(**fields)
     K, n = problem.K, problem.n
     if not 0 <= k < K:

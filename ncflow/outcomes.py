@@ -3,7 +3,9 @@
 Labels (in this order, codes 0–4):
 
 * ``global``: stationary (||∇f|| <= gtol), |f − f*| <= gap_tol and the Gram of W matches the
-  predicted geometry (ETF / orthogonal frame / zero / rank-limited spectrum) within geom_tol;
+  predicted geometry (ETF / orthogonal frame / zero / rank-limited spectrum) within geom_tol — or
+  certified by the early certificate of THEORY §8 (stop rule "certified": the run's LIMIT is a
+  global minimizer; its state at the stop is not stationary, see ``certified_step``);
 * ``saddle``: stationary, not global, and Lanczos on Hessian-vector products finds a Ritz value
   below −neg_tol·max(1, |λ_max|). A Ritz value is an upper bound on λ_min, so this *certifies*
   negative curvature;
@@ -18,17 +20,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from ncflow.maths import objective as _o
-from ncflow.maths.lanczos import lanczos_extremes
-from ncflow.codes import DIVERGED, LABELS  # noqa: F401  (LABELS re-exported)
-from ncflow.problem import Problem
+from ncflow.codes import CERTIFIED, DIVERGED, LABELS  # noqa: F401  (LABELS re-exported)
 from ncflow.maths.theory import Prediction
-
+from ncflow.problem import Problem
 
 #: relative objective accuracy a converged run is asked for, by dtype
 TARGET_REL = {"float64": 1e-11, "float32": 1e-4}
@@ -99,65 +95,38 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
                       strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])))
 
 
-def _lanczos_program(problem: Problem, rep, iters: int):
-    def one(p, xi, key):
-        params = rep.to_params(p, xi)
-        flat, unravel = ravel_pytree(params)
+def classify(f, gnorm, dist, tols, status, hessian_extremes):
+    """Label every run (see the module doc).
 
-        def mv(v):
-            return ravel_pytree(_o.hvp(p, params, unravel(v)))[0]
+    Args:
+        f, gnorm: final objective and full gradient norm, (R,).
+        dist: ``ncflow.maths.metrics.OptimumDistance`` of (R,) arrays (gap, gram_error, ...).
+        tols: the :class:`Tolerances` of every run, a sequence of length R.
+        status: the engine's final ``ncflow.codes`` status, (R,).
+        hessian_extremes: ``fn(indices) -> (min Ritz values, max Ritz values)`` for the runs at
+            ``indices`` (only runs that are stationary but not global are asked for).
 
-        v0 = jax.random.normal(key, flat.shape, flat.dtype)
-        r = lanczos_extremes(mv, v0, iters)
-        return r.min_eig, r.max_eig
-
-    # lanes one after another: batched LAPACK (the tridiagonal eigh) can deadlock a small
-    # intra-op thread pool, and a run's estimate must not depend on its batch
-    return jax.jit(lambda p, x, k: jax.lax.map(lambda t: one(*t), (p, x, k)))
-
-
-def hessian_extremes(problem: Problem, rep, x, prob_b, lanes: np.ndarray, iters: int, batch: int = 16):
-    """Lanczos estimates (min Ritz value, max Ritz value) of the full Hessian for ``lanes``.
-
-    Lanes are processed ``batch`` at a time (padded), with ONE compiled program.
+    Returns:
+        ``(labels (R,) str, min_eig (R,), max_eig (R,))``; Hessian estimates are NaN for runs that
+        did not need them.
     """
-    lo = np.full(len(lanes), np.nan)
-    hi = np.full(len(lanes), np.nan)
-    if len(lanes) == 0:
-        return lo, hi
-    prog = _lanczos_program(problem, rep, iters)
-    b = batch  # fixed width: a run's estimate does not depend on how many others need one
-    for s in range(0, len(lanes), b):
-        idx = lanes[s:s + b]
-        pad = np.concatenate([idx, np.full(b - len(idx), idx[0])])
-        j = jnp.asarray(pad)
-        xs = jax.tree_util.tree_map(lambda a: a[j], x)
-        ps = jax.tree_util.tree_map(lambda a: a[j], prob_b)
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(20220301), i))(j)
-        mn, mx = prog(ps, xs, keys)
-        lo[s:s + len(idx)] = np.asarray(mn, np.float64)[: len(idx)]
-        hi[s:s + len(idx)] = np.asarray(mx, np.float64)[: len(idx)]
-    return lo, hi
-
-
-def classify(problem, rep, x, prob_b, f, gnorm, dist, lane_point, tols, iters, status):
-    """Label every run (see the module doc). Returns ``(labels (R,) str, min_eig (R,), max_eig (R,))``;
-    Hessian estimates are NaN for runs that did not need them."""
-    gtol = np.asarray([tols[i].gtol for i in lane_point])
-    gap_tol = np.asarray([tols[i].gap_tol for i in lane_point])
-    geom_tol = np.asarray([tols[i].geom_tol for i in lane_point])
-    neg_tol = np.asarray([tols[i].neg_tol for i in lane_point])
+    gtol = np.asarray([t.gtol for t in tols])
+    gap_tol = np.asarray([t.gap_tol for t in tols])
+    geom_tol = np.asarray([t.geom_tol for t in tols])
+    neg_tol = np.asarray([t.neg_tol for t in tols])
     finite = np.isfinite(f) & np.isfinite(gnorm)
     diverged = ~finite | (status == DIVERGED)
-    stationary = ~diverged & (gnorm <= gtol)
-    is_global = stationary & (np.abs(dist.gap) <= gap_tol) & (dist.gram_error <= geom_tol)
+    certified = ~diverged & (status == CERTIFIED)  # THEORY §8: the limit is global, the state need not be stationary
+    stationary = ~diverged & ~certified & (gnorm <= gtol)
+    is_global = certified | (stationary & (np.abs(dist.gap) <= gap_tol) & (dist.gram_error <= geom_tol))
     cand = np.nonzero(stationary & ~is_global)[0]
     min_eig = np.full(len(f), np.nan)
     max_eig = np.full(len(f), np.nan)
-    lo, hi = hessian_extremes(problem, rep, x, prob_b, cand, iters)
-    min_eig[cand], max_eig[cand] = lo, hi
+    if len(cand):
+        lo, hi = hessian_extremes(cand)
+        min_eig[cand], max_eig[cand] = lo, hi
     saddle = np.zeros(len(f), bool)
-    saddle[cand] = lo < -neg_tol[cand] * np.maximum(1.0, np.abs(hi))
+    saddle[cand] = min_eig[cand] < -neg_tol[cand] * np.maximum(1.0, np.abs(max_eig[cand]))
     labels = np.full(len(f), "not_converged", dtype=object)
     labels[is_global] = "global"
     labels[cand] = "local_min"

@@ -192,7 +192,7 @@ def convergence_figure(history: dict, title: str | None = None):
             med = np.nanmedian(v, axis=1)
             lo, hi = np.nanpercentile(v, 10, axis=1), np.nanpercentile(v, 90, axis=1)
         floor = np.nanmin(v[v > 0]) if np.any(v > 0) else 1e-30
-        clip = lambda a: np.maximum(a, floor)  # noqa: E731 - log axes cannot show 0
+        clip = lambda a, floor=floor: np.maximum(a, floor)  # noqa: E731 - log axes cannot show 0
         ax.fill_between(x, clip(lo), clip(hi), alpha=0.3, color="tab:blue", label="10–90% of runs")
         ax.plot(x, clip(med), color="tab:blue", lw=2, label="median")
         _log(ax, "x")

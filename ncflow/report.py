@@ -50,19 +50,31 @@ def format_result(result) -> str:
     lines = ["Theory prediction", format_prediction(result.problem, result.prediction), ""]
     lines.append(f"Outcomes of {result.runs} runs ({result.representation} engine, {result.problem.dtype}, "
                  f"lr={result.config['lr']:.4g}, init scale {result.config['init_scale']:g}, "
-                 f"budget {result.config['max_steps']} steps)")
+                 f"budget {result.config['max_steps']} steps, stop rule {result.stop_rule})")
     lines.append(f"  {'outcome':<14}{'count':>7}{'fraction':>10}   95% interval")
     for label, o in result.outcomes().items():
         lo, hi = o["ci95"]
         lines.append(f"  {label:<14}{o['count']:>7}{o['fraction']:>10.3f}   [{lo:.3f}, {hi:.3f}]")
+    cert = result.certified()
+    lines.append("")
+    if cert["stopped_there"]:
+        st, lim = cert["step"], result.limit()
+        lines.append(f"Certified global (THEORY §8) and stopped: {cert['stopped_there']} runs, at step min "
+                     f"{st['min']:.0f}  median {st['median']:.0f}  max {st['max']:.0f}")
+        if lim is not None:
+            lines.append(f"  their limit (theory): f* = {lim['objective']:.10g}  NC1 {lim['nc1']:.2e}  "
+                         f"NC2 {lim['nc2']:.2e}  NC3 {lim['nc3']:.2e}")
+    elif cert["count"]:
+        st = cert["step"]
+        lines.append(f"Certificate of THEORY §8 held (not used to stop) for {cert['count']} runs, first at step "
+                     f"min {st['min']:.0f}  median {st['median']:.0f}  max {st['max']:.0f}")
     fo = result.final_objective()
     if fo["median"] is not None:
-        lines.append("")
-        lines.append(f"Final objective  min {fo['min']:.10g}  median {fo['median']:.10g}  max {fo['max']:.10g}"
-                     f"   (f* = {result.prediction.objective:.10g})")
+        lines.append(f"Final objective (state at stop)  min {fo['min']:.10g}  median {fo['median']:.10g}  "
+                     f"max {fo['max']:.10g}   (f* = {result.prediction.objective:.10g})")
     m = {k: median(result.per_run[k]) for k in ("nc1", "nc2", "nc3", "gram_error")}
     if all(v is not None for v in m.values()):
-        lines.append(f"Median NC1 {m['nc1']:.2e}  NC2 {m['nc2']:.2e}  NC3 {m['nc3']:.2e}  "
+        lines.append(f"Median (state at stop) NC1 {m['nc1']:.2e}  NC2 {m['nc2']:.2e}  NC3 {m['nc3']:.2e}  "
                      f"Gram error {m['gram_error']:.2e}")
     st = result.per_run["steps"]
     lines.append(f"Steps per run  min {int(st.min())}  median {int(np.median(st))}  max {int(st.max())}")

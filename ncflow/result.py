@@ -10,15 +10,19 @@ from typing import Any
 import numpy as np
 
 from ncflow import io as _io
-from ncflow.outcomes import LABELS, Tolerances
 from ncflow.config import Config
 from ncflow.dynamics.replay import replay
+from ncflow.errors import ProblemError
+from ncflow.maths import metrics, theory
+from ncflow.maths.theory import Prediction
+from ncflow.outcomes import LABELS, Tolerances
 from ncflow.problem import Problem
 from ncflow.report import format_result, median
 from ncflow.stats import wilson_interval
-from ncflow.maths.theory import Prediction
 
-RESULT_FILES = ("summary.json", "config.json", "runs.csv")
+RESULT_FILES = ("summary.json", "config.json", "runs.csv", "runs.parquet")
+#: file formats of the per-run tables (``runs.<format>``, ``history.<format>``)
+TABLE_FORMATS = ("csv", "parquet")
 
 
 class ResultExistsError(FileExistsError):
@@ -113,10 +117,6 @@ class Result:
         from ncflow.dynamics.spaces import COLLAPSED
 
         if exact and self.representation == "collapsed":
-            from ncflow.batch.loop import replay
-
-            from ncflow.batch.loop import Config
-
             fields = {k: v for k, v in self.config.items() if k in Config.__dataclass_fields__}
             return replay(self.problem, int(self.per_run["run"][i]), int(self.per_run["steps"][i]),
                           seed=int(self.config["seed"]), lr=float(self.config["lr"]),
@@ -126,10 +126,43 @@ class Result:
             return self.to_params(self.problem, x)
         return COLLAPSED.to_params(self.problem, x) if self.representation == "collapsed" else x
 
+    @property
+    def stop_rule(self) -> str:
+        """The stop rule that produced this result ("certified" or "converged")."""
+        return str(self.config.get("stop", "converged"))
+
+    def certified(self) -> dict:
+        """Runs certified global by THEORY §8: ``count`` and the ``min``/``median``/``max`` of
+        ``certified_step`` over them (None if none). With stop rule "converged" the column is still
+        measured (the first check at which the certificate held) but no run stops there."""
+        step = np.asarray(self.per_run.get("certified_step", np.full(self.runs, np.nan)), np.float64)
+        ok = step[np.isfinite(step)]
+        stats = {k: (None if ok.size == 0 else float(fn(ok))) for k, fn in (("min", np.min), ("median", np.median),
+                                                                              ("max", np.max))}
+        stopped = int(np.sum(np.asarray(self.per_run.get("stop", [])) == "certified"))
+        return {"count": int(ok.size), "stopped_there": stopped, "step": stats}
+
+    def limit(self) -> dict | None:
+        """What a certified run converges to, from theory: f* and the NC metrics of the predicted
+        global minimizer (None where the theory builds no minimizer). Not the state at the stop."""
+        try:
+            params = theory.global_minimizer(self.problem)
+        except (ValueError, ProblemError):
+            return None
+        nc = metrics.nc_metrics(metrics.class_stats(self.problem, params), self.problem.N)
+        return {"objective": float(self.prediction.objective), "nc1": float(nc.nc1), "nc2": float(nc.nc2),
+                "nc3": float(nc.nc3)}
+
     def summary(self) -> dict:
-        """The JSON summary (the object ``ncflow run --json`` prints)."""
+        """The JSON summary (the object ``ncflow run --json`` prints). ``final_objective`` and
+        ``median_metrics`` are of the runs' states at their stop (``state_at_stop``); with the
+        "certified" stop rule a certified run's limit is ``limit`` (from theory), not its state."""
         med = {k: median(self.per_run[k]) for k in ("nc1", "nc2", "nc3", "nc4", "gram_error", "grad_norm")}
         return {
+            "stop_rule": self.stop_rule,
+            "certified": self.certified(),
+            "limit": self.limit(),
+            "state_at_stop": "final_objective and median_metrics are of each run's state when it stopped",
             "theory": self.prediction.to_json(),
             "problem": self.problem.describe(),
             "runs": self.runs,
@@ -147,21 +180,31 @@ class Result:
         """The per-run table as columns (a copy)."""
         return {k: np.asarray(v) for k, v in self.per_run.items()}
 
-    def save(self, directory: str, overwrite: bool = False) -> None:
+    def save(self, directory: str, overwrite: bool = False, table_format: str = "csv") -> None:
         """Write ``runs.csv`` (per run), ``summary.json``, ``config.json`` (full configuration and
         versions) and, with history, ``history.csv`` (long format), each atomically.
+        ``table_format="parquet"`` writes ``runs.parquet`` / ``history.parquet`` instead (needs
+        pyarrow: ``pip install ncflow[parquet]``); :func:`load_table` reads either.
 
-        Refuses (``ResultExistsError``) to replace an existing result unless ``overwrite``.
+        Refuses (``ResultExistsError``) to replace an existing result unless ``overwrite``; an
+        overwrite removes the earlier result's other tables (the other format, a stale history).
         """
+        require_table_format(table_format)
         check_output_dir(directory, overwrite)
         os.makedirs(directory, exist_ok=True)
-        _io.write_table_csv(os.path.join(directory, "runs.csv"), self.table())
+        write = _io.write_table_parquet if table_format == "parquet" else _io.write_table_csv
+        for name in ("runs", "history"):  # an earlier result's tables that this one does not replace
+            for fmt in TABLE_FORMATS:
+                path = os.path.join(directory, f"{name}.{fmt}")
+                if (fmt != table_format or (name == "history" and self.history is None)) and os.path.exists(path):
+                    os.remove(path)
+        write(os.path.join(directory, f"runs.{table_format}"), self.table())
         if self.history is not None:
             h = self.history
             R, S = self.runs, len(h["step"])
             cols = {"step": np.repeat(h["step"], R), "run": np.tile(np.arange(R), S)}
             cols.update({k: np.asarray(v).reshape(-1) for k, v in h.items() if k != "step"})
-            _io.write_table_csv(os.path.join(directory, "history.csv"), cols)
+            write(os.path.join(directory, f"history.{table_format}"), cols)
         _io.write_json(os.path.join(directory, "config.json"),
                        {"problem": self.problem.describe(), "solver": self.config,
                         "tolerances": self.tolerances.to_json(), "versions": versions()})
@@ -186,6 +229,28 @@ def load_summary(directory: str) -> dict:
     return _io.read_json(os.path.join(directory, "summary.json"))
 
 
+def require_table_format(table_format: str) -> None:
+    """Raise ValueError for an unknown table format, ImportError (one line) if "parquet" is asked
+    for and pyarrow is missing."""
+    if table_format not in TABLE_FORMATS:
+        raise ValueError(f"table_format must be one of {', '.join(TABLE_FORMATS)}, got {table_format!r}")
+    if table_format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ImportError("table_format 'parquet' (ncflow run --format parquet) needs pyarrow: "
+                              "pip install ncflow[parquet]") from None
+
+
 def load_table(directory: str) -> dict:
-    """The per-run table of a saved result as numpy columns."""
-    return _io.read_table_csv(os.path.join(directory, "runs.csv"))
+    """The per-run table of a saved result as numpy columns (shape (runs,)), from ``runs.csv`` or
+    ``runs.parquet``, whichever the result holds."""
+    paths = {fmt: os.path.join(directory, f"runs.{fmt}") for fmt in TABLE_FORMATS}
+    found = [fmt for fmt, path in paths.items() if os.path.exists(path)]
+    if len(found) > 1:
+        raise ValueError(f"{directory} holds both runs.csv and runs.parquet; remove the stale one")
+    if found == ["parquet"]:
+        require_table_format("parquet")
+        return _io.read_table_parquet(paths["parquet"])
+    return _io.read_table_csv(paths["csv"])

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 
 from ncflow import Problem
-from ncflow.maths import metrics
-from ncflow.maths import theory
 from ncflow.cli.app import main
-from ncflow.features import (FeaturesError, compare, features_metrics, load_features, make_features,
-                             predicted_metrics)
+from ncflow.features import FeaturesError, compare, features_metrics, load_features, make_features, predicted_metrics
+from ncflow.maths import metrics, theory
 
 
 def _etf_arrays(K=4, d=6, n=5, lw=5e-3, lh=5e-3):
@@ -52,18 +50,18 @@ def test_exact_etf_scores_zero_and_matches_the_prediction():
 
 
 def test_predicted_metrics_of_orthogonal_frame_and_zero_solution():
-    frame = predicted_metrics(Problem(K=4, d=6, n=5, lambda_w=5e-3, lambda_h=5e-3, bias=False))
+    frame = predicted_metrics(Problem(K=4, d=6, n=5, lambda_w=5e-3, lambda_h=5e-3, bias=False, dtype="float64"))
     assert frame["nc2"] == pytest.approx(0.0, abs=1e-12)  # centering turns the frame into an ETF
     assert frame["nc2_uncentered"] == pytest.approx(math.sqrt(2 - 2 * math.sqrt(3 / 4)), rel=1e-12)
     p, W, H, b, labels = _etf_arrays(lw=5e-3, lh=5e-3)
-    pb = Problem(K=4, d=6, n=5, lambda_w=5e-3, lambda_h=5e-3, bias=False)
+    pb = Problem(K=4, d=6, n=5, lambda_w=5e-3, lambda_h=5e-3, bias=False, dtype="float64")
     Wb, Hb, _ = (np.asarray(a) for a in theory.global_minimizer(pb))
     mb = features_metrics(Hb, labels, Wb)
     for k in ("nc2", "nc3", "nc4", "nc2_uncentered"):
         assert mb[k] == pytest.approx(frame[k], abs=1e-12), k
-    zero = predicted_metrics(Problem(K=4, d=6, n=5, lambda_w=0.5, lambda_h=0.5))
+    zero = predicted_metrics(Problem(K=4, d=6, n=5, lambda_w=0.5, lambda_h=0.5, dtype="float64"))
     assert zero["nc2"] == 1.0 and zero["nc1"] == 0.0 and zero["nc4"] == pytest.approx(0.5)
-    assert predicted_metrics(Problem(K=5, d=2, n=3))["nc2"] is None  # rank-limited: no unique Gram
+    assert predicted_metrics(Problem(K=5, d=2, n=3, dtype="float64"))["nc2"] is None  # rank-limited: no unique Gram
 
 
 def test_noisy_balanced_nc1_matches_numpy_and_ncflow_metrics():

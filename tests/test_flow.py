@@ -15,16 +15,26 @@ import pytest
 
 import ncflow
 from ncflow.dynamics import starts as init
-from ncflow.maths import objective
-from ncflow.maths import theory
-from ncflow.dynamics.flow import FlowState, flow_representation
+from ncflow.dynamics.build import Dynamics
+from ncflow.dynamics.flow import Flow, FlowState
+from ncflow.dynamics.spaces import FULL
+from ncflow.maths import objective, theory
 from ncflow.maths.objective import Params
 from ncflow.problem import Problem
 
-P = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2)
+from helpers import EXACT, assert_trees_close
+
+P = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2, dtype="float64")
 
 
 RTOL, ATOL = 1e-10, 1e-12
+
+
+def flow_representation(rtol, atol, flow_time=None):
+    """Gradient flow on the full space, as the engine runs it."""
+    return Dynamics(FULL, Flow(rtol=rtol, atol=atol, flow_time=flow_time))
+
+
 REP = flow_representation(rtol=RTOL, atol=ATOL)
 
 
@@ -99,22 +109,20 @@ def test_gd_tracks_flow():
     assert np.all((ratios > 1.6) & (ratios < 2.4)), (errs, ratios)
 
 
-def test_horizon_lr0_and_bias_free():
-    """Steps stop exactly at flow_time; lr = 0 leaves the state unchanged; b stays 0 when
+def test_horizon_and_bias_free():
+    """Steps stop exactly at flow_time (and then leave the state unchanged); b stays 0 when
     bias-free; the extras hook reports the time reached."""
-    pb = Problem(K=3, d=4, n=2, lambda_w=3e-2, lambda_h=3e-2, bias=False)
+    pb = Problem(K=3, d=4, n=2, lambda_w=3e-2, lambda_h=3e-2, bias=False, dtype="float64")
     rep = flow_representation(rtol=1e-8, atol=1e-10, flow_time=2.5)
     x = rep.from_params(pb, init.gaussian(pb, jax.random.key(1), 1.0))
     step = jax.jit(lambda x, lr: rep.step(pb, x, lr))
-    same = step(x, 0.0)
-    assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(same)))
     for _ in range(400):
         x = step(x, 0.3)
     assert float(x.t) == 2.5
     assert float(rep.extras(pb, x)["flow_time"]) == 2.5
     assert bool(jnp.all(x.params.b == 0))
     y = step(x, 0.3)
-    assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y)))
+    assert_trees_close(y, x, **EXACT)
 
 
 def test_flow_reaches_global():
@@ -141,3 +149,22 @@ def test_simulate_flow():
         x0 = init.gaussian(P, init.run_key(7, i), 1.0)
         f = float(objective.objective(P, advance(REP.from_params(P, x0), P, lr, T)[0].params))
         assert r.per_run["objective"][i] == pytest.approx(f, rel=1e-9)
+
+
+def test_a_failed_ode_step_is_an_outcome(monkeypatch):
+    """A controller that refuses to go below dtmin reports ``dt_min_reached``: the stepper keeps
+    the state, says ``failed``, and the engine stops the run with stop reason ``step_failed`` and
+    outcome ``not_converged`` instead of stalling silently until the budget."""
+    from ncflow.dynamics import build
+
+    tight = Flow(rtol=1e-13, atol=1e-15, dtmin=0.5)
+    dyn = Dynamics(FULL, tight)
+    x = dyn.from_params(P, init.gaussian(P, jax.random.key(2), 1.0))
+    y = jax.jit(lambda x: dyn.step(P, x, 0.5))(x)
+    assert bool(dyn.failed(P, y)) and not bool(dyn.failed(P, x))
+    assert_trees_close(y.params, x.params, **EXACT)  # the failed step was not taken
+    monkeypatch.setattr(build, "stepper_for", lambda problem, config: tight)
+    r = ncflow.simulate(P, runs=3, optimizer="flow", max_steps=2000, progress=False, engine="full")
+    assert list(r.per_run["stop"]) == ["step_failed"] * 3
+    assert list(r.outcome) == ["not_converged"] * 3
+    assert int(r.per_run["steps"].max()) < 2000

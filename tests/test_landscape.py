@@ -9,14 +9,14 @@ from ncflow import landscape
 from ncflow.maths import theory
 from ncflow.problem import Problem
 
-PA = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=3e-2)
+PA = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=3e-2, dtype="float64")
 
 
 @pytest.mark.parametrize("K, d", [(4, 5), (3, 5), (4, 4)])
 def test_optimum_hessian_counts(K, d):
     """Case A, d >= K: no negative eigenvalue and exactly the dimension of the O(d) orbit,
     [d(d−1) − (d−K+1)(d−K)]/2, of zero eigenvalues (|λ| < 1e-8)."""
-    p = Problem(K=K, d=d, n=2, lambda_w=2e-2, lambda_h=3e-2)
+    p = Problem(K=K, d=d, n=2, lambda_w=2e-2, lambda_h=3e-2, dtype="float64")
     eig = landscape.hessian_spectrum(p, theory.global_minimizer(p, key=jax.random.key(1)))
     assert eig.shape == (K * d + d * p.N + K,)
     assert np.sum(eig < -1e-8) == 0
@@ -49,7 +49,7 @@ def test_critical_point_report():
 def test_bias_free_report():
     """Bias-free: the Hessian is over (W, H) only; saddles s < K have (K−s)(d−s) negative
     eigenvalues at the same λ_min."""
-    p = Problem(K=3, d=4, n=2, lambda_w=2e-2, lambda_h=2e-2, bias=False)
+    p = Problem(K=3, d=4, n=2, lambda_w=2e-2, lambda_h=2e-2, bias=False, dtype="float64")
     assert landscape.hessian_spectrum(p, theory.critical_point(p, 0)).shape == (p.K * p.d + p.d * p.N,)
     rows = landscape.critical_point_report(p)
     assert [r.kind for r in rows] == ["saddle"] * 3 + ["minimum"]
@@ -70,9 +70,12 @@ def test_lanczos_matches_dense():
 @pytest.mark.parametrize("loss", ["mse", "rescaled-mse"])
 def test_feature_landscape(loss):
     """The minimum over a fine (norm, angle) grid is at angle 0 and norm ||h_k||, and its value
-    is f*. (MSE; rescaled MSE with α = 2, M = 1.5.)"""
-    p = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2, alpha=2.0, target_scale=1.5)
-    pk = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2, alpha=2.0, target_scale=1.5, loss=loss)
+    is f*. (MSE; rescaled MSE with α = 2, M = 1.5.) A rescaled-mse problem asked for its mse
+    landscape drops α and M."""
+    rescaled = dict(loss="rescaled-mse", alpha=2.0, target_scale=1.5)
+    p = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2, **rescaled, dtype="float64")
+    pk = Problem(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2, **(rescaled if loss == "rescaled-mse" else {}),
+                 dtype="float64")
     hk = theory.predict(pk).h_norm
     norms = np.linspace(0.0, 2.5 * hk, 251)
     angles = np.linspace(-np.pi, np.pi, 181)

@@ -14,8 +14,8 @@ from ncflow.maths.metrics import ClassStats, NCMetrics, class_stats, nc_metrics,
 from ncflow.maths.objective import Params
 from ncflow.problem import Problem
 
-CASE_A = dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=2e-3)
-CASE_B = dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=2e-3, bias=False)
+CASE_A = dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=2e-3, dtype="float64")
+CASE_B = dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=2e-3, bias=False, dtype="float64")
 
 
 @jax.jit
@@ -144,7 +144,7 @@ def test_nc1_grows_with_noise():
 
 def test_nc1_in_low_rank_between_class_spread():
     # d < K−1: Σ_B has rank d; the pseudo-inverse keeps it finite and equal to the definition.
-    p = Problem(K=5, n=3, d=2, lambda_w=1e-2, lambda_h=1e-2)
+    p = Problem(K=5, n=3, d=2, lambda_w=1e-2, lambda_h=1e-2, dtype="float64")
     rng = np.random.default_rng(4)
     x = Params(rng.standard_normal((5, 2)), rng.standard_normal((2, 15)), rng.standard_normal(5))
     m = metrics_of(p, x)
@@ -197,7 +197,7 @@ def test_optimum_distance_zero_at_rotated_minimizer():
 
 
 def test_optimum_distance_rank_limited_uses_spectrum():
-    p = Problem(K=4, n=5, d=2, lambda_w=1e-2, lambda_h=1e-2)
+    p = Problem(K=4, n=5, d=2, lambda_w=1e-2, lambda_h=1e-2, dtype="float64")
     pred = theory.predict(p)
     assert pred.gram is None
     x = theory.global_minimizer(p, jax.random.PRNGKey(8))

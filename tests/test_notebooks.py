@@ -1,19 +1,27 @@
-"""The notebooks under notebooks/: saved outputs (fast) and headless execution (slow).
+"""The notebooks under notebooks/: jupytext sources, saved executed outputs (fast), headless runs (slow).
 
-* fast (default suite): every notebook exists, is valid nbformat, was generated from the current
-  ``notebooks/build.py`` (same cell sources), was executed (every code cell has an execution
-  count, in order 1, 2, ..., and the build stamp says so), holds no error output, and ends with a
-  markdown conclusion cell preceded by a code cell that printed the computed conclusion;
-* slow (``python -m pytest -m slow tests/test_notebooks.py``): every notebook executes headless
-  with nbclient (kernel python3, 600 s per cell) in a temporary copy without an error.
+* fast (default suite): every notebook source ``notebooks/<name>.py`` (jupytext percent format,
+  paired ``ipynb,py:percent``) has its ``<name>.ipynb``, which is valid nbformat, carries the
+  sha256 of the current source in its build stamp (not stale), holds the same cells as the source,
+  was executed (every code cell has an execution count, in order 1, 2, ...), holds no error output,
+  and ends with a markdown conclusion cell preceded by a code cell that printed the computed
+  conclusion; every ``ncflow.Problem`` a source builds names its dtype; ``build.py --check``
+  reports missing, stale and unexecuted notebooks;
+* slow (``python -m pytest -m slow tests/test_notebooks.py``): every source, built with
+  ``notebooks/build.py``, executes headless with nbclient (kernel python3, 600 s per cell) in a
+  temporary directory without an error.
 
-Regenerate and re-execute the notebooks with ``python notebooks/build.py``.
+Edit a notebook's ``.py`` and re-execute it with ``python notebooks/build.py <name>``.
 """
 
+import ast
+import glob
+import hashlib
 import importlib.util
 import os
 import shutil
 
+import jupytext
 import nbformat
 import pytest
 
@@ -30,10 +38,20 @@ def _build_module():
     return mod
 
 
+def _source(name):
+    path = os.path.join(NB_DIR, f"{name}.py")
+    assert os.path.exists(path), f"{path} is missing"
+    return path
+
+
 def _read(name):
     path = os.path.join(NB_DIR, f"{name}.ipynb")
-    assert os.path.exists(path), f"{path} is missing; run python notebooks/build.py"
+    assert os.path.exists(path), f"{path} is missing; run python notebooks/build.py {name}"
     return nbformat.read(path, as_version=4)
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source) for c in nb.cells]
 
 
 def _errors(nb):
@@ -45,26 +63,49 @@ def _errors(nb):
     return out
 
 
-def test_build_defines_every_notebook():
-    assert tuple(_build_module().NOTEBOOKS) == NOTEBOOKS
+def _jupytext_sources():
+    """Names of the .py files in notebooks/ that carry a jupytext header."""
+    names = []
+    for path in sorted(glob.glob(os.path.join(NB_DIR, "*.py"))):
+        with open(path, encoding="utf-8") as f:
+            head = f.read(400)
+        if head.startswith("# ---\n# jupyter:\n"):
+            names.append(os.path.splitext(os.path.basename(path))[0])
+    return names
+
+
+def test_build_lists_every_source():
+    build = _build_module()
+    assert tuple(build.NOTEBOOKS) == NOTEBOOKS
+    assert sorted(_jupytext_sources()) == sorted(NOTEBOOKS)
     readme = os.path.join(NB_DIR, "README.md")
-    assert os.path.exists(readme)
     text = open(readme, encoding="utf-8").read()
     for name in NOTEBOOKS:
-        assert f"{name}.ipynb" in text
+        assert f"{name}.ipynb" in text and f"{name}.py" in text
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_saved_and_executed(name):
+def test_source_is_paired_percent_script(name):
+    src = jupytext.read(_source(name))
+    meta = src.metadata
+    assert meta["jupytext"]["formats"] == "ipynb,py:percent"
+    assert meta["jupytext"]["text_representation"]["format_name"] == "percent"
+    assert meta["kernelspec"]["name"] == "python3"
+    kinds = {c.cell_type for c in src.cells}
+    assert kinds == {"code", "markdown"}, kinds
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_saved_current_and_executed(name):
     nb = _read(name)
     nbformat.validate(nb)
-    build = _build_module()
-    # generated from the current build.py: same cells, same sources
-    expected = [(kind, src) for kind, src in build.NOTEBOOKS[name]]
-    got = [(c.cell_type, c.source) for c in nb.cells]
-    assert got == expected, f"{name}.ipynb is stale: regenerate it with python notebooks/build.py"
+    with open(_source(name), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
     stamp = nb.metadata.get("ncflow_build", {})
-    assert stamp.get("source_sha256") == build.source_hash(expected)
+    assert stamp.get("source_sha256") == digest, (
+        f"{name}.ipynb is stale ({name}.py changed since it was built): run python notebooks/build.py {name}")
+    assert _cells(nb) == _cells(jupytext.read(_source(name))), f"{name}.ipynb's cells differ from {name}.py"
+    assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
     assert stamp.get("executed") is True, f"{name}.ipynb was written without executing it"
     # every code cell executed, in order, in one kernel session
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -80,20 +121,110 @@ def test_notebook_saved_and_executed(name):
     assert printed.strip(), "the conclusion cell printed nothing"
 
 
+def _dtype_dicts(tree):
+    """Names bound at top level to a dict display or dict(...) call with a ``dtype`` key."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and _has_dtype(node.value, set()):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _has_dtype(node, dicts):
+    """Whether a ``**`` argument (a name, a dict display or a dict(...) call) supplies ``dtype``."""
+    if isinstance(node, ast.Name):
+        return node.id in dicts
+    if isinstance(node, ast.Dict):
+        return any((k is None and _has_dtype(v, dicts)) or (isinstance(k, ast.Constant) and k.value == "dtype")
+                   for k, v in zip(node.keys, node.values, strict=True))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        return any(kw.arg == "dtype" or (kw.arg is None and _has_dtype(kw.value, dicts)) for kw in node.keywords)
+    return False
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_problem_names_its_dtype(name):
+    """ncflow.Problem's default dtype is not what a notebook relies on: each call passes dtype."""
+    tree = ast.parse(open(_source(name), encoding="utf-8").read())
+    dicts = _dtype_dicts(tree)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr == "Problem"]
+    assert calls, f"{name}.py builds no ncflow.Problem"
+    missing = [n.lineno for n in calls
+               if not any(kw.arg == "dtype" or (kw.arg is None and _has_dtype(kw.value, dicts)) for kw in n.keywords)]
+    assert missing == [], f"{name}.py: ncflow.Problem without an explicit dtype on line(s) {missing}"
+
+
+def test_dtype_check_sees_a_missing_dtype():
+    tree = ast.parse('BASE = dict(K=4, d=8)\nFULL = {**BASE, "dtype": "float64"}\n')
+    dicts = _dtype_dicts(tree)
+    assert dicts == {"FULL"}
+    assert not _has_dtype(ast.parse("{**BASE}", mode="eval").body, dicts)
+    assert _has_dtype(ast.parse('{**FULL, "d": 3}', mode="eval").body, dicts)
+
+
+def _copy_sources(tmp_path, name, build, monkeypatch):
+    shutil.copy(_source(name), tmp_path / f"{name}.py")
+    shutil.copy(os.path.join(NB_DIR, f"{name}.ipynb"), tmp_path / f"{name}.ipynb")
+    monkeypatch.setattr(build, "HERE", str(tmp_path))
+
+
+def test_check_reports_stale_missing_and_unexecuted(tmp_path, monkeypatch, capsys):
+    build = _build_module()
+    name = "quickstart"
+    _copy_sources(tmp_path, name, build, monkeypatch)
+    assert build.main(["--check", name]) == 0
+    # a changed source makes the saved notebook stale
+    with open(tmp_path / f"{name}.py", "a", encoding="utf-8") as f:
+        f.write("\n# %%\nprint('one more cell')\n")
+    capsys.readouterr()
+    assert build.main(["--check", name]) == 1
+    err = capsys.readouterr().err
+    assert f"{name}.ipynb is stale" in err and f"build.py {name}" in err
+    # a notebook written without executing it is flagged too
+    assert build.main(["--no-execute", name]) == 0
+    nb = nbformat.read(str(tmp_path / f"{name}.ipynb"), as_version=4)
+    assert _cells(nb)[-1] == ("code", "print('one more cell')")
+    assert nb.metadata["ncflow_build"]["executed"] is False
+    capsys.readouterr()
+    assert build.main(["--check", name]) == 1
+    assert "without executing" in capsys.readouterr().err
+    # and a missing one
+    os.remove(tmp_path / f"{name}.ipynb")
+    assert build.main(["--check", name]) == 1
+    assert f"{name}.ipynb is missing" in capsys.readouterr().err
+
+
+def test_check_sees_cells_edited_in_the_ipynb(tmp_path, monkeypatch, capsys):
+    build = _build_module()
+    name = "quickstart"
+    shutil.copy(_source(name), tmp_path / f"{name}.py")
+    monkeypatch.setattr(build, "HERE", str(tmp_path))
+    assert build.main(["--no-execute", name]) == 0  # current stamp, unexecuted
+    path = str(tmp_path / f"{name}.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].source += "\nedited in Jupyter"
+    nbformat.write(nb, path)
+    assert build.main(["--check", name]) == 1
+    assert "cells differ" in capsys.readouterr().err
+
+
+def test_build_rejects_bad_arguments(capsys):
+    build = _build_module()
+    with pytest.raises(SystemExit) as e:
+        build.main(["--check", "nope"])
+    assert e.value.code == 2 and "unknown notebook(s) nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        build.main(["--timeout", "0", "quickstart"])
+    assert e.value.code == 2 and "--timeout must be a positive" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name, tmp_path):
-    from nbclient import NotebookClient
-
-    src = os.path.join(NB_DIR, f"{name}.ipynb")
-    dst = tmp_path / f"{name}.ipynb"
-    shutil.copy(src, dst)
-    nb = nbformat.read(str(dst), as_version=4)
-    for cell in nb.cells:  # run from a clean copy: no stale outputs
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    build = _build_module()
+    nb = build.make_notebook(name)  # from the source: no stale outputs
+    build.execute(nb, timeout=CELL_TIMEOUT, cwd=str(tmp_path))
     assert _errors(nb) == []
     assert all(c.execution_count is not None for c in nb.cells if c.cell_type == "code")
-    nbformat.write(nb, str(dst))
+    nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))

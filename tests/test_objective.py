@@ -13,13 +13,13 @@ from ncflow.problem import Problem
 
 # The bias modes of THEORY.md §1 (A, C, B) and the rescaled MSE.
 PROBLEMS = {
-    "unregularized": dict(K=4, d=6, n=3, lambda_w=3e-2, lambda_h=7e-3),
-    "regularized": dict(K=4, d=6, n=3, lambda_w=3e-2, lambda_h=7e-3, lambda_b=0.2),
-    "bias-free": dict(K=4, d=6, n=3, lambda_w=3e-2, lambda_h=7e-3, bias=False),
+    "unregularized": dict(K=4, d=6, n=3, lambda_w=3e-2, lambda_h=7e-3, dtype="float64"),
+    "regularized": dict(K=4, d=6, n=3, lambda_w=3e-2, lambda_h=7e-3, lambda_b=0.2, dtype="float64"),
+    "bias-free": dict(K=4, d=6, n=3, lambda_w=3e-2, lambda_h=7e-3, bias=False, dtype="float64"),
     "rescaled-mse": dict(K=4, d=6, n=3, lambda_w=3e-2, lambda_h=7e-3, loss="rescaled-mse",
-                         alpha=3.0, target_scale=2.0),
+                         alpha=3.0, target_scale=2.0, dtype="float64"),
     "rescaled-mse-reg-bias": dict(K=3, d=2, n=4, lambda_w=1e-1, lambda_h=2e-2, lambda_b=0.5,
-                                  loss="rescaled-mse", alpha=0.5, target_scale=1.5),
+                                  loss="rescaled-mse", alpha=0.5, target_scale=1.5, dtype="float64"),
 }
 # Jitted entry points (eager dispatch compiles op by op and is slow on CPU). The Problem is a
 # pytree: its sizes/flags are static aux data, its coefficients are traced leaves.
@@ -48,11 +48,11 @@ def gradient_j(p, x):
 hvp_j = jax.jit(obj.hvp)
 
 TINY = {
-    "unregularized": dict(K=3, d=2, n=2, lambda_w=3e-2, lambda_h=7e-3),
-    "regularized": dict(K=3, d=2, n=2, lambda_w=3e-2, lambda_h=7e-3, lambda_b=0.2),
-    "bias-free": dict(K=3, d=2, n=2, lambda_w=3e-2, lambda_h=7e-3, bias=False),
+    "unregularized": dict(K=3, d=2, n=2, lambda_w=3e-2, lambda_h=7e-3, dtype="float64"),
+    "regularized": dict(K=3, d=2, n=2, lambda_w=3e-2, lambda_h=7e-3, lambda_b=0.2, dtype="float64"),
+    "bias-free": dict(K=3, d=2, n=2, lambda_w=3e-2, lambda_h=7e-3, bias=False, dtype="float64"),
     "rescaled-mse": dict(K=3, d=2, n=2, lambda_w=3e-2, lambda_h=7e-3, loss="rescaled-mse",
-                         alpha=3.0, target_scale=2.0),
+                         alpha=3.0, target_scale=2.0, dtype="float64"),
 }
 
 
@@ -105,7 +105,7 @@ def reference_objective(p: Problem, x: Params) -> float:
 # ----------------------------------------------------------------------------- labels
 @pytest.mark.parametrize("K,n", [(2, 1), (3, 4), (5, 2)])
 def test_labels_class_major(K, n):
-    p = Problem(K=K, d=2, n=n)
+    p = Problem(K=K, d=2, n=n, dtype="float64")
     Y = np.asarray(obj.labels(p))
     assert Y.shape == (K, n * K)
     assert Y.dtype == np.float64
@@ -137,7 +137,7 @@ def test_objective_matches_definition(name):
 
 def test_objective_at_zero():
     # W = H = 0, b = 0: f = ||Y||²/(2N) = 1/2.
-    p = Problem(K=5, d=3, n=4, lambda_w=0.1, lambda_h=0.2, lambda_b=0.3)
+    p = Problem(K=5, d=3, n=4, lambda_w=0.1, lambda_h=0.2, lambda_b=0.3, dtype="float64")
     x = Params(np.zeros((5, 3)), np.zeros((3, 20)), np.zeros(5))
     assert float(objective_j(p, x)) == pytest.approx(0.5, rel=1e-15)
 
@@ -192,7 +192,10 @@ def test_gradient_central_differences(name):
     p = Problem(**PROBLEMS[name])
     x = random_params(p, 4, 0.7)
     g = gradient_j(p, x)
-    f = lambda q: objective_j(p, q)
+
+    def f(q):
+        return objective_j(p, q)
+
     h = 1e-6
     for seed in range(4):
         v = random_params(p, 100 + seed)  # b-tangent zero when bias-free
@@ -241,12 +244,12 @@ def test_vmap_over_coefficients():
     # Problems that differ only in coefficients batch in one compiled program (problem.py doc).
     lws, lbs = np.array([1e-3, 2e-2, 0.3]), np.array([0.0, 0.1, 0.5])
     batch = Problem(K=3, d=2, n=2, lambda_w=lws, lambda_h=np.full(3, 7e-3),
-                    lambda_b=lbs, alpha=np.ones(3), target_scale=np.ones(3))
-    x = random_params(Problem(K=3, d=2, n=2), 11)
+                    lambda_b=lbs, alpha=np.ones(3), target_scale=np.ones(3), dtype="float64")
+    x = random_params(Problem(K=3, d=2, n=2, dtype="float64"), 11)
     fs, gs = jax.jit(jax.vmap(obj.value_and_gradient, in_axes=(0, None)))(batch, x)
     gs = Params(*(np.asarray(a) for a in gs))
     for i in range(3):
-        pi = Problem(K=3, d=2, n=2, lambda_w=float(lws[i]), lambda_h=7e-3, lambda_b=float(lbs[i]))
+        pi = Problem(K=3, d=2, n=2, lambda_w=float(lws[i]), lambda_h=7e-3, lambda_b=float(lbs[i]), dtype="float64")
         assert float(fs[i]) == pytest.approx(float(objective_j(pi, x)), rel=1e-14)
         assert rel_err(Params(*(a[i] for a in gs)), gradient_j(pi, x)) < 1e-14
 

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 import ncflow
-from ncflow.maths import objective
-from ncflow.maths import theory
-from ncflow.problem import Problem
 from ncflow.dynamics.spaces import choose
+from ncflow.maths import objective, theory
+from ncflow.problem import Problem
 
-BASE = dict(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2, loss="rescaled-mse")
+BASE = dict(K=4, d=5, n=3, lambda_w=2e-2, lambda_h=2e-2, loss="rescaled-mse", dtype="float64")
 #: (α, M): two with δ* > 0 and one zero solution (M = 0.1 < ε = c = 0.139 at α = 1)
 CASES = [(2.0, 1.5), (0.5, 1.0), (1.0, 0.1)]
 

@@ -1,10 +1,8 @@
 """Runs sharded over devices and processes give the same per-run results as one device."""
 
 import json
-import os
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,8 +11,9 @@ import pytest
 import ncflow
 from ncflow.io import read_table_csv
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROBLEM = dict(K=3, d=4, n=2, lambda_w=2e-2, lambda_h=2e-2)
+from helpers import assert_trees_close, ncflow_command, subprocess_env
+
+PROBLEM = dict(K=3, d=4, n=2, lambda_w=2e-2, lambda_h=2e-2, dtype="float64")
 
 
 def test_four_devices_available():
@@ -33,8 +32,7 @@ def test_sharded_equals_unsharded(engine):
         np.testing.assert_array_equal(other.outcome, one.outcome)
         np.testing.assert_array_equal(other.per_run["steps"], one.per_run["steps"])
         np.testing.assert_allclose(other.per_run["objective"], one.per_run["objective"], rtol=1e-12, atol=0)
-        for a, b in zip(other.final_state, one.final_state):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        assert_trees_close(other.final_state, one.final_state, rtol=1e-10, atol=1e-12)
     # padding never enters statistics: counts add up to the real runs
     assert sum(v["count"] for v in four.outcomes().values()) == 37
     assert (one.outcome == "global").all()
@@ -58,15 +56,15 @@ def _free_port() -> int:
 def test_two_processes_equal_one(tmp_path):
     """2 processes x 2 CPU devices on 127.0.0.1 (gloo) gather the same result as 1 process."""
     port = _free_port()
-    common = ["-m", "ncflow.cli", "run", "-K", "3", "-d", "4", "-n", "2", "--lambda-w", "2e-2", "--lambda-h",
-              "2e-2", "--runs", "23", "--dtype", "float64", "--max-steps", "3000", "--json", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    common = ncflow_command("run", "-K", "3", "-d", "4", "-n", "2", "--lambda-w", "2e-2", "--lambda-h",
+              "2e-2", "--runs", "23", "--dtype", "float64", "--max-steps", "3000", "--json", "--no-progress")
+    env = subprocess_env()
     procs = []
     try:
         for pid in (1, 0):
             extra = ["--out", str(tmp_path / "multi")] if pid == 0 else []
             procs.append(subprocess.Popen(
-                [sys.executable] + common + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                common + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                                              "--process-id", str(pid), "--cpu-devices", "2"] + extra,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
         outs = [p.communicate(timeout=240) for p in procs]
@@ -74,12 +72,12 @@ def test_two_processes_equal_one(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     worker_out, main_out = outs[0][0], outs[1][0]
     assert worker_out.strip() == ""  # only process 0 prints
     multi = json.loads(main_out)
-    single = subprocess.run([sys.executable] + common + ["--cpu-devices", "1", "--out", str(tmp_path / "single")],
+    single = subprocess.run(common + ["--cpu-devices", "1", "--out", str(tmp_path / "single")],
                             capture_output=True, text=True, env=env, timeout=240, check=True)
     single = json.loads(single.stdout)
     assert multi["timing"]["devices"] == 4 and single["timing"]["devices"] == 1

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -22,10 +21,12 @@ from ncflow import io as nio
 from ncflow.cli.app import main
 from ncflow.sweep.run import SweepError, load_config, parse_config, run_sweep
 
+from helpers import REPO, ncflow_command
+
 BASE64 = {
     "description": "float64 equivalence",
     "problem": {"K": 3, "d": 3, "n": 2, "lambda_h": 5e-2, "dtype": "float64"},
-    "solver": {"runs": 6, "seed": 7, "max_steps": 3000, "engine": "full"},
+    "solver": {"runs": 6, "seed": 7, "max_steps": 3000, "engine": "full", "stop": "converged"},
     "grid": {"lambda_w": [5e-2, 2e-2]},
 }
 
@@ -74,13 +75,14 @@ def sweep64(tmp_path_factory):
 
 
 @pytest.mark.parametrize("raw, needle", [
-    ({"problem": {"K": 1}}, "problem.K must be an integer >= 2, got 1"),
-    ({"problem": {"K": 3.0}}, "problem.K must be an integer >= 2"),
+    ({"problem": {"K": 1}}, "problem.K must be an integer in [2, 65536], got 1"),
+    ({"problem": {"K": 3.0}}, "problem.K must be an integer in [2, 65536]"),
     ({"problem": {"lambda_w": -1e-3}}, "problem.lambda_w must be a finite number >= 0"),
     ({"problem": {"dtype": "float16"}}, 'problem.dtype must be one of "float32", "float64"'),
     ({"problem": {"bias": "yes"}}, "problem.bias must be true or false"),
     ({"problem": {"runs": 3}}, "problem.runs is not a setting (it belongs in [solver])"),
-    ({"solver": {"runs": 0}}, "solver.runs must be an integer >= 1, got 0"),
+    ({"solver": {"runs": 0}}, "solver.runs must be an integer in [1, 2147483647], got 0"),
+    ({"solver": {"max_steps": 2**31}}, "solver.max_steps must be an integer in [1, 2147483647]"),
     ({"solver": {"seed": 2**32}}, "solver.seed must be an integer in [0, 4294967295]"),
     ({"solver": {"lr": 0.0}}, 'solver.lr must be a finite number > 0 or "auto"'),
     ({"solver": {"engine": "fast"}}, "solver.engine must be one of"),
@@ -89,7 +91,7 @@ def sweep64(tmp_path_factory):
     ({"grid": {"lambda_w": 1e-3}}, "grid.lambda_w must be a non-empty list"),
     ({"grid": {"lambda_w": [1e-3, -1.0]}}, "grid.lambda_w[1] must be a finite number >= 0, got -1.0"),
     ({"grid": {"lambda_w": [1e-3, 1e-3]}}, "grid.lambda_w[1] repeats the value"),
-    ({"grid": {"d": [4, 0]}}, "grid.d[1] must be an integer >= 1"),
+    ({"grid": {"d": [4, 0]}}, "grid.d[1] must be an integer in [1, 65536]"),
     ({"grid": {"lambda_w": {"geomspace": [0, 1, 3]}}}, "grid.lambda_w.geomspace must be [start, stop, num]"),
     ({"grid": {"lambda_w": {"logspace": [1, 2, 3]}}}, "grid.lambda_w must be a list or"),
     ({"grid": {"depth": [1, 2]}}, "grid.depth is not a problem or solver setting"),
@@ -125,8 +127,7 @@ def test_config_normalization_hash_and_points():
 
 
 def test_example_config_is_valid():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = load_config(os.path.join(root, "examples", "sweep_lambda.toml"))
+    cfg = load_config(os.path.join(REPO, "examples", "sweep_lambda.toml"))
     assert len(cfg.points) == 25 and len(cfg.shape_groups()) == 1 and cfg.swept == ("lambda_w", "lambda_h")
     assert min(p.problem.c for p in cfg.points) < 1 < max(p.problem.c for p in cfg.points)
 
@@ -136,7 +137,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     bad.write_text("[problem]\nK = 1\n")
     assert main(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "problem.K must be an integer >= 2" in err
+    assert err.count("\n") == 1 and "problem.K must be an integer in [2, 65536]" in err
     broken = tmp_path / "broken.toml"
     broken.write_text("[problem\nK = 3\n")
     assert main(["sweep", str(broken), "--out", str(tmp_path / "o")]) == 2
@@ -168,7 +169,7 @@ def test_point_equals_simulate_with_the_same_settings(sweep64):
     cfg = parse_config(BASE64)
     p = cfg.points[1]  # second in its batch: its lanes sit behind point 0's
     ref = ncflow.simulate(p.problem, runs=6, seed=7, max_steps=3000, engine="full", init_scale=1.0,
-                          progress=False)
+                          stop="converged", progress=False)
     table = nio.read_table_csv(cfg.point_dir(out, 1) + "/runs.csv")
     assert table["outcome"].tolist() == ref.outcome.tolist()
     np.testing.assert_allclose(table["objective"], ref.per_run["objective"], rtol=0, atol=1e-12)
@@ -189,7 +190,7 @@ def test_files_manifest_and_summary(sweep64):
         for suffix in ("count", "fraction", "ci_low", "ci_high"):
             assert f"{label}_{suffix}" in s
     assert s["global_count"].tolist() == [6, 6] and s["geometry"].tolist() == ["simplex_etf"] * 2
-    pred = ncflow.predict(ncflow.Problem(K=3, d=3, n=2, lambda_w=2e-2, lambda_h=5e-2))
+    pred = ncflow.predict(ncflow.Problem(K=3, d=3, n=2, lambda_w=2e-2, lambda_h=5e-2, dtype="float64"))
     assert s["f_star"][1] == pred.objective and s["c"][1] == pytest.approx(pred.c)
     assert abs(s["objective_median"][1] - pred.objective) < 1e-10
     for name in ("points/0000/runs.csv", "points/0000/summary.json", "points/0000/config.json",
@@ -269,8 +270,7 @@ def test_another_sweep_in_the_directory_is_refused_untouched(sweep64, tmp_path, 
 
 
 def _sweep_cmd(cfg, out, cache):
-    return [sys.executable, "-m", "ncflow.cli", "sweep", str(cfg), "--out", str(out), "--no-progress",
-            "--compile-cache", str(cache)]
+    return ncflow_command("sweep", cfg, "--out", out, "--no-progress", "--compile-cache", cache)
 
 
 def _complete(out):

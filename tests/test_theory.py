@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from ncflow.maths import lanczos
+from ncflow.maths import lanczos, theory
 from ncflow.maths import objective as obj
-from ncflow.maths import theory
 from ncflow.maths.metrics import class_stats, nc_metrics, optimum_distance
 from ncflow.maths.objective import Params
 from ncflow.problem import Problem, ProblemError
+
+from helpers import rel_diff
 
 # Jitted reports (CPU compiles dominate the run time, so each test compiles one program per
 # problem shape). The Problem is a pytree: sizes/flags static, coefficients traced leaves, so
@@ -63,10 +64,6 @@ def gaussian_start(p: Problem, seed: int) -> Params:
                   jnp.asarray(s * rng.standard_normal((p.d, p.N))), jnp.zeros(p.K))
 
 
-def rel(a, b):
-    return abs(a - b) / abs(b)
-
-
 # ============================================================================ §6 reference table
 # (K, n, d, λ_W, λ_H, λ_b or None for case B) -> (f*, ||w_k||, ||h_k||, b* or None)
 TABLE = [
@@ -91,7 +88,7 @@ def _matches_printed(value: float, printed: str) -> bool:
 @pytest.mark.parametrize("row,expect", TABLE, ids=[str(r[0]) for r in TABLE])
 def test_reference_table(row, expect):
     K, n, d, lw, lh, lb = row
-    p = Problem(K=K, n=n, d=d, lambda_w=lw, lambda_h=lh, lambda_b=lb or 0.0, bias=lb is not None)
+    p = Problem(K=K, n=n, d=d, lambda_w=lw, lambda_h=lh, lambda_b=lb or 0.0, bias=lb is not None, dtype="float64")
     pred = theory.predict(p)
     f, w, h, b = expect
     assert _matches_printed(pred.objective, f), (pred.objective, f)
@@ -107,7 +104,7 @@ def test_reference_table(row, expect):
 def test_closed_forms_case_a():
     # THEORY.md §2 (A) formulas against predict on a problem with λ_W ≠ λ_H.
     K, n, d, lw, lh = 5, 7, 6, 3e-3, 8e-3
-    p = Problem(K=K, n=n, d=d, lambda_w=lw, lambda_h=lh)
+    p = Problem(K=K, n=n, d=d, lambda_w=lw, lambda_h=lh, dtype="float64")
     c = K * math.sqrt(n * lw * lh)
     pred = theory.predict(p)
     assert pred.geometry == "simplex_etf" and pred.rank == K - 1
@@ -122,7 +119,7 @@ def test_closed_forms_case_a():
 
 def test_closed_forms_case_c_above_threshold():
     K, n, d, lw, lh, lb = 4, 5, 8, 1e-2, 1e-2, 0.5
-    p = Problem(K=K, n=n, d=d, lambda_w=lw, lambda_h=lh, lambda_b=lb)
+    p = Problem(K=K, n=n, d=d, lambda_w=lw, lambda_h=lh, lambda_b=lb, dtype="float64")
     c = p.c
     assert lb > c / (1 - c)
     pred = theory.predict(p)
@@ -136,7 +133,7 @@ def test_closed_forms_case_c_above_threshold():
 
 
 def test_rescaled_mse_reduces_to_case_a():
-    kw = dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=3e-3)
+    kw = dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=3e-3, dtype="float64")
     a = theory.predict(Problem(**kw))
     r = theory.predict(Problem(**kw, loss="rescaled-mse", alpha=1.0, target_scale=1.0))
     assert r.objective == pytest.approx(a.objective, rel=1e-13)
@@ -146,28 +143,28 @@ def test_rescaled_mse_reduces_to_case_a():
 
 def test_predict_rejects_batched_problem():
     with pytest.raises(ProblemError):
-        theory.predict(Problem(K=3, d=3, n=2, lambda_w=jnp.array([1e-3, 2e-3]), lambda_h=1e-3))
+        theory.predict(Problem(K=3, d=3, n=2, lambda_w=jnp.array([1e-3, 2e-3]), lambda_h=1e-3, dtype="float64"))
 
 
 # ============================================================================ a spread of problems
 # Small (K=4, n=5) problems with λ's chosen so that GD converges in a few thousand steps.
 # c = 4 sqrt(5 λ_W λ_H); for λ = 1e-2: c ≈ 0.0894, threshold c/(1−c) ≈ 0.0982.
 SPREAD = {
-    "A": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2),
-    "A_unequal": dict(K=4, n=5, d=8, lambda_w=2e-2, lambda_h=5e-3),
-    "A_unequal_table": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=2e-3),
-    "A_d_eq_K-1": dict(K=4, n=5, d=3, lambda_w=1e-2, lambda_h=1e-2),
-    "A_c_ge_1": dict(K=4, n=5, d=8, lambda_w=0.2, lambda_h=0.2),
-    "C_below_threshold": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2, lambda_b=0.05),
-    "C_above_threshold": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2, lambda_b=0.5),
-    "C_c_ge_1": dict(K=4, n=5, d=8, lambda_w=0.2, lambda_h=0.1, lambda_b=0.1),
-    "B": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2, bias=False),
-    "B_unequal": dict(K=4, n=5, d=8, lambda_w=5e-3, lambda_h=2e-2, bias=False),
-    "B_c_ge_1": dict(K=4, n=5, d=8, lambda_w=0.2, lambda_h=0.2, bias=False),
-    "A_rank_limited": dict(K=4, n=5, d=2, lambda_w=1e-2, lambda_h=1e-2),
-    "B_rank_limited": dict(K=4, n=5, d=3, lambda_w=1e-2, lambda_h=1e-2, bias=False),
+    "A": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2, dtype="float64"),
+    "A_unequal": dict(K=4, n=5, d=8, lambda_w=2e-2, lambda_h=5e-3, dtype="float64"),
+    "A_unequal_table": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=2e-3, dtype="float64"),
+    "A_d_eq_K-1": dict(K=4, n=5, d=3, lambda_w=1e-2, lambda_h=1e-2, dtype="float64"),
+    "A_c_ge_1": dict(K=4, n=5, d=8, lambda_w=0.2, lambda_h=0.2, dtype="float64"),
+    "C_below_threshold": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2, lambda_b=0.05, dtype="float64"),
+    "C_above_threshold": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2, lambda_b=0.5, dtype="float64"),
+    "C_c_ge_1": dict(K=4, n=5, d=8, lambda_w=0.2, lambda_h=0.1, lambda_b=0.1, dtype="float64"),
+    "B": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2, bias=False, dtype="float64"),
+    "B_unequal": dict(K=4, n=5, d=8, lambda_w=5e-3, lambda_h=2e-2, bias=False, dtype="float64"),
+    "B_c_ge_1": dict(K=4, n=5, d=8, lambda_w=0.2, lambda_h=0.2, bias=False, dtype="float64"),
+    "A_rank_limited": dict(K=4, n=5, d=2, lambda_w=1e-2, lambda_h=1e-2, dtype="float64"),
+    "B_rank_limited": dict(K=4, n=5, d=3, lambda_w=1e-2, lambda_h=1e-2, bias=False, dtype="float64"),
     "rescaled": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=1e-2, loss="rescaled-mse",
-                     alpha=3.0, target_scale=2.0),
+                     alpha=3.0, target_scale=2.0, dtype="float64"),
 }
 EXPECTED_GEOMETRY = {
     "A": "simplex_etf", "A_unequal": "simplex_etf", "A_unequal_table": "simplex_etf",
@@ -225,7 +222,7 @@ def test_global_minimizer(name):
     x = theory.global_minimizer(p, jax.random.PRNGKey(3))
     gn, f, m, eigs = point_report(p, x)
     assert float(gn) < 1e-10
-    assert rel(float(f), pred.objective) <= 1e-12
+    assert rel_diff(float(f), pred.objective) <= 1e-12
     W, H, b = (np.asarray(a) for a in x)
     # Norms and bias as predicted (RMS over classes / samples).
     assert math.sqrt(np.sum(W**2) / p.K) == pytest.approx(pred.w_norm, rel=1e-10, abs=1e-14)
@@ -268,7 +265,7 @@ def test_gradient_descent_reaches_prediction(name):
     eta = theory.default_step_size(p)
     f, dist = gradient_descent(p, gaussian_start(p, 0), eta, GD_STEPS, pred.arrays(p.K, p.dtype))
     f = float(f)
-    assert rel(f, pred.objective) <= 1e-8, (f, pred.objective)
+    assert rel_diff(f, pred.objective) <= 1e-8, (f, pred.objective)
     assert f >= pred.objective * (1 - 1e-12)  # f* is a lower bound
     assert float(dist.gram_error) < 1e-6
     if p.bias:
@@ -279,10 +276,10 @@ def test_gradient_descent_reaches_prediction(name):
 # Small enough for a dense Hessian (196 variables); the shapes match SPREAD so the compiled
 # reports are shared.
 TINY = {
-    "A": dict(K=4, n=5, d=8, lambda_w=3e-2, lambda_h=1e-2),
-    "A_d_eq_K-1": dict(K=4, n=5, d=3, lambda_w=3e-2, lambda_h=1e-2),
-    "C_below_threshold": dict(K=4, n=5, d=8, lambda_w=3e-2, lambda_h=1e-2, lambda_b=0.1),
-    "B": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=3e-2, bias=False),
+    "A": dict(K=4, n=5, d=8, lambda_w=3e-2, lambda_h=1e-2, dtype="float64"),
+    "A_d_eq_K-1": dict(K=4, n=5, d=3, lambda_w=3e-2, lambda_h=1e-2, dtype="float64"),
+    "C_below_threshold": dict(K=4, n=5, d=8, lambda_w=3e-2, lambda_h=1e-2, lambda_b=0.1, dtype="float64"),
+    "B": dict(K=4, n=5, d=8, lambda_w=1e-2, lambda_h=3e-2, bias=False, dtype="float64"),
 }
 
 
@@ -322,8 +319,8 @@ def test_critical_point_orbit_zero_count_case_a():
 
 
 LARGER = {
-    "A": dict(K=6, n=6, d=8, lambda_w=2e-2, lambda_h=1e-2),
-    "B": dict(K=6, n=6, d=8, lambda_w=2e-2, lambda_h=1e-2, bias=False),
+    "A": dict(K=6, n=6, d=8, lambda_w=2e-2, lambda_h=1e-2, dtype="float64"),
+    "B": dict(K=6, n=6, d=8, lambda_w=2e-2, lambda_h=1e-2, bias=False, dtype="float64"),
 }
 
 
@@ -351,9 +348,9 @@ def test_critical_point_validation():
     with pytest.raises(ProblemError):
         theory.critical_point(p, -1)
     with pytest.raises(ProblemError):
-        theory.critical_point(Problem(K=4, n=2, d=5, lambda_w=0.3, lambda_h=0.3), 1)  # c >= 1
+        theory.critical_point(Problem(K=4, n=2, d=5, lambda_w=0.3, lambda_h=0.3, dtype="float64"), 1)  # c >= 1
     with pytest.raises(ProblemError):
-        theory.critical_value(Problem(K=4, n=2, d=5, lambda_w=3e-2, lambda_h=1e-2, lambda_b=5.0), 1)
+        theory.critical_value(Problem(K=4, n=2, d=5, lambda_w=3e-2, lambda_h=1e-2, lambda_b=5.0, dtype="float64"), 1)
 
 
 def test_origin_is_critical_point_zero():

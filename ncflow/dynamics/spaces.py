@@ -1,86 +1,137 @@
-"""The two exact representations of a run that the engine can step: full and collapsed.
+"""State spaces of ONE run: where its point lives, and what can be read off that point.
 
-Each is a bundle of functions written for ONE run. ``full`` carries (W, H, b) and is the
-reference for every loss; ``collapsed`` carries (W, M, G, b) at O(K d²) per step (MSE only).
+Two exact spaces carry the same gradient-descent trajectory:
+
+* :data:`FULL` carries ``Params(W (K, d), H (d, N), b (K,))`` and is the reference for every loss;
+* :data:`COLLAPSED` carries ``Collapsed(W (K, d), M (d, K), G (d, d), b (K,))`` at O(K d²) per GD
+  step instead of O(K d N) (MSE only; THEORY.md §4).
+
+A space knows how to build its state from full parameters and back, the objective and the FULL
+gradient norm, the class statistics behind every NC metric, its cost per step, and its own exact
+GD step. It knows nothing about optimizers (:mod:`ncflow.dynamics.steppers`) or batches.
+Spaces are frozen, hashable values, so they can key a cache of compiled programs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
+from ncflow.config import ENGINES
+from ncflow.errors import ConfigError
 from ncflow.maths import collapsed as _c
 from ncflow.maths import metrics as _m
 from ncflow.maths import objective as _o
-from ncflow.config import ENGINES
 from ncflow.problem import Problem
 
 
 @dataclasses.dataclass(frozen=True)
-class Representation:
-    """How the engine stores and steps one run.
+class StateSpace:
+    """Interface of a state space (subclasses implement every method for ONE run)."""
 
-    Attributes:
-        name: "full" or "collapsed".
-        from_params: Params -> state.
-        to_params: state -> Params (collapsed: rebuilt up to within-class mixing).
-        step: (problem, state, lr) -> state, one gradient-descent step.
-        value_and_grad_norm: (problem, state) -> (f, ||∇f||) of the full objective.
-        stats: (problem, state) -> ClassStats.
-        flops_per_step: (problem) -> estimated flops of one step.
-        extras: optional (problem, state) -> dict of scalars, added as per-run columns of the
-            Result (e.g. an escape time carried in the state).
-        done: optional (problem, state) -> bool, the representation's own stop (e.g. a gradient
-            flow that reached its time horizon); such runs stop as if out of budget.
-    """
+    name = "abstract"
 
-    name: str
-    from_params: Callable
-    to_params: Callable
-    step: Callable
-    value_and_grad_norm: Callable
-    stats: Callable
-    flops_per_step: Callable
-    extras: Callable | None = None
-    done: Callable | None = None
+    def from_params(self, problem: Problem, params: _o.Params):
+        """The state of a full point ``params``."""
+        raise NotImplementedError
 
+    def to_params(self, problem: Problem, x) -> _o.Params:
+        """A full point with this state (collapsed: rebuilt up to a within-class mixing)."""
+        raise NotImplementedError
 
-def _full_step(problem: Problem, x: _o.Params, lr) -> _o.Params:
-    g = _o.gradient(problem, x)
-    return jax.tree_util.tree_map(lambda p, gp: p - lr * gp, x, g)
+    def value_and_grad_norm(self, problem: Problem, x):
+        """``(f, ||∇f||)`` of the full objective at the state, both shape ()."""
+        raise NotImplementedError
 
+    def objective(self, problem: Problem, x):
+        """The objective f alone, shape ()."""
+        raise NotImplementedError
 
-def _full_value_gnorm(problem: Problem, x: _o.Params):
-    f, g = _o.value_and_gradient(problem, x)
-    return f, jax.numpy.sqrt(_o.tree_sq_norm(g))
+    def stats(self, problem: Problem, x) -> _m.ClassStats:
+        """The class statistics (W, class means M (d, K), within-class scatter G (d, d), b)."""
+        raise NotImplementedError
+
+    def gd_step(self, problem: Problem, x, lr):
+        """One exact gradient-descent step of size ``lr`` (a scalar, possibly traced)."""
+        raise NotImplementedError
+
+    def flops_per_step(self, problem: Problem) -> int:
+        """Estimated flops of one GD step (the cost model of ``choose``)."""
+        raise NotImplementedError
 
 
-FULL = Representation(
-    name="full",
-    from_params=lambda problem, p: p,
-    to_params=lambda problem, x: x,
-    step=_full_step,
-    value_and_grad_norm=_full_value_gnorm,
-    stats=_m.class_stats,
-    flops_per_step=lambda p: 6 * p.K * p.d * p.N,
-)
+@dataclasses.dataclass(frozen=True)
+class FullSpace(StateSpace):
+    """The full parameters (W, H, b): every loss, every optimizer."""
 
-COLLAPSED = Representation(
-    name="collapsed",
-    from_params=_c.collapse,
-    to_params=_c.expand,
-    step=_c.gd_step,
-    value_and_grad_norm=_c.value_and_grad_norm,
-    stats=_c.class_stats,
-    flops_per_step=lambda p: 4 * p.K * p.d**2 + 8 * p.K**2 * p.d,
-)
+    name = "full"
+
+    def from_params(self, problem, params):
+        return params
+
+    def to_params(self, problem, x):
+        return x
+
+    def value_and_grad_norm(self, problem, x):
+        f, g = _o.value_and_gradient(problem, x)
+        return f, jnp.sqrt(_o.tree_sq_norm(g))
+
+    def objective(self, problem, x):
+        return _o.objective(problem, x)
+
+    def stats(self, problem, x):
+        return _m.class_stats(problem, x)
+
+    def gd_step(self, problem, x, lr):
+        g = _o.gradient(problem, x)
+        return jax.tree_util.tree_map(lambda p, gp: p - lr * gp, x, g)
+
+    def flops_per_step(self, problem):
+        return 6 * problem.K * problem.d * problem.N
 
 
+@dataclasses.dataclass(frozen=True)
+class CollapsedSpace(StateSpace):
+    """Class means and within-class scatter (W, M, G, b): plain GD on the MSE loss only."""
 
-def choose(problem: Problem, engine: str = "auto") -> Representation:
-    """The representation for ``engine`` ("auto", "full" or "collapsed").
+    name = "collapsed"
+
+    def from_params(self, problem, params):
+        return _c.collapse(problem, params)
+
+    def to_params(self, problem, x):
+        return _c.expand(problem, x)
+
+    def value_and_grad_norm(self, problem, x):
+        return _c.value_and_grad_norm(problem, x)
+
+    def objective(self, problem, x):
+        return _c.value_and_grad_norm(problem, x)[0]
+
+    def stats(self, problem, x):
+        return _c.class_stats(problem, x)
+
+    def gd_step(self, problem, x, lr):
+        return _c.gd_step(problem, x, lr)
+
+    def flops_per_step(self, problem):
+        return 4 * problem.K * problem.d**2 + 8 * problem.K**2 * problem.d
+
+
+FULL = FullSpace()
+COLLAPSED = CollapsedSpace()
+
+#: "auto" takes the collapsed step when its flop count is below this fraction of the full one's.
+#: Measured (benchmarks/bench.py, crossover section, K=10, d=64, float32, 2-core CPU): the full
+#: engine was faster up to N = 80 and the collapsed one from N = 160, where the flop models
+#: alone would switch at N ≈ 56; the collapsed step's small products run at a lower rate.
+CROSSOVER = 0.5
+
+
+def choose(problem: Problem, engine: str = "auto") -> StateSpace:
+    """The state space for ``engine`` ("auto", "full" or "collapsed").
 
     "auto" takes the collapsed one for the MSE loss when its flop count is below ``CROSSOVER``
     (0.5) times the full step's — the measured crossover, recorded in benchmarks/README.md.
@@ -89,17 +140,10 @@ def choose(problem: Problem, engine: str = "auto") -> Representation:
         return FULL
     if engine == "collapsed":
         if problem.loss != "mse":
-            raise ValueError("engine 'collapsed' supports loss='mse' only; use 'full'")
+            raise ConfigError("engine 'collapsed' supports loss='mse' only; use 'full'", field="engine")
         return COLLAPSED
     if engine != "auto":
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if problem.loss == "mse" and COLLAPSED.flops_per_step(problem) < CROSSOVER * FULL.flops_per_step(problem):
         return COLLAPSED
     return FULL
-
-
-#: "auto" takes the collapsed step when its flop count is below this fraction of the full one's.
-#: Measured (benchmarks/bench.py, crossover section, K=10, d=64, float32, 2-core CPU): the full
-#: engine was faster up to N = 80 and the collapsed one from N = 160, where the flop models
-#: alone would switch at N ≈ 56; the collapsed step's small products run at a lower rate.
-CROSSOVER = 0.5

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncflow.config import effective
 from ncflow.maths.objective import Params
 from ncflow.problem import Problem
 
@@ -46,13 +47,33 @@ def initializer(problem: Problem, config):
 SMALL_FACTOR = 1e-3
 
 
+def _orthonormal_columns(a):
+    """The Q factor of ``a (rows, cols)``, rows >= cols, with R's diagonal positive: classical
+    Gram–Schmidt run twice per column ("twice is enough"), in plain XLA operations.
+
+    No LAPACK on purpose: XLA's CPU runtime runs independent batched LAPACK kernels of one program
+    (here W's and H's QR) at the same time, each splits its batch over the intra-op thread pool and
+    waits for it, and with one program per device a 2-thread pool deadlocked
+    (``ncflow run -K 10 -d 10 -n 2 --init orthogonal`` on 2 CPU devices never finished).
+    """
+    hi = jax.lax.Precision.HIGHEST
+
+    def body(j, q):
+        v = jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
+        for _ in range(2):  # columns not yet set are zero and drop out of the projection
+            v = v - jnp.matmul(q, jnp.matmul(q.T, v, precision=hi), precision=hi)
+        return jax.lax.dynamic_update_index_in_dim(q, v / jnp.linalg.norm(v), j, axis=1)
+
+    return jax.lax.fori_loop(0, a.shape[1], body, jnp.zeros_like(a))
+
+
 def _semi_orthogonal(key, rows: int, cols: int, dtype):
     """A random ``(rows, cols)`` matrix with orthonormal rows (rows <= cols) or orthonormal
-    columns (rows > cols): QR of a Gaussian matrix, signs fixed so the law is Haar."""
+    columns (rows > cols): the Q factor of a Gaussian matrix with R's diagonal positive, so the
+    law is Haar (the same law as QR with its signs fixed)."""
     tall = rows >= cols
     a = jax.random.normal(key, (rows, cols) if tall else (cols, rows), dtype)
-    q, r = jnp.linalg.qr(a)
-    q = q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
+    q = _orthonormal_columns(a)
     return q if tall else q.T
 
 
@@ -125,7 +146,7 @@ def saddle_factory(problem: Problem, config):
     s = config.active
     if s is None or not 0 <= s < max_active(problem):
         raise ValueError(f"active must be an integer in [0, {max_active(problem) - 1}] for init saddle, got {s!r}")
-    perturb = float(config.perturb)
+    perturb = float(effective(config, "perturb"))  # the table's default where None
 
     def fn(problem: Problem, key, scale) -> Params:
         del scale

@@ -24,8 +24,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ncflow.maths.objective import Params, coeff
-from ncflow.problem import Problem
 from ncflow.maths.theory import PredictionArrays
+from ncflow.problem import Problem
 
 
 class ClassStats(NamedTuple):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
 from typing import NamedTuple
 
 import jax

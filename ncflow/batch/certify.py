@@ -1,0 +1,59 @@
+"""The early certificate of a global outcome (THEORY §8), applied to the lanes of a batch.
+
+At each check a running lane of a GD batch is *certified* when its current objective is below the
+lowest non-global critical value with a margin that covers the dtype's rounding of f (H1) and its
+step is small enough for the curvature bound of that sublevel set (H2): from then on every GD step
+decreases f and the run converges to a point of the global set. The maths (f_sad, L(f), the
+rounding bound) is :mod:`ncflow.maths.certificate`; this module only evaluates it per lane.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ncflow.maths import certificate
+from ncflow.problem import Problem
+
+#: (H1) asks for f < f* + (1 − MARGIN)·(f_sad − f*), after the rounding bound of f
+MARGIN = 0.1
+
+
+def point_gap(problem: Problem, config) -> float | None:
+    """f_sad − f* of a point, or None where no early call is made: optimizers other than plain GD
+    (the theorem is about GD steps) and the cases without a proof (``certificate.saddle_gap``)."""
+    if config.optimizer != "gd":
+        return None
+    return certificate.saddle_gap(problem)
+
+
+def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str) -> np.ndarray:
+    """Where the certificate holds, (lanes,) bool: running lanes with a gap (``lanes.saddle_gap``
+    not NaN), finite f, (H1) and (H2) at the lanes' own coefficients and step sizes. ``space``
+    ("full" or "collapsed") names the formula f was evaluated with (its rounding bound)."""
+    out = np.zeros(len(f), bool)
+    live = lanes.running & ~np.isnan(lanes.saddle_gap) & np.isfinite(f)
+    if not live.any():
+        return out
+    idx = np.nonzero(live)[0]
+    problem = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=base.dtype,
+                      lambda_w=lanes.lambda_w[idx], lambda_h=lanes.lambda_h[idx], lambda_b=lanes.lambda_b[idx])
+    out[idx] = certificate.certified(problem, f[idx], lanes.lr[idx], lanes.f_star[idx], lanes.saddle_gap[idx],
+                                     margin=MARGIN, space=space)
+    return out
+
+
+def record_first(lanes, cert: np.ndarray, f: np.ndarray):
+    """The lane table with ``certified_step`` and ``certified_margin`` set where the certificate
+    holds (``cert``, (lanes,) bool) for the first time."""
+    first = cert & (lanes.certified_step < 0)
+    return lanes.replace(certified_step=np.where(first, lanes.steps, lanes.certified_step),
+                         certified_margin=np.where(first, margin_left(lanes, f), lanes.certified_margin))
+
+
+def margin_left(lanes, f: np.ndarray) -> np.ndarray:
+    """(f_sad − f)/(f_sad − f*) per lane: the fraction of the saddle gap still below f_sad
+    (1 at the optimum; NaN without a gap; 1 where the gap is infinite, c >= 1)."""
+    gap = lanes.saddle_gap
+    with np.errstate(invalid="ignore", divide="ignore"):
+        left = (lanes.f_star + gap - f) / gap
+    return np.where(np.isinf(gap), 1.0, left)

@@ -1,0 +1,305 @@
+"""The compiled programs of a batch, and ONE process-wide cache of them.
+
+Every program is ``shard_map``-ped over the lanes of its device (or, for the LAPACK-using
+summaries, run on gathered lanes) and AOT-compiled once per *key*: the program's name, the
+dynamics (space and stepper, hashable values), the start, the problem's static part (K, d, n, bias,
+loss, dtype), the mesh, the chunk and group sizes and the abstract shapes of its arguments. A
+second ``simulate`` of the same shape in one process compiles nothing.
+
+Programs (each for the lanes of one device):
+
+* ``init``: every lane's start from its key, one cache group at a time;
+* ``chunk``: ``chunk`` steps of the one-run step vmapped over a group, for the active groups
+  (a ``fori_loop`` with a dynamic bound), each lane masked past its budget — the ONE place where
+  budgets are applied (a masked step keeps the lane's state exactly);
+* ``check``: objective, gradient norm and the stepper's done/failed flags per lane;
+* ``take``: reorder a device's lanes (the whole :class:`~ncflow.batch.lanes.DeviceLanes` at once);
+* ``summ`` / ``diag``: metrics per lane on gathered lanes, one lane after another;
+* ``lanczos``: Hessian extremes of candidate lanes (fixed width 16).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec as P
+
+from ncflow.batch.layout import AXIS, Layout
+from ncflow.config import effective
+from ncflow.dynamics import starts
+from ncflow.maths import metrics as _m
+from ncflow.maths import objective as _o
+from ncflow.maths.lanczos import lanczos_extremes
+from ncflow.problem import Problem
+
+#: lanes per Lanczos call: a run's estimate does not depend on how many others need one
+LANCZOS_WIDTH = 16
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+class StartSpec(NamedTuple):
+    """What determines a run's start program: the kind and the saddle settings."""
+
+    init: str
+    active: int | None
+    perturb: float
+
+    @classmethod
+    def of(cls, config) -> "StartSpec":
+        """The start settings of an engine Config."""
+        return cls(config.init, config.active, float(effective(config, "perturb")))
+
+
+def cache_size() -> int:
+    """Number of compiled programs held by the process-wide cache."""
+    return len(_CACHE)
+
+
+def clear_cache() -> None:
+    """Forget every compiled program (the next batch compiles again)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _statics(problem: Problem) -> tuple:
+    return (problem.K, problem.d, problem.n, problem.bias, problem.loss, problem.dtype)
+
+
+def _tree_take(tree, idx):
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _masked(live, new, old):
+    """Per lane: ``new`` where ``live`` (shape (lanes,)), else ``old`` exactly."""
+    def pick(a, b):
+        return jnp.where(live.reshape(live.shape + (1,) * (a.ndim - 1)), a, b)
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def _abstract(tree):
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+class Programs:
+    """The programs of one batch shape, compiled on first use and shared through the process-wide
+    cache. ``compile_s`` sums the seconds this object spent compiling (0 when all were cached).
+
+    Args:
+        problem: the batch's problem (only its static part matters).
+        dyn: the :class:`~ncflow.dynamics.build.Dynamics` of the batch.
+        start: the :class:`StartSpec`.
+        chunk: steps per chunk.
+        layout: the :class:`~ncflow.batch.layout.Layout` (mesh and cache group).
+    """
+
+    def __init__(self, problem: Problem, dyn, start: StartSpec, chunk: int, layout: Layout):
+        self.problem, self.dyn, self.start, self.chunk, self.layout = problem, dyn, start, chunk, layout
+        self.group = layout.group
+        self.compile_s = 0.0
+        self.compiled_now = 0
+        self._lock = threading.Lock()
+        mesh = layout.mesh
+        self._key = (dyn, start, _statics(problem), tuple(d.id for d in mesh.devices.flat), mesh.axis_names,
+                     chunk, layout.group)
+
+    def _program(self, name: str, build: Callable, args, donate=(), sharded=True):
+        key = (name,) + self._key + (tuple((a.shape, str(a.dtype)) for a in jax.tree_util.tree_leaves(args)),
+                                     jax.tree_util.tree_structure(args))
+        hit = _CACHE.get(key)
+        if hit is None:
+            fn = build()
+            if sharded:
+                spec = P(AXIS)
+                fn = jax.shard_map(fn, mesh=self.layout.mesh, in_specs=(spec,) * len(args), out_specs=spec)
+            t0 = time.perf_counter()
+            hit = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            with _CACHE_LOCK:
+                hit = _CACHE.setdefault(key, hit)
+            with self._lock:
+                self.compile_s += time.perf_counter() - t0
+                self.compiled_now += 1
+        return hit
+
+    def precompile(self, lanes_abstract, keys, scales) -> float:
+        """Compile every program of the batch concurrently (XLA compiles outside the GIL) and
+        return the wall seconds it took (≈ 0 when everything was cached)."""
+        lay = self.layout
+        i32 = jax.ShapeDtypeStruct((lay.total_lanes,), np.int32, sharding=lay.sharding)
+        per_dev = jax.ShapeDtypeStruct((lay.n_devices,), np.int32, sharding=lay.sharding)
+        x_abs = jax.eval_shape(self._init_local(), lanes_abstract.problem, keys, scales)
+        x_abs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=lay.sharding), x_abs)
+        dl = lanes_abstract._replace(x=x_abs)
+        jobs = [
+            lambda: self._program("init", self._init_local, (dl.problem, keys, scales)),
+            lambda: self._program("chunk", self._chunk_local, (dl.x, dl.problem, dl.lr, i32, per_dev), donate=(0,)),
+            lambda: self._program("check", self._check_local, (dl.x, dl.problem)),
+            lambda: self._program("take", lambda: _tree_take, (dl, i32), donate=(0,)),
+            lambda: self._program("summ", self._summaries_local, _abstract((dl.problem, dl.x, dl.pred)),
+                                  sharded=False),
+        ]
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as ex:
+            for fut in [ex.submit(j) for j in jobs]:
+                fut.result()
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ local programs (builders)
+    def _init_local(self):
+        dyn, g = self.dyn, self.group
+        init_fn = starts.initializer(self.problem, self.start)
+
+        def local(prob_b, keys, scales):
+            def one(a):
+                p, k, s = a
+                return dyn.from_params(p, init_fn(p, k, s))
+            return jax.lax.map(one, (prob_b, keys, scales), batch_size=g)
+        return local
+
+    def _chunk_local(self):
+        dyn, g, T = self.dyn, self.group, self.chunk
+
+        def local(x, prob_b, lr, budget, n_groups):
+            vstep = jax.vmap(dyn.step)
+
+            def group_body(gi, x):
+                start = gi * g
+                sl = lambda a: jax.lax.dynamic_slice_in_dim(a, start, g, axis=0)  # noqa: E731
+                xg, pg = jax.tree_util.tree_map(sl, x), jax.tree_util.tree_map(sl, prob_b)
+                lrg, bg = sl(lr), sl(budget)
+
+                def step_body(xg, t):
+                    return _masked(t < bg, vstep(pg, xg, lrg), xg), None
+
+                xg, _ = jax.lax.scan(step_body, xg, jnp.arange(T))
+                return jax.tree_util.tree_map(
+                    lambda a, u: jax.lax.dynamic_update_slice_in_dim(a, u, start, axis=0), x, xg)
+
+            return jax.lax.fori_loop(0, n_groups[0], group_body, x)
+        return local
+
+    def _per_lane(self, fn):
+        """``fn`` for one run, mapped over a device's lanes one cache group at a time (the same
+        vector width as the steps, whatever the number of lanes)."""
+        g = self.group
+        return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=g)
+
+    def _check_local(self):
+        dyn = self.dyn
+
+        def one(p, xi):
+            f, gn = dyn.value_and_grad_norm(p, xi)
+            return f, gn, dyn.done(p, xi), dyn.failed(p, xi)
+
+        fn = self._per_lane(one)
+        return lambda x, p: fn(p, x)
+
+    # Metrics with LAPACK calls (SVD, eigh) run on the gathered lanes, one lane after another
+    # (lax.map without batching). Batched LAPACK kernels split their batch over XLA's intra-op
+    # thread pool and wait for it; two of them at once (eigh and SVD of one program, or one per
+    # device) exhausted a 2-thread pool and deadlocked. Unbatched, each runs inline, and a run's
+    # numbers cannot depend on the batch.
+    @staticmethod
+    def _host_map(fn):
+        return lambda: (lambda *a: jax.lax.map(lambda t: fn(*t), a))
+
+    def _summaries_local(self):
+        dyn, N = self.dyn, self.problem.N
+
+        def one(p, xi, pa):
+            f, gn = dyn.value_and_grad_norm(p, xi)
+            st = dyn.stats(p, xi)
+            return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), dyn.extras(p, xi)
+
+        return self._host_map(one)()
+
+    def _diagnostics_local(self):
+        dyn, N = self.dyn, self.problem.N
+
+        def one(p, xi):
+            nc = _m.nc_metrics(dyn.stats(p, xi), N)
+            return nc.nc1, nc.nc2, nc.nc3
+
+        return self._host_map(one)()
+
+    def _lanczos_local(self, iters: int):
+        dyn = self.dyn
+
+        def one(p, xi, key):
+            params = dyn.to_params(p, xi)
+            flat, unravel = ravel_pytree(params)
+
+            def mv(v):
+                return ravel_pytree(_o.hvp(p, params, unravel(v)))[0]
+
+            v0 = jax.random.normal(key, flat.shape, flat.dtype)
+            r = lanczos_extremes(mv, v0, iters)
+            return r.min_eig, r.max_eig
+
+        # lanes one after another: batched LAPACK (the tridiagonal eigh) can deadlock a small
+        # intra-op thread pool, and a run's estimate must not depend on its batch
+        return lambda p, x, k: jax.lax.map(lambda t: one(*t), (p, x, k))
+
+    # ------------------------------------------------------------------ calls
+    def init(self, prob_b, keys, scales):
+        """Every lane's carried state, sharded like the lanes."""
+        args = (prob_b, keys, scales)
+        return self._program("init", self._init_local, args)(*args)
+
+    def run_chunk(self, x, prob_b, lr, budget, n_groups):
+        """``chunk`` masked steps of the active groups of every device (``x`` is donated)."""
+        args = (x, prob_b, lr, budget, n_groups)
+        return self._program("chunk", self._chunk_local, args, donate=(0,))(*args)
+
+    def check(self, x, prob_b):
+        """Per lane: (f, ||∇f||, stepper done, stepper failed)."""
+        args = (x, prob_b)
+        return self._program("check", self._check_local, args)(*args)
+
+    def take(self, lanes, idx):
+        """Reorder the lanes of every device (``idx`` holds device-local indices; donated input)."""
+        args = (lanes, idx)
+        return self._program("take", lambda: _tree_take, args, donate=(0,))(*args)
+
+    def summaries(self, prob_b, x, pred_b):
+        """Objective, gradient norm, NC metrics, distance to the optimum and the stepper's extras of
+        every lane (numpy inputs gathered on the host, all lanes)."""
+        args = (prob_b, x, pred_b)
+        out = self._program("summ", self._summaries_local, _abstract(args), sharded=False)(*args)
+        return jax.tree_util.tree_map(np.asarray, out)
+
+    def diagnostics(self, prob_b, x):
+        """NC1–NC3 of every lane (numpy inputs gathered on the host, all lanes)."""
+        args = (prob_b, x)
+        out = self._program("diag", self._diagnostics_local, _abstract(args), sharded=False)(*args)
+        return jax.tree_util.tree_map(np.asarray, out)
+
+    def hessian_extremes(self, x, prob_b, lanes: np.ndarray, iters: int):
+        """Lanczos estimates (min Ritz value, max Ritz value) of the full Hessian for ``lanes``
+        (indices into the host arrays ``x``/``prob_b``), :data:`LANCZOS_WIDTH` lanes per call."""
+        lo = np.full(len(lanes), np.nan)
+        hi = np.full(len(lanes), np.nan)
+        b = LANCZOS_WIDTH
+        for s in range(0, len(lanes), b):
+            idx = lanes[s:s + b]
+            pad = np.concatenate([idx, np.full(b - len(idx), idx[0])])
+            j = jnp.asarray(pad)
+            xs = jax.tree_util.tree_map(lambda a, j=j: a[j], x)
+            ps = jax.tree_util.tree_map(lambda a, j=j: a[j], prob_b)
+            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(20220301), i))(j)
+            args = (ps, xs, keys)
+            prog = self._program(("lanczos", iters), lambda: self._lanczos_local(iters), _abstract(args),
+                                 sharded=False)
+            mn, mx = prog(*args)
+            lo[s:s + len(idx)] = np.asarray(mn, np.float64)[: len(idx)]
+            hi[s:s + len(idx)] = np.asarray(mx, np.float64)[: len(idx)]
+        return lo, hi

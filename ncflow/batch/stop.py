@@ -1,0 +1,60 @@
+"""The stop rule of the engine, as one pure function of per-lane numpy columns.
+
+At each check (every ``chunk`` steps) a running lane
+
+* DIVERGES if f or ||∇f|| is not finite, or |f| > 10⁶·max(1, |f_0|);
+* CONVERGES if ||∇f|| <= tol and |f − f_prev| <= ftol, where tol is ``gtol`` near the predicted
+  optimum (|f − f*| <= gap_tol) and ``strict_gtol`` (gtol/1000) anywhere else, so a run slowly
+  leaving a saddle is not stopped there;
+* is CERTIFIED (stop rule "certified" only) if the early certificate of THEORY §8 holds at this
+  check (``certified``, computed by the caller; a converged run stays CONVERGED);
+* stops with STEP_FAILED if its stepper failed, and with BUDGET once ``steps >= max_steps`` or its
+  stepper is done (a flow horizon reached).
+
+With ``early_stop=False`` only the last two apply (every run takes exactly its budget).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ncflow.codes import BUDGET, CERTIFIED, CONVERGED, DIVERGED, RUNNING, STEP_FAILED
+
+#: a run diverges once |f| exceeds this factor times max(1, |f_0|)
+DIVERGENCE_FACTOR = 1e6
+
+
+def next_status(lanes, f: np.ndarray, g: np.ndarray, stepper_done: np.ndarray, stepper_failed: np.ndarray,
+                certified: np.ndarray | None = None, *, early_stop: bool, max_steps: int) -> np.ndarray:
+    """The lanes' status after a check.
+
+    Args:
+        lanes: a :class:`~ncflow.batch.lanes.LaneTable` (status, steps already advanced, f0, f_prev
+            and the tolerance columns), shape (lanes,) each.
+        f, g: objective and full gradient norm at the check, (lanes,).
+        stepper_done, stepper_failed: the stepper's own flags, (lanes,) bool.
+        certified: where the certificate holds and the stop rule is "certified", (lanes,) bool;
+            None = never.
+        early_stop: apply the convergence and divergence tests.
+        max_steps: the step budget.
+
+    Returns:
+        The new status column, (lanes,) int8 (a copy; ``lanes`` is not modified).
+    """
+    status = lanes.status.copy()
+    active = status == RUNNING
+    if early_stop:
+        finite = np.isfinite(f) & np.isfinite(g)
+        ref = np.maximum(1.0, np.abs(lanes.f0))
+        div = active & (~finite | (np.abs(f) > DIVERGENCE_FACTOR * ref))
+        at_opt = np.abs(f - lanes.f_star) <= lanes.gap_tol
+        tol = np.where(at_opt, lanes.gtol, lanes.strict_gtol)
+        conv = active & ~div & (g <= tol) & (np.abs(f - lanes.f_prev) <= lanes.ftol)
+        status[div] = DIVERGED
+        status[conv] = CONVERGED
+        if certified is not None:
+            status[active & ~div & ~conv & certified] = CERTIFIED
+    still = status == RUNNING
+    status[still & stepper_failed] = STEP_FAILED
+    status[(status == RUNNING) & ((lanes.steps >= max_steps) | stepper_done)] = BUDGET
+    return status

@@ -1,0 +1,182 @@
+"""Which dynamics a batch runs: a state space and a stepper, chosen from a problem and a Config.
+
+:class:`Dynamics` pairs a :class:`~ncflow.dynamics.spaces.StateSpace` with a
+:class:`~ncflow.dynamics.steppers.Stepper` and gives the engine one object, for ONE run, with
+everything it reads: ``from_params``, ``step``, ``to_params``, ``value_and_grad_norm``, ``stats``,
+``extras``, ``done``, ``failed``, ``flops_per_step`` and a ``name`` for results. It is a frozen,
+hashable value: it keys the process-wide cache of compiled programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ncflow.config import effective
+from ncflow.dynamics.flow import Flow
+from ncflow.dynamics.spaces import FULL, StateSpace, choose
+from ncflow.dynamics.starts import SMALL_FACTOR
+from ncflow.dynamics.steppers import (
+    ADAM_DEFAULT_LR,
+    DEFAULT_MOMENTUM,
+    GD,
+    Escape,
+    Optax,
+    Stepper,
+    predicted_escape_steps,
+)
+from ncflow.errors import ConfigError
+from ncflow.maths import theory
+from ncflow.problem import Problem
+
+__all__ = ["ADAM_DEFAULT_LR", "DEFAULT_MOMENTUM", "FLOW_TOLERANCES", "Dynamics", "default_lr", "dynamics_for",
+           "momentum_of", "predicted_escape_steps", "validate_for_problem"]
+
+#: default (rtol, atol) of the gradient flow by dtype: with looser ones the flow's gradient
+#: stalls above the float64 stopping tolerance (seen: 2.3e-7 against gtol 3.3e-8 at rtol 1e-7)
+FLOW_TOLERANCES = {"float64": (1e-10, 1e-12), "float32": (1e-6, 1e-8)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dynamics:
+    """A state space and a stepper: how ONE run is stored and moved.
+
+    Attributes:
+        space: where the run's point lives (full or collapsed).
+        stepper: how it moves (GD, an optax optimizer, gradient flow, optionally with the escape
+            recorder).
+    """
+
+    space: StateSpace
+    stepper: Stepper
+
+    def __post_init__(self):
+        if not self.stepper.supports(self.space):
+            raise ConfigError(f"engine: {self.space.name} supports optimizer gd only, got optimizer "
+                              f"{self.stepper.name!r}; use full or auto", field="engine")
+
+    @property
+    def name(self) -> str:
+        """"full", "collapsed", "full+momentum", ..., with "+escape" for a saddle start."""
+        base = self.space.name if isinstance(self._inner, GD) else f"{self.space.name}+{self.stepper.name}"
+        return base + ("+escape" if isinstance(self.stepper, Escape) else "")
+
+    @property
+    def _inner(self) -> Stepper:
+        return self.stepper.inner if isinstance(self.stepper, Escape) else self.stepper
+
+    def from_params(self, problem: Problem, params):
+        """The carried state of a run starting at full ``params``."""
+        return self.stepper.init(self.space, problem, self.space.from_params(problem, params))
+
+    def step(self, problem: Problem, x, lr):
+        """One step of size ``lr``."""
+        return self.stepper.step(self.space, problem, x, lr)
+
+    def point(self, x):
+        """The space's point inside the carried state."""
+        return self.stepper.point(x)
+
+    def to_params(self, problem: Problem, x):
+        """Full ``Params`` of the carried state (collapsed: up to a within-class mixing)."""
+        return self.space.to_params(problem, self.stepper.point(x))
+
+    def value_and_grad_norm(self, problem: Problem, x):
+        """``(f, ||∇f||)`` of the full objective, both shape ()."""
+        return self.space.value_and_grad_norm(problem, self.stepper.point(x))
+
+    def stats(self, problem: Problem, x):
+        """Class statistics of the point (``ncflow.maths.metrics.ClassStats``)."""
+        return self.space.stats(problem, self.stepper.point(x))
+
+    def extras(self, problem: Problem, x) -> dict:
+        """The stepper's per-run columns (``flow_time``, ``escape_step``)."""
+        return self.stepper.extras(problem, x)
+
+    def done(self, problem: Problem, x):
+        """The stepper's own stop, shape () bool."""
+        return self.stepper.done(problem, x)
+
+    def failed(self, problem: Problem, x):
+        """Whether the stepper failed to step, shape () bool."""
+        return self.stepper.failed(problem, x)
+
+    def flops_per_step(self, problem: Problem) -> int:
+        """Estimated flops of one step."""
+        return self.space.flops_per_step(problem) + self.stepper.extra_flops(self.space, problem)
+
+
+def momentum_of(config) -> float:
+    """The momentum coefficient in use (``DEFAULT_MOMENTUM`` when not given)."""
+    return float(effective(config, "momentum"))  # the table's default (0.9) where None
+
+
+def stepper_for(problem: Problem, config) -> Stepper:
+    """The stepper of ``config.optimizer`` (and ``config.init == "saddle"``: the escape recorder)."""
+    opt = config.optimizer
+    if opt == "gd":
+        stepper = GD()
+    elif opt == "flow":
+        rtol, atol = FLOW_TOLERANCES[problem.dtype]
+        stepper = Flow(rtol=float(config.rtol if config.rtol is not None else rtol),
+                       atol=float(config.atol if config.atol is not None else atol),
+                       flow_time=None if config.flow_time is None else float(config.flow_time))
+    else:
+        stepper = Optax(kind=opt, momentum=momentum_of(config), beta1=float(effective(config, "beta1")),
+                        beta2=float(effective(config, "beta2")), eps=float(effective(config, "adam_eps")))
+    if config.init == "saddle":
+        stepper = Escape(stepper, int(config.active))
+    return stepper
+
+
+def dynamics_for(problem: Problem, config) -> Dynamics:
+    """The dynamics the engine runs for ``config`` on ``problem``.
+
+    GD keeps the exact full/collapsed choice of ``config.engine``; every other optimizer runs on
+    full (W, H, b). Raises ConfigError for settings that need the problem to be checked
+    (``validate_for_problem``) or that do not fit together (an optimizer on the collapsed space).
+    """
+    validate_for_problem(problem, config)
+    space = choose(problem, config.engine) if config.optimizer == "gd" or config.engine == "collapsed" else FULL
+    return Dynamics(space, stepper_for(problem, config))
+
+
+def validate_for_problem(problem: Problem, config) -> None:
+    """The checks that need the (base) problem: init saddle's ``active`` must name a saddle,
+    ``0 <= active <= max_active − 1``, of a family with closed-form critical points."""
+    if config.init != "saddle":
+        return
+    top = theory.max_active(problem)
+    s = config.active
+    if not 0 <= s < top:
+        raise ConfigError(
+            f"active must be in [0, {top - 1}] for init saddle (a saddle keeps fewer than "
+            f"max_active = min(d, {'K-1' if problem.bias else 'K'}) = {top} directions; "
+            f"K={problem.K}, d={problem.d}), got {s}", field="active")
+    if problem.loss != "mse":
+        raise ConfigError("init: saddle needs loss mse (critical points are closed-form for MSE only)", field="init")
+    c = problem.c
+    if c >= 1:
+        raise ConfigError(f"init: saddle needs c < 1 (for c >= 1 the origin is the minimum), got c = {c:.4g}",
+                          field="init")
+    lb = float(problem.lambda_b)
+    if problem.bias and lb > c / (1 - c):
+        raise ConfigError("init: saddle needs lambda_b <= c/(1-c) (closed-form critical points)", field="init")
+
+
+def default_lr(problem: Problem, config) -> float:
+    """Default step size of ``config.optimizer``.
+
+    * gd, flow (its initial dt): ``theory.default_step_size(problem, init_scale)`` (1/L);
+    * momentum, nesterov: that × (1 − μ) (the heavy-ball effective step is lr/(1 − μ));
+    * adam: :data:`ADAM_DEFAULT_LR` = 1e-3.
+    """
+    scale = config.init_scale if config.init_scale is not None else 1.0
+    if config.init == "small":
+        scale = scale * SMALL_FACTOR
+    base = theory.default_step_size(problem, scale or 1.0)
+    opt = config.optimizer
+    if opt in ("momentum", "nesterov"):
+        return base * (1.0 - momentum_of(config))
+    if opt == "adam":
+        return ADAM_DEFAULT_LR
+    return base
