@@ -61,9 +61,8 @@ def format_result(result) -> str:
         st, lim = cert["step"], result.limit()
         lines.append(f"Certified global (THEORY §8) and stopped: {cert['stopped_there']} runs, at step min "
                      f"{st['min']:.0f}  median {st['median']:.0f}  max {st['max']:.0f}")
-        if lim is not None:
-            lines.append(f"  their limit (theory): f* = {lim['objective']:.10g}  NC1 {lim['nc1']:.2e}  "
-                         f"NC2 {lim['nc2']:.2e}  NC3 {lim['nc3']:.2e}")
+        nc = "  ".join(f"{k.upper()} {'—' if lim[k] is None else f'{lim[k]:.2e}'}" for k in ("nc1", "nc2", "nc3"))
+        lines.append(f"  their limit (theory): f* = {lim['objective']:.10g}  {nc}")
     elif cert["count"]:
         st = cert["step"]
         lines.append(f"Certificate of THEORY §8 held (not used to stop) for {cert['count']} runs, first at step "

@@ -12,8 +12,6 @@ import numpy as np
 from ncflow import io as _io
 from ncflow.config import Config
 from ncflow.dynamics.replay import replay
-from ncflow.errors import ProblemError
-from ncflow.maths import metrics, theory
 from ncflow.maths.theory import Prediction
 from ncflow.outcomes import LABELS, Tolerances
 from ncflow.problem import Problem
@@ -142,16 +140,21 @@ class Result:
         stopped = int(np.sum(np.asarray(self.per_run.get("stop", [])) == "certified"))
         return {"count": int(ok.size), "stopped_there": stopped, "step": stats}
 
-    def limit(self) -> dict | None:
-        """What a certified run converges to, from theory: f* and the NC metrics of the predicted
-        global minimizer (None where the theory builds no minimizer). Not the state at the stop."""
-        try:
-            params = theory.global_minimizer(self.problem)
-        except (ValueError, ProblemError):
-            return None
-        nc = metrics.nc_metrics(metrics.class_stats(self.problem, params), self.problem.N)
-        return {"objective": float(self.prediction.objective), "nc1": float(nc.nc1), "nc2": float(nc.nc2),
-                "nc3": float(nc.nc3)}
+    def limit(self) -> dict:
+        """What a certified run converges to, from theory (THEORY §2, in numpy): f*, NC1 = 0
+        (every global minimizer collapses within classes), and NC2 = NC3 of the predicted Gram
+        ``W Wᵀ`` (self-duality h_k ∝ w_k makes W̃H̄ ∝ W̃W̃ᵀ, so NC3 = NC2); NC2/NC3 are None
+        where the Gram is not unique (rank-limited) or zero. Not the state at the stop."""
+        nc2 = None
+        gram = self.prediction.gram
+        if gram is not None and self.problem.K > 1:
+            K = self.problem.K
+            C = np.eye(K) - 1.0 / K
+            G = C @ np.asarray(gram, np.float64) @ C
+            norm = np.linalg.norm(G)
+            if norm > 0:
+                nc2 = float(np.linalg.norm(G / norm - C / np.sqrt(K - 1)))
+        return {"objective": float(self.prediction.objective), "nc1": 0.0, "nc2": nc2, "nc3": nc2}
 
     def summary(self) -> dict:
         """The JSON summary (the object ``ncflow run --json`` prints). ``final_objective`` and

@@ -118,3 +118,21 @@ def test_no_early_call_without_a_proof():
     q = ncflow.Problem(K=3, d=3, n=2, lambda_w=2e-2, lambda_h=2e-2, dtype="float64")
     r = ncflow.simulate(q, runs=2, max_steps=3000, progress=False, optimizer="momentum")
     assert not np.any(r.per_run["stop"] == "certified")
+
+
+@pytest.mark.parametrize("fields", [dict(d=8), dict(d=8, bias=False), dict(d=8, lambda_b=2.0), dict(d=3)])
+def test_the_limit_equals_the_metrics_of_the_theory_minimizer(fields):
+    """Result.limit() computes NC2 = NC3 from the predicted Gram in numpy; it equals the JAX
+    metrics of the exact global minimizer (float64), and is None where the Gram is not unique."""
+    from ncflow.maths import metrics, theory
+
+    p = ncflow.Problem(K=4, n=5, lambda_w=2e-2, lambda_h=1e-2, dtype="float64", **fields)
+    r = ncflow.simulate(p, runs=1, max_steps=100, progress=False)
+    lim = r.limit()
+    nc = metrics.nc_metrics(metrics.class_stats(p, theory.global_minimizer(p)), p.N)
+    assert lim["objective"] == r.prediction.objective and lim["nc1"] == 0.0 and float(nc.nc1) < 1e-12
+    if r.prediction.gram is None:
+        assert lim["nc2"] is None and lim["nc3"] is None
+    else:
+        assert lim["nc2"] == pytest.approx(float(nc.nc2), abs=1e-9)
+        assert lim["nc3"] == pytest.approx(float(nc.nc3), abs=1e-9)

@@ -39,7 +39,6 @@ from ncflow.batch.memory import auto_group, available_memory_bytes, estimate_mem
 from ncflow.batch.programs import Programs, StartSpec
 from ncflow.codes import STOP_REASONS
 from ncflow.config import Config
-from ncflow.dynamics import starts
 from ncflow.dynamics.build import default_lr, dynamics_for
 from ncflow.errors import ConfigError
 from ncflow.maths import theory
@@ -78,7 +77,8 @@ def _check_points(points: Sequence[Point]) -> Problem:
 
 
 def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds):
-    """The device-side lanes (state still missing) and the per-lane keys and init scales."""
+    """The device-side lanes (state still missing) and the per-lane (seed, run index) pairs the
+    init program derives each run's key from, and the init scales."""
     dt = base.dtype
     pt = lanes.point
     real = lanes.batch >= 0
@@ -90,8 +90,7 @@ def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds
     lr = layout.put(np.asarray([p.lr for p in points], dt)[pt])
     scales = layout.put(np.asarray([p.init_scale for p in points], dt)[pt])
     seeds = np.asarray([p.seed for p in points])[pt]
-    keys = jax.vmap(starts.run_key)(jnp.asarray(seeds, jnp.uint32), jnp.asarray(run, jnp.uint32))
-    keys = jax.random.wrap_key_data(layout.put(np.asarray(jax.random.key_data(keys))))
+    keys = layout.put(np.stack([seeds, run], axis=1).astype(np.uint32))  # (lanes, 2): seed, run index
     pred_arrays = [pr.arrays(base.K, dt) for pr in preds]
     pred_b = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(v) for v in a]), *pred_arrays)
     pred_b = jax.tree_util.tree_map(lambda a: layout.put(a[pt]), pred_b)

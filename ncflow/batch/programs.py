@@ -160,8 +160,8 @@ class Programs:
 
         def local(prob_b, keys, scales):
             def one(a):
-                p, k, s = a
-                return dyn.from_params(p, init_fn(p, k, s))
+                p, k, s = a  # k: (seed, run index); the run's key is fold_in(key(seed), run)
+                return dyn.from_params(p, init_fn(p, starts.run_key(k[0], k[1]), s))
             return jax.lax.map(one, (prob_b, keys, scales), batch_size=g)
         return local
 

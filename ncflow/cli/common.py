@@ -207,8 +207,9 @@ def add_output_flags(p: argparse.ArgumentParser, table_format: bool = False) -> 
                    help="call jax.distributed.initialize() with automatic detection (Slurm, TPU, MPI, ...)")
     d.add_argument("--cpu-devices", type=int_at_least(1), default=None,
                    help="XLA CPU devices per process (default: cores, divided by the local process count)")
-    g.add_argument("--compile-cache", metavar="DIR", default=os.environ.get("NCFLOW_COMPILE_CACHE"),
-                   help="persistent XLA compilation cache (also NCFLOW_COMPILE_CACHE); speeds up later runs")
+    g.add_argument("--compile-cache", metavar="DIR|off", default=None,
+                   help="persistent XLA compilation cache, so a second run of a shape starts fast (default: "
+                        "NCFLOW_COMPILE_CACHE, else ~/.cache/ncflow/xla; 'off' disables it)")
 
 
 def configure_jax(args) -> None:
@@ -237,10 +238,34 @@ def configure_jax(args) -> None:
         jax.distributed.initialize()
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    if args.compile_cache:
-        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+    cache = compile_cache_dir(args.compile_cache)
+    if cache is not None:
+        jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def compile_cache_dir(flag: str | None) -> str | None:
+    """The persistent compilation cache to use: ``--compile-cache``, else ``NCFLOW_COMPILE_CACHE``,
+    else ``$XDG_CACHE_HOME/ncflow/xla`` (``~/.cache/ncflow/xla``); None when it is "off" or cannot be
+    created and written (then one warning line on stderr: the run compiles without a cache)."""
+    choice = flag if flag is not None else os.environ.get("NCFLOW_COMPILE_CACHE")
+    if choice is not None and choice.strip().lower() in ("off", "0", "none", "no", "false", ""):
+        return None
+    if choice is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        choice = os.path.join(base, "ncflow", "xla")
+    try:
+        os.makedirs(choice, exist_ok=True)
+        probe = os.path.join(choice, f".write-probe-{os.getpid()}")
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        sys.stderr.write(f"ncflow: warning: compilation cache {choice} is unusable ({e.strerror or e}); "
+                         "compiling without it\n")
+        return None
+    return choice
 
 
 def _is_local(address: str) -> bool:

@@ -22,7 +22,6 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -94,12 +93,20 @@ class Flow(Stepper):
     name = "flow"
 
     def _parts(self):
+        import diffrax  # imported on first use: diffrax takes ~1.5 s to import, and only flow runs need it
+
         solver = diffrax.Tsit5()
         term = diffrax.ODETerm(_vector_field)
         controller = diffrax.PIDController(rtol=float(self.rtol), atol=float(self.atol),
                                            dtmin=None if self.dtmin is None else float(self.dtmin),
                                            force_dtmin=False)
         return solver, term, controller
+
+    @staticmethod
+    def _results():
+        import diffrax
+
+        return diffrax.RESULTS
 
     def supports(self, space):
         return space.name == "full"
@@ -133,7 +140,8 @@ class Flow(Stepper):
                                                        made_jump=False)
         keep, next_t0, next_t1, _, cs1, controller_result = controller.adapt_step_size(
             x.t, t1, x.params, y1, problem, y_err, solver.error_order(term), x.controller_state)
-        failed = (solver_result != diffrax.RESULTS.successful) | (controller_result != diffrax.RESULTS.successful)
+        ok = self._results().successful
+        failed = (solver_result != ok) | (controller_result != ok)
         keep = keep & ~failed
         cs1 = (cs1[0].astype(dtype), cs1[1].astype(dtype), jnp.asarray(cs1[2], bool))
         dt_next = (next_t1 - next_t0).astype(dtype)

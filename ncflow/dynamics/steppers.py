@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jaxtyping import Array, Bool, Int
 
 from ncflow.dynamics.spaces import StateSpace
@@ -119,8 +118,11 @@ class Optax(Stepper):
     def name(self) -> str:  # type: ignore[override]
         return self.kind
 
-    def transform(self) -> optax.GradientTransformation:
-        """The optax transform, built with learning rate 1."""
+    def transform(self):
+        """The ``optax.GradientTransformation``, built with learning rate 1 (optax is imported
+        here, on first use, so GD runs never import it)."""
+        import optax
+
         if self.kind in ("momentum", "nesterov"):
             return optax.sgd(1.0, momentum=float(self.momentum), nesterov=self.kind == "nesterov")
         if self.kind == "adam":
