@@ -1,12 +1,17 @@
 """Test-session configuration, set once before any backend starts: float64 on, and 4 simulated
-CPU devices so that every engine test also exercises the sharded path. Shared fixtures below;
-shared functions live in ``helpers.py``."""
+CPU devices so that every engine test also exercises the sharded path; the CLI's persistent
+compilation cache off (also for child processes) unless a test names a directory, so the suite
+neither reads nor fills the user's cache. Shared fixtures below; shared functions live in
+``helpers.py``."""
+
+import os
 
 import jax
 import pytest
 
 from helpers import CompileCounter
 
+os.environ.setdefault("NCFLOW_COMPILE_CACHE", "off")
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_num_cpu_devices", 4)
 

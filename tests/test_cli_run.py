@@ -24,7 +24,7 @@ import ncflow.cli.run
 from ncflow.cli.app import main
 from ncflow.outcomes import LABELS
 
-from helpers import one_json_object, run_cli
+from helpers import ncflow_command, one_json_object, run_cli, subprocess_env
 
 TINY = ["-K", "3", "-d", "4", "-n", "2", "--lambda-w", "1e-2", "--lambda-h", "1e-2"]
 
@@ -155,3 +155,39 @@ def test_console_script_json_float64(tmp_path):
     assert s["timing"]["run_steps"] == 2 * 40
     assert s["final_objective"]["min"] is not None
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- compilation cache
+def test_compile_cache_choice(tmp_path, monkeypatch, capsys):
+    from ncflow.cli.common import compile_cache_dir
+
+    assert compile_cache_dir("off") is None
+    monkeypatch.setenv("NCFLOW_COMPILE_CACHE", "off")
+    assert compile_cache_dir(None) is None
+    monkeypatch.delenv("NCFLOW_COMPILE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    default = compile_cache_dir(None)
+    assert default == str(tmp_path / "xdg" / "ncflow" / "xla") and os.path.isdir(default)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert compile_cache_dir(str(afile / "cache")) is None  # cannot be created: a file is in the way
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compilation cache" in err[0] and "compiling without it" in err[0]
+
+
+def test_a_corrupt_compile_cache_degrades_to_compiling_with_one_line(tmp_path):
+    cache = tmp_path / "cache"
+    argv = ["run", "--runs", "2", "-K", "3", "-d", "3", "-n", "2", "--max-steps", "100", "--no-progress",
+            "--compile-cache", str(cache)]
+    first = subprocess.run(ncflow_command(*argv), capture_output=True, text=True, timeout=180, env=subprocess_env())
+    assert first.returncode == 0, first.stderr
+    entries = [p for p in cache.iterdir() if p.is_file()]
+    assert entries  # the run filled the cache
+    for p in entries:
+        p.write_bytes(b"not a cache entry")
+    second = subprocess.run(ncflow_command(*argv), capture_output=True, text=True, timeout=180,
+                            env=subprocess_env())
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines()[-1].startswith("Timing") or "Timing" in second.stdout
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "compilation cache" in lines[0], second.stderr

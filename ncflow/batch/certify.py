@@ -26,10 +26,11 @@ def point_gap(problem: Problem, config) -> float | None:
     return certificate.saddle_gap(problem)
 
 
-def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str) -> np.ndarray:
+def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str, sq_norm: np.ndarray) -> np.ndarray:
     """Where the certificate holds, (lanes,) bool: running lanes with a gap (``lanes.saddle_gap``
     not NaN), finite f, (H1) and (H2) at the lanes' own coefficients and step sizes. ``space``
-    ("full" or "collapsed") names the formula f was evaluated with (its rounding bound)."""
+    ("full" or "collapsed") names the formula f was evaluated with and ``sq_norm`` (lanes,) the
+    states' ||W||² + ||H||² + ||b||²; both tighten the rounding bound of f."""
     out = np.zeros(len(f), bool)
     live = lanes.running & ~np.isnan(lanes.saddle_gap) & np.isfinite(f)
     if not live.any():
@@ -38,7 +39,7 @@ def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str) -> np.ndarr
     problem = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=base.dtype,
                       lambda_w=lanes.lambda_w[idx], lambda_h=lanes.lambda_h[idx], lambda_b=lanes.lambda_b[idx])
     out[idx] = certificate.certified(problem, f[idx], lanes.lr[idx], lanes.f_star[idx], lanes.saddle_gap[idx],
-                                     margin=MARGIN, space=space)
+                                     margin=MARGIN, space=space, sq_norm=sq_norm[idx])
     return out
 
 

@@ -168,12 +168,12 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
             x = progs.run_chunk(dev.x, dev.problem, dev.lr, layout.put(budget.astype(np.int32)),
                                 layout.put(n_groups, per_device=True))
             dev = dev._replace(x=x)
-            f, g, done, failed = (_local(v, layout) for v in progs.check(dev.x, dev.problem))
+            f, g, done, failed, sq = (_local(v, layout) for v in progs.check(dev.x, dev.problem))
             run_s += time.perf_counter() - t0
             lanes = lanes.replace(steps=lanes.steps + budget)
             if history is not None and history.wants(chunk_i):
                 record(chunk_i)
-            cert = certify.certified_lanes(base, lanes, f, dyn.space.name)
+            cert = certify.certified_lanes(base, lanes, f, dyn.space.name, sq)
             lanes = certify.record_first(lanes, cert, f)
             status = stop.next_status(lanes, f, g, done > 0, failed > 0,
                                       cert if config.stop == "certified" else None,

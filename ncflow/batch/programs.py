@@ -198,7 +198,7 @@ class Programs:
 
         def one(p, xi):
             f, gn = dyn.value_and_grad_norm(p, xi)
-            return f, gn, dyn.done(p, xi), dyn.failed(p, xi)
+            return f, gn, dyn.done(p, xi), dyn.failed(p, xi), dyn.sq_norm(p, xi)
 
         fn = self._per_lane(one)
         return lambda x, p: fn(p, x)
@@ -261,7 +261,7 @@ class Programs:
         return self._program("chunk", self._chunk_local, args, donate=(0,))(*args)
 
     def check(self, x, prob_b):
-        """Per lane: (f, ||∇f||, stepper done, stepper failed)."""
+        """Per lane: (f, ||∇f||, stepper done, stepper failed, ||W||² + ||H||² + ||b||²)."""
         args = (x, prob_b)
         return self._program("check", self._check_local, args)(*args)
 

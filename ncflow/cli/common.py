@@ -240,9 +240,29 @@ def configure_jax(args) -> None:
         jax.config.update("jax_enable_x64", True)
     cache = compile_cache_dir(args.compile_cache)
     if cache is not None:
+        _one_line_cache_warnings(cache)
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def _one_line_cache_warnings(cache: str) -> None:
+    """JAX warns once per unreadable cache entry (a corrupt or foreign file) and then compiles the
+    program again; say it once, in one line, and drop the rest."""
+    import warnings
+
+    shown = []
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "persistent compilation cache" not in str(message):
+            return previous(message, category, filename, lineno, file, line)
+        if not shown:
+            shown.append(True)
+            sys.stderr.write(f"ncflow: warning: the compilation cache {cache} has unusable entries; compiling "
+                             "those programs again (delete the directory to clear it)\n")
+
+    warnings.showwarning = show
 
 
 def compile_cache_dir(flag: str | None) -> str | None:

@@ -84,6 +84,10 @@ class Dynamics:
         """``(f, ||∇f||)`` of the full objective, both shape ()."""
         return self.space.value_and_grad_norm(problem, self.stepper.point(x))
 
+    def sq_norm(self, problem: Problem, x):
+        """||W||² + ||H||² + ||b||² of the point, shape ()."""
+        return self.space.sq_norm(problem, self.stepper.point(x))
+
     def stats(self, problem: Problem, x):
         """Class statistics of the point (``ncflow.maths.metrics.ClassStats``)."""
         return self.space.stats(problem, self.stepper.point(x))

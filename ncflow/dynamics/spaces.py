@@ -49,6 +49,11 @@ class StateSpace:
         """The objective f alone, shape ()."""
         raise NotImplementedError
 
+    def sq_norm(self, problem: Problem, x):
+        """||W||_F² + ||H||_F² + ||b||² of the point, shape () (what the certificate's rounding
+        bound of f needs)."""
+        raise NotImplementedError
+
     def stats(self, problem: Problem, x) -> _m.ClassStats:
         """The class statistics (W, class means M (d, K), within-class scatter G (d, d), b)."""
         raise NotImplementedError
@@ -81,6 +86,9 @@ class FullSpace(StateSpace):
     def objective(self, problem, x):
         return _o.objective(problem, x)
 
+    def sq_norm(self, problem, x):
+        return _o.tree_sq_norm(x)
+
     def stats(self, problem, x):
         return _m.class_stats(problem, x)
 
@@ -109,6 +117,10 @@ class CollapsedSpace(StateSpace):
 
     def objective(self, problem, x):
         return _c.value_and_grad_norm(problem, x)[0]
+
+    def sq_norm(self, problem, x):
+        # ||H||² = n Σ_k ||μ_k||² + tr G
+        return jnp.sum(x.W * x.W) + problem.n * jnp.sum(x.M * x.M) + jnp.trace(x.G) + jnp.sum(x.b * x.b)
 
     def stats(self, problem, x):
         return _c.class_stats(problem, x)
