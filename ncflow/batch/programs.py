@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,17 +159,24 @@ class Programs:
         dyn, g = self.dyn, self.group
         init_fn = starts.initializer(self.problem, self.start)
 
+        K, d, N = self.problem.K, self.problem.d, self.problem.N
+
         def local(prob_b, keys, scales):
             def one(a):
                 p, k, s = a  # k: (seed, run index); the run's key is fold_in(key(seed), run)
-                return dyn.from_params(p, init_fn(p, starts.run_key(k[0], k[1]), s))
+                params = init_fn(p, starts.run_key(k[0], k[1]), s)
+                chex.assert_shape([params.W, params.H, params.b], [(K, d), (d, N), (K,)])  # at trace time
+                return dyn.from_params(p, params)
             return jax.lax.map(one, (prob_b, keys, scales), batch_size=g)
         return local
 
     def _chunk_local(self):
         dyn, g, T = self.dyn, self.group, self.chunk
 
+        L = self.layout.lanes_per_device
+
         def local(x, prob_b, lr, budget, n_groups):
+            chex.assert_tree_shape_prefix((x, lr, budget), (L,))  # a device's lanes, at trace time
             vstep = jax.vmap(dyn.step)
 
             def group_body(gi, x):
