@@ -90,11 +90,11 @@ def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds
     lr = layout.put(np.asarray([p.lr for p in points], dt)[pt])
     scales = layout.put(np.asarray([p.init_scale for p in points], dt)[pt])
     seeds = np.asarray([p.seed for p in points])[pt]
-    keys = layout.put(np.stack([seeds, run], axis=1).astype(np.uint32))  # (lanes, 2): seed, run index
+    seed_run = layout.put(np.stack([seeds, run], axis=1).astype(np.uint32))  # (lanes, 2): seed, run index
     pred_arrays = [pr.arrays(base.K, dt) for pr in preds]
     pred_b = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(v) for v in a]), *pred_arrays)
     pred_b = jax.tree_util.tree_map(lambda a: layout.put(a[pt]), pred_b)
-    return DeviceLanes(x=None, problem=prob_b, lr=lr, pred=pred_b), keys, scales
+    return DeviceLanes(x=None, problem=prob_b, lr=lr, pred=pred_b), seed_run, scales
 
 
 def _compaction_order(lanes: LaneTable, layout: Layout) -> np.ndarray | None:
@@ -137,11 +137,11 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     point_of = np.concatenate([np.full(p.runs, i) for i, p in enumerate(points)])  # batch index -> point
     lanes = LaneTable.build(layout.lane_batch_index()[layout.local_lanes()], point_of, points, tols,
                             [pr.objective for pr in preds], [certify.point_gap(p.problem, config) for p in points])
-    dev, keys, scales = _device_lanes(points, base, lanes, layout, preds)
+    dev, seed_run, scales = _device_lanes(points, base, lanes, layout, preds)
 
     progs = Programs(base, dyn, StartSpec.of(config), config.chunk, layout)
-    compile_wall = progs.precompile(dev, keys, scales)
-    dev = dev._replace(x=progs.init(dev.problem, keys, scales))
+    compile_wall = progs.precompile(dev, seed_run, scales)
+    dev = dev._replace(x=progs.init(dev.problem, seed_run, scales))
     f, g = (_local(v, layout) for v in progs.check(dev.x, dev.problem)[:2])
     lanes = lanes.replace(f0=f.copy(), f_prev=f.copy())
 
@@ -191,7 +191,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
         record(chunk_i)
 
     t_cls = time.perf_counter()
-    final = _classify(points, base, progs, config, dev, lanes, layout, tols, point_of)
+    final = _classify(progs, config, dev, lanes, layout, tols, point_of)
     classify_s = time.perf_counter() - t_cls
     timing = dict(compile_s=compile_wall, compile_cpu_s=progs.compile_s, run_s=run_s, classify_s=classify_s,
                   wall_s=time.perf_counter() - wall0, devices=layout.n_devices)
@@ -203,7 +203,7 @@ def _lanes_order(order: np.ndarray, L: int) -> np.ndarray:
     return (order + (np.arange(order.shape[0]) * L)[:, None]).reshape(-1)
 
 
-def _classify(points, base, progs, config, dev, lanes, layout, tols, point_of):
+def _classify(progs, config, dev, lanes, layout, tols, point_of):
     """Gather every lane, compute the summaries and classify; everything in batch order."""
     x_all, prob_all, pred_all = layout.gather((dev.x, dev.problem, dev.pred))
     f, gn, nc, dist, extra = progs.summaries(prob_all, x_all, pred_all)

@@ -131,17 +131,17 @@ class Programs:
                 self.compiled_now += 1
         return hit
 
-    def precompile(self, lanes_abstract, keys, scales) -> float:
+    def precompile(self, lanes_abstract, seed_run, scales) -> float:
         """Compile every program of the batch concurrently (XLA compiles outside the GIL) and
         return the wall seconds it took (≈ 0 when everything was cached)."""
         lay = self.layout
         i32 = jax.ShapeDtypeStruct((lay.total_lanes,), np.int32, sharding=lay.sharding)
         per_dev = jax.ShapeDtypeStruct((lay.n_devices,), np.int32, sharding=lay.sharding)
-        x_abs = jax.eval_shape(self._init_local(), lanes_abstract.problem, keys, scales)
+        x_abs = jax.eval_shape(self._init_local(), lanes_abstract.problem, seed_run, scales)
         x_abs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=lay.sharding), x_abs)
         dl = lanes_abstract._replace(x=x_abs)
         jobs = [
-            lambda: self._program("init", self._init_local, (dl.problem, keys, scales)),
+            lambda: self._program("init", self._init_local, (dl.problem, seed_run, scales)),
             lambda: self._program("chunk", self._chunk_local, (dl.x, dl.problem, dl.lr, i32, per_dev), donate=(0,)),
             lambda: self._program("check", self._check_local, (dl.x, dl.problem)),
             lambda: self._program("take", lambda: _tree_take, (dl, i32), donate=(0,)),
@@ -161,13 +161,13 @@ class Programs:
 
         K, d, N = self.problem.K, self.problem.d, self.problem.N
 
-        def local(prob_b, keys, scales):
+        def local(prob_b, seed_run, scales):
             def one(a):
                 p, k, s = a  # k: (seed, run index); the run's key is fold_in(key(seed), run)
                 params = init_fn(p, starts.run_key(k[0], k[1]), s)
                 chex.assert_shape([params.W, params.H, params.b], [(K, d), (d, N), (K,)])  # at trace time
                 return dyn.from_params(p, params)
-            return jax.lax.map(one, (prob_b, keys, scales), batch_size=g)
+            return jax.lax.map(one, (prob_b, seed_run, scales), batch_size=g)
         return local
 
     def _chunk_local(self):
@@ -258,9 +258,10 @@ class Programs:
         return lambda p, x, k: jax.lax.map(lambda t: one(*t), (p, x, k))
 
     # ------------------------------------------------------------------ calls
-    def init(self, prob_b, keys, scales):
-        """Every lane's carried state, sharded like the lanes."""
-        args = (prob_b, keys, scales)
+    def init(self, prob_b, seed_run, scales):
+        """Every lane's carried state, sharded like the lanes; ``seed_run`` (lanes, 2) uint32 holds
+        each lane's master seed and run index."""
+        args = (prob_b, seed_run, scales)
         return self._program("init", self._init_local, args)(*args)
 
     def run_chunk(self, x, prob_b, lr, budget, n_groups):
