@@ -10,8 +10,10 @@ Labels (in this order, codes 0–4):
   below −neg_tol·max(1, |λ_max|). A Ritz value is an upper bound on λ_min, so this *certifies*
   negative curvature;
 * ``local_min``: stationary, not global, and no negative curvature found (the theory says
-  this never happens for d >= K−1; ncflow reports it if it does);
-* ``not_converged``: finite but not stationary when the budget ran out;
+  this never happens for d >= K−1; ncflow reports it if it does). Stationary here means to the
+  dtype's own tolerance too (``Tolerances.own_gtol``), so a loose user ``gtol`` cannot produce it;
+* ``not_converged``: finite but not stationary when the budget ran out — or stopped by a user's
+  gtol looser than the dtype's, away from the optimum and without negative curvature;
 * ``diverged``: non-finite values, or |f| grew past 10⁶·max(1, |f_0|).
 """
 
@@ -48,6 +50,9 @@ class Tolerances:
             the dtype's rounding floor). Near a saddle the gradient can be below gtol while the
             run is still escaping; only a run stationary to this tolerance (e.g. one started
             exactly at a critical point) stops there. Classification still uses gtol.
+        own_gtol: the dtype's and problem's own stationarity tolerance (what gtol is when the user
+            gives none). ``local_min`` — a claim the theory says never holds — needs ||∇f|| at or
+            below it as well, so a loose user gtol cannot produce it: such a run is not_converged.
     """
 
     gtol: float
@@ -56,6 +61,7 @@ class Tolerances:
     geom_tol: float
     neg_tol: float
     strict_gtol: float = 0.0
+    own_gtol: float = 0.0
 
     def to_json(self) -> dict:
         """The tolerances as a plain dict."""
@@ -81,9 +87,9 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
     lw, lh = float(problem.lambda_w), float(problem.lambda_h)
     rho = float(pred.spectrum[0]) if pred.spectrum.size and pred.w_norm is not None else 0.0
     mu = min(lw, lh / (1.0 + rho / problem.N))
+    own = max(math.sqrt(2 * mu * rel * scale) if mu > 0 else 0.0, GTOL_FLOOR[dt])
     if gtol is None:
-        gtol = math.sqrt(2 * mu * rel * scale) if mu > 0 else 0.0
-        gtol = max(gtol, GTOL_FLOOR[dt])
+        gtol = own
     geom_tol = GEOM_TOL[dt]
     w_frob = math.sqrt(problem.K) * pred.w_norm if pred.w_norm else 0.0
     if mu > 0 and w_frob > 0:
@@ -92,7 +98,7 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
         geom_tol = max(geom_tol, 4 * gtol / (mu * w_frob))
     return Tolerances(gtol=float(gtol), ftol=rel * scale, gap_tol=10 * rel * scale + 100 * eps * scale,
                       geom_tol=float(min(geom_tol, 0.25)), neg_tol=math.sqrt(eps),
-                      strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])))
+                      strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])), own_gtol=float(own))
 
 
 def classify(f, gnorm, dist, tols, status, hessian_extremes):
@@ -114,6 +120,7 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes):
     gap_tol = np.asarray([t.gap_tol for t in tols])
     geom_tol = np.asarray([t.geom_tol for t in tols])
     neg_tol = np.asarray([t.neg_tol for t in tols])
+    own_gtol = np.asarray([t.own_gtol for t in tols])
     finite = np.isfinite(f) & np.isfinite(gnorm)
     diverged = ~finite | (status == DIVERGED)
     certified = ~diverged & (status == CERTIFIED)  # THEORY §8: the limit is global, the state need not be stationary
@@ -129,7 +136,9 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes):
     saddle[cand] = min_eig[cand] < -neg_tol[cand] * np.maximum(1.0, np.abs(max_eig[cand]))
     labels = np.full(len(f), "not_converged", dtype=object)
     labels[is_global] = "global"
-    labels[cand] = "local_min"
+    truly = np.zeros(len(f), bool)
+    truly[cand] = gnorm[cand] <= own_gtol[cand]
+    labels[cand[truly[cand]]] = "local_min"  # stationary by the dtype's own tolerance too, not just a user's
     labels[saddle] = "saddle"
     labels[diverged] = "diverged"
     return labels.astype(str), min_eig, max_eig
