@@ -227,6 +227,80 @@ def check_output_dir(directory: str, overwrite: bool = False) -> None:
         raise ResultExistsError(f"{directory} already holds a result; choose another directory or overwrite")
 
 
+#: the file by which a run claims its output directory while it computes (holds its pid)
+CLAIM_FILE = ".ncflow-claim"
+
+
+class OutputDirError(OSError):
+    """An output directory cannot take a result: it cannot be created or written, or another live
+    run has claimed it. The message names the directory and the reason."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def claim_output_dir(directory: str, overwrite: bool = False) -> str:
+    """Make sure ``directory`` can take a result BEFORE anything is computed, and claim it.
+
+    Creates it if needed, proves it writable by creating the claim file (``CLAIM_FILE``, holding
+    this process's pid) exclusively, and refuses a directory that is a file, that holds a result
+    (unless ``overwrite``) or that another live run has claimed (a claim whose process is gone is
+    taken over). Raises ``NotADirectoryError``, ``ResultExistsError`` or :class:`OutputDirError`.
+    Returns the claim file's path; :func:`release_output_dir` removes it.
+    """
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"{directory} exists and is not a directory")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise OutputDirError(f"{directory} cannot be created ({e.strerror or e})") from None
+    claim = os.path.join(directory, CLAIM_FILE)
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(claim) as fh:
+                    pid = int(fh.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0 and pid != os.getpid() and _alive(pid):
+                raise OutputDirError(f"{directory} is being written by another ncflow run (pid {pid})") from None
+            try:  # a stale claim: its run is gone
+                os.remove(claim)
+            except FileNotFoundError:
+                pass
+            continue
+        except OSError as e:
+            raise OutputDirError(f"{directory} is not writable ({e.strerror or e})") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        break
+    else:
+        raise OutputDirError(f"{directory} is being claimed by another ncflow run")
+    try:
+        check_output_dir(directory, overwrite)
+    except Exception:
+        release_output_dir(claim)
+        raise
+    return claim
+
+
+def release_output_dir(claim: str) -> None:
+    """Remove a claim made by :func:`claim_output_dir` (nothing if it is already gone)."""
+    try:
+        os.remove(claim)
+    except FileNotFoundError:
+        pass
+
+
 def load_summary(directory: str) -> dict:
     """The summary JSON of a saved result (no pickle)."""
     return _io.read_json(os.path.join(directory, "summary.json"))

@@ -191,3 +191,44 @@ def test_a_corrupt_compile_cache_degrades_to_compiling_with_one_line(tmp_path):
     assert second.stdout.splitlines()[-1].startswith("Timing") or "Timing" in second.stdout
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "compilation cache" in lines[0], second.stderr
+
+
+# --------------------------------------------------------------------------- --out checked first
+def test_out_that_cannot_be_created_is_refused_before_compiling(tmp_path, capsys, no_engine):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    code, out, err = run_cli(["run", *TINY, "--out", str(afile / "sub")], capsys)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].count("--out") == 1 and "cannot be created" in lines[0], err
+    assert afile.read_text() == "keep me"
+
+
+def test_out_claimed_by_another_live_run_is_refused_before_compiling(tmp_path, capsys, no_engine):
+    from ncflow.result import CLAIM_FILE
+
+    out_dir = tmp_path / "busy"
+    out_dir.mkdir()
+    (out_dir / CLAIM_FILE).write_text(str(os.getppid()))  # a live process that is not this one
+    code, out, err = run_cli(["run", *TINY, "--out", str(out_dir)], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "being written by another ncflow run" in lines[0], err
+    assert sorted(os.listdir(out_dir)) == [CLAIM_FILE]  # nothing written, the other run's claim kept
+
+
+def test_a_stale_claim_is_taken_over_and_released(tmp_path, capsys):
+    from ncflow.result import CLAIM_FILE
+
+    out_dir = tmp_path / "stale"
+    out_dir.mkdir()
+    (out_dir / CLAIM_FILE).write_text("999999999")  # no such process
+    code, out, err = run_cli(["run", *TINY, "--runs", "2", "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    files = set(os.listdir(out_dir))
+    assert {"runs.csv", "summary.json", "config.json"} <= files and CLAIM_FILE not in files
+
+
+def test_empty_out_is_refused(capsys, no_engine):
+    code, out, err = run_cli(["run", *TINY, "--out", ""], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err

@@ -338,6 +338,8 @@ def check_out(args) -> None:
 
     if args.out is None:
         return
+    if not args.out.strip():
+        raise UsageError("--out must name a directory, got an empty string")
     try:
         check_output_dir(args.out, args.overwrite)
     except ResultExistsError:
@@ -345,3 +347,21 @@ def check_out(args) -> None:
                          "--overwrite") from None
     except NotADirectoryError:
         raise UsageError(f"--out {args.out} exists and is not a directory") from None
+
+
+def claim_out(args) -> str | None:
+    """Create, prove writable and claim --out before anything is compiled (process 0 only; the
+    caller releases the claim after saving); None without --out. Errors name --out."""
+    from ncflow.result import OutputDirError, ResultExistsError, claim_output_dir
+
+    if args.out is None:
+        return None
+    try:
+        return claim_output_dir(args.out, args.overwrite)
+    except ResultExistsError:
+        raise UsageError(f"--out {args.out} already holds a result; choose another directory or pass "
+                         "--overwrite") from None
+    except NotADirectoryError:
+        raise UsageError(f"--out {args.out} exists and is not a directory") from None
+    except OutputDirError as e:
+        raise UsageError(f"--out {e}") from None

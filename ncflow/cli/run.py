@@ -15,6 +15,7 @@ from ncflow.cli.common import (
     add_solver_flags,
     check_distributed,
     check_out,
+    claim_out,
     config_from_args,
     configure_jax,
     flag_message,
@@ -40,11 +41,17 @@ def cmd_run(args) -> int:
             raise UsageError("--format parquet needs pyarrow, which is not installed: "
                              "pip install ncflow[parquet]") from None
     with stdout_to_stderr():  # C++ libraries (e.g. gloo) print to fd 1; keep stdout for results
-        result = _compute(args, problem, config)
+        result, claim = _compute(args, problem, config)
     if result is None:  # not process 0
         return 0
-    if args.out:
-        result.save(args.out, overwrite=args.overwrite, table_format=args.format)
+    try:
+        if args.out:
+            result.save(args.out, overwrite=args.overwrite, table_format=args.format)
+    finally:
+        if claim is not None:
+            from ncflow.result import release_output_dir
+
+            release_output_dir(claim)
     if args.json:
         print(json.dumps(_jsonable(result.summary())))
     else:
@@ -69,22 +76,32 @@ def stdout_to_stderr():
 
 
 def _compute(args, problem, config):
-    """Set up JAX, run the simulation; the Result on process 0, None elsewhere."""
+    """Set up JAX, claim --out (process 0), run the simulation: ``(Result, claim)`` on process 0,
+    ``(None, None)`` elsewhere. The output directory is created, proven writable and claimed
+    before anything is compiled, so a bad --out never costs the computation."""
     configure_jax(args)
     import jax
 
     from ncflow.batch.loop import simulate
     from ncflow.errors import ConfigError
+    from ncflow.result import release_output_dir
 
-    if jax.process_index() != 0:  # only process 0 prints and writes files
+    main = jax.process_index() == 0
+    if not main:  # only process 0 prints and writes files
         config = dataclasses.replace(config, progress=False)
-
     devices = select_devices(args)
+    claim = claim_out(args) if main else None
     try:
         result = simulate(problem, config, devices=devices)
     except ConfigError as e:
+        if claim is not None:
+            release_output_dir(claim)
         raise UsageError(flag_message(e)) from None
-    return result if jax.process_index() == 0 else None
+    except BaseException:
+        if claim is not None:
+            release_output_dir(claim)
+        raise
+    return (result, claim) if main else (None, None)
 
 
 def _jsonable(obj):
