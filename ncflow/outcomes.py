@@ -136,9 +136,7 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes):
     saddle[cand] = min_eig[cand] < -neg_tol[cand] * np.maximum(1.0, np.abs(max_eig[cand]))
     labels = np.full(len(f), "not_converged", dtype=object)
     labels[is_global] = "global"
-    truly = np.zeros(len(f), bool)
-    truly[cand] = gnorm[cand] <= own_gtol[cand]
-    labels[cand[truly[cand]]] = "local_min"  # stationary by the dtype's own tolerance too, not just a user's
+    labels[cand[gnorm[cand] <= own_gtol[cand]]] = "local_min"  # stationary by the dtype's own tolerance too
     labels[saddle] = "saddle"
     labels[diverged] = "diverged"
     return labels.astype(str), min_eig, max_eig

@@ -218,7 +218,7 @@ class Programs:
     # numbers cannot depend on the batch.
     @staticmethod
     def _host_map(fn):
-        return lambda: (lambda *a: jax.lax.map(lambda t: fn(*t), a))
+        return lambda *a: jax.lax.map(lambda t: fn(*t), a)
 
     def _summaries_local(self):
         dyn, N = self.dyn, self.problem.N
@@ -228,7 +228,7 @@ class Programs:
             st = dyn.stats(p, xi)
             return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), dyn.extras(p, xi)
 
-        return self._host_map(one)()
+        return self._host_map(one)
 
     def _diagnostics_local(self):
         dyn, N = self.dyn, self.problem.N
@@ -237,7 +237,7 @@ class Programs:
             nc = _m.nc_metrics(dyn.stats(p, xi), N)
             return nc.nc1, nc.nc2, nc.nc3
 
-        return self._host_map(one)()
+        return self._host_map(one)
 
     def _lanczos_local(self, iters: int):
         dyn = self.dyn

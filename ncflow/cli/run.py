@@ -93,13 +93,11 @@ def _compute(args, problem, config):
     claim = claim_out(args) if main else None
     try:
         result = simulate(problem, config, devices=devices)
-    except ConfigError as e:
+    except BaseException as e:  # the claim is released on every failure (the caller releases it after saving)
         if claim is not None:
             release_output_dir(claim)
-        raise UsageError(flag_message(e)) from None
-    except BaseException:
-        if claim is not None:
-            release_output_dir(claim)
+        if isinstance(e, ConfigError):
+            raise UsageError(flag_message(e)) from None
         raise
     return (result, claim) if main else (None, None)
 
