@@ -29,6 +29,43 @@ def _default(name: str, static: bool = False):
     return eqx.field(static=True, default=d) if static else d
 
 
+def _check_targets(T):
+    if hasattr(T, "aval") and not hasattr(T, "__array__"):  # a tracer inside the engine
+        return T
+    try:
+        a = np.asarray(T)
+    except Exception:
+        raise ProblemError(f"targets must be a real (K, N) array, got {type(T).__name__}", field="targets") from None
+    if a.ndim == 3:  # the engine's per-lane targets
+        return T
+    if a.ndim != 2 or a.shape[1] < 1 or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ProblemError(f"targets must be a real (K, N) array with K >= 2 and N >= 1, got shape {a.shape} "
+                           f"dtype {a.dtype}", field="targets")
+    if a.shape[1] > INT32_MAX:
+        raise ProblemError(f"targets must have N < 2^31 columns, got {a.shape[1]}", field="targets")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ProblemError("targets must be finite (no NaN or inf entries)", field="targets")
+    return a
+
+
+def _check_labels(y, K: int):
+    if hasattr(y, "aval") and not hasattr(y, "__array__"):
+        return y
+    a = np.asarray(y)
+    if a.ndim == 2:  # per-lane
+        return y
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise ProblemError(f"labels must be a 1-D integer array with entries in [0, {K - 1}], got shape {a.shape} "
+                           f"dtype {a.dtype}", field="labels")
+    if a.size and (a.min() < 0 or a.max() >= K):
+        raise ProblemError(f"labels must have entries in [0, {K - 1}], got min {a.min()} max {a.max()}",
+                           field="labels")
+    if np.any(np.bincount(a, minlength=K) == 0):
+        raise ProblemError(f"labels must contain every class 0..{K - 1} at least once", field="labels")
+    return a.astype(np.int64)
+
+
 class Problem(eqx.Module):
     """One UFM problem (THEORY.md §1). Defaults, ranges and help: :mod:`ncflow.settings`.
 
@@ -45,6 +82,17 @@ class Problem(eqx.Module):
         alpha, target_scale: α > 0 and M > 0 of the rescaled MSE; with loss "mse" they must keep
             their default 1 (a value given where it does not apply is refused).
         dtype: "float32" (default: needs no ``jax_enable_x64``) or "float64".
+        class_sizes: per-class sample counts ``(n_1, ..., n_K)`` (THEORY §7), each in [1, 2^24] with
+            N = Σ n_k < 2^31; None (default) = n for every class. Given, it sets K (a K that
+            disagrees with it is refused unless K is left at its default) and ``n`` is unused.
+            Columns of H stay class-major: class 1's n_1 columns, then class 2's, ...
+        targets: an arbitrary real target matrix T, shape (K, N), finite (soft labels, label
+            smoothing, regression); None (default) = one-hot labels. Given, it sets K and N.
+        labels: optional per-sample class labels (N,) in [0, K) of a ``targets`` problem, used by the
+            NC metrics only (every class must occur); without them a ``targets`` problem whose
+            ``class_sizes`` are given takes class-major labels.
+        columns: engine-internal, leave it None: the number of H columns a batch's init draws when
+            its lanes have different class sizes (the largest N of the batch).
 
     Coefficient fields may also hold arrays of shape (runs,) when a batch of problems is
     vmapped; sizes, flags and dtype are static and shared by the whole batch. Python and numpy
@@ -62,13 +110,34 @@ class Problem(eqx.Module):
     alpha: float = _default("alpha")
     target_scale: float = _default("target_scale")
     dtype: str = _default("dtype", static=True)
+    class_sizes: tuple | None = None
+    targets: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    columns: int | None = eqx.field(static=True, default=None)
 
     def __post_init__(self):
         for name in PROBLEM:  # each field by the table (arrays of coefficients stay arrays)
             setattr(self, name, SETTINGS[name].check(getattr(self, name)))
+        if self.targets is not None:
+            self.targets = _check_targets(self.targets)
+            self.K = self._k_from("targets", self.targets.shape[-2])
+        if self.class_sizes is not None and np.ndim(self.class_sizes) == 1:
+            self.K = self._k_from("class_sizes", len(self.class_sizes))
+        if self.labels is not None:
+            self.labels = _check_labels(self.labels, self.K)
+
+    def _k_from(self, field: str, k: int) -> int:
+        if self.K != k and self.K != SETTINGS["K"].default:
+            raise ProblemError(f"{field} gives K = {k} classes but K = {self.K} was given", field=field)
+        if not 2 <= k <= SETTINGS["K"].high:
+            raise ProblemError(f"{field} must have between 2 and {SETTINGS['K'].high} classes (rows), got {k}",
+                               field=field)
+        return k
 
     def __check_init__(self):
-        if self.n * self.K > INT32_MAX:
+        if self.general:
+            self._check_general()
+        elif self.n * self.K > INT32_MAX:
             raise ProblemError(f"n must be at most {INT32_MAX // self.K} for K = {self.K} (N = n K must stay "
                                f"below 2^31), got {self.n}", field="n")
         if not self.bias and np.any(np.asarray(self.lambda_b) != 0):
@@ -77,11 +146,73 @@ class Problem(eqx.Module):
         given = [k for k in _CONDITIONAL if np.any(np.asarray(getattr(self, k)) != SETTINGS[k].default)]
         check_applies({"loss": self.loss, "bias": self.bias}, given)
 
+    def _check_general(self):
+        if self.loss != "mse":
+            raise ProblemError("class_sizes and targets need loss 'mse' (the rescaled MSE is balanced one-hot only)",
+                               field="class_sizes" if self.targets is None else "targets")
+        batched = self.columns is not None
+        if self.class_sizes is not None and not batched and sum(self.class_sizes) > INT32_MAX:
+            raise ProblemError(f"class_sizes must sum to at most {INT32_MAX} (N < 2^31), got {sum(self.class_sizes)}",
+                               field="class_sizes")
+        if self.targets is None or batched:
+            return
+        N = self.targets.shape[-1]
+        if self.labels is not None and self.labels.shape[-1] != N:
+            raise ProblemError(f"labels must have one entry per column of targets (N = {N}), got "
+                               f"{self.labels.shape[-1]}", field="labels")
+        if self.class_sizes is not None:
+            if sum(self.class_sizes) != N:
+                raise ProblemError(f"class_sizes must sum to the N = {N} columns of targets, got "
+                                   f"{sum(self.class_sizes)}", field="class_sizes")
+            if self.labels is not None and tuple(np.bincount(self.labels, minlength=self.K)) != self.class_sizes:
+                raise ProblemError("class_sizes must equal the class counts of labels", field="class_sizes")
+
     # ----------------------------------------------------------------- derived values
     @property
+    def general(self) -> bool:
+        """Whether the problem has per-class sizes or a target matrix (THEORY §7), not the
+        balanced one-hot problem of §1–§6."""
+        return self.class_sizes is not None or self.targets is not None
+
+    @property
     def N(self) -> int:
-        """Total number of samples, n K."""
+        """Total number of samples: n K (balanced), Σ n_k, or the columns of ``targets``. In a
+        batch whose lanes have different class sizes it is the number of columns the init draws
+        (``columns``); the engine's maths then takes each lane's own N from its sizes."""
+        if self.targets is not None:
+            return int(self.targets.shape[-1])
+        if self.class_sizes is not None:
+            if self.columns is not None:
+                return self.columns
+            return int(sum(self.class_sizes))
         return self.n * self.K
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Per-class sample counts (K,) as float64: n_k, n for every class, or the label counts of
+        a ``targets`` problem (zeros without labels or sizes)."""
+        if self.class_sizes is not None:
+            return np.asarray(self.class_sizes, np.float64)
+        if self.targets is not None:
+            if self.labels is None:
+                return np.zeros(self.K)
+            return np.bincount(np.asarray(self.labels), minlength=self.K).astype(np.float64)
+        return np.full(self.K, float(self.n))
+
+    def label_vector(self) -> np.ndarray | None:
+        """Per-sample class labels (N,) (class-major for one-hot problems), or None for a targets
+        problem without labels or sizes."""
+        if self.labels is not None:
+            return np.asarray(self.labels)
+        if self.targets is not None and self.class_sizes is None:
+            return None
+        return np.repeat(np.arange(self.K), self.sizes.astype(np.int64))
+
+    def target_matrix(self) -> np.ndarray:
+        """The target T (K, N) as float64: ``targets``, or the one-hot labels."""
+        if self.targets is not None:
+            return np.asarray(self.targets, np.float64)
+        return np.eye(self.K)[:, self.label_vector()]
 
     @property
     def bias_mode(self) -> str:
@@ -92,8 +223,10 @@ class Problem(eqx.Module):
 
     @property
     def c(self) -> float:
-        """The constant c = K sqrt(n λ_W λ_H) that governs the landscape (THEORY.md §1)."""
-        return self.K * math.sqrt(self.n * float(self.lambda_w) * float(self.lambda_h))
+        """The constant c = K sqrt(n λ_W λ_H) that governs the landscape (THEORY.md §1); with class
+        sizes or targets, N sqrt(λ_W λ_H)/sqrt(N/K), the value at the mean class size."""
+        n = self.n if not self.general else self.N / self.K
+        return self.K * math.sqrt(n * float(self.lambda_w) * float(self.lambda_h))
 
     @property
     def jnp_dtype(self):
@@ -108,4 +241,6 @@ class Problem(eqx.Module):
             "lambda_b": float(self.lambda_b), "bias": self.bias_mode, "loss": self.loss,
             "alpha": float(self.alpha), "target_scale": float(self.target_scale),
             "dtype": self.dtype,
+            **({"class_sizes": list(self.class_sizes)} if self.class_sizes is not None else {}),
+            **({"targets": list(self.targets.shape)} if self.targets is not None else {}),
         }

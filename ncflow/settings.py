@@ -64,7 +64,8 @@ class Setting:
     Attributes:
         name: the API field (``Problem.K``, ``Config.max_steps``); also the TOML key.
         section: "problem" or "solver" (the TOML table and the error class).
-        kind: "int", "float", "bool" or "choice".
+        kind: "int", "float", "bool", "choice" or "sizes" (a list of integers in [low, high], e.g.
+            class sizes; the text form is comma-separated, ``40,10,2,2``).
         default: the value used when the setting is not given (and applies); None = "auto",
             resolved where it is used (``auto`` says how).
         help: one line for ``--help`` and the docs.
@@ -120,6 +121,8 @@ class Setting:
         """The accepted values in words, e.g. ``an integer in [1, 2147483647]``."""
         if self.kind == "bool":
             text = "true or false (True or False in Python)"
+        elif self.kind == "sizes":
+            text = f"a comma-separated list of at least 2 integers, each in [{self.low}, {self.high}]"
         elif self.kind == "choice":
             text = "one of " + ", ".join(f'"{c}"' for c in self.choices)
         elif self.kind == "int":
@@ -166,6 +169,8 @@ class Setting:
             if isinstance(value, str) and value in self.choices:
                 return str(value)
             raise bad
+        if self.kind == "sizes":
+            return self._check_sizes(value, bad)
         if self.arrays and _is_array(value):
             return self._check_array(value, bad)
         if self.kind == "int":
@@ -204,6 +209,33 @@ class Setting:
             raise bad
         return value
 
+    def _check_sizes(self, value, bad: NcflowError):
+        """A tuple of Python ints (from a list, tuple, 1-D integer array or "40,10,2,2"); a 2-D array
+        (the engine's per-lane values, one row per lane) is range-checked and kept."""
+        if self.arrays and _is_array(value) and np.ndim(value) == 2:
+            return self._check_array(value, bad)
+        if isinstance(value, str):
+            try:
+                value = [int(t) for t in value.split(",")]
+            except ValueError:
+                raise bad from None
+        if _is_array(value):
+            if np.ndim(value) != 1:
+                raise bad
+            value = list(np.asarray(value))
+        if not isinstance(value, (list, tuple)) or len(value) < 2:
+            raise bad
+        out = []
+        for v in value:
+            if isinstance(v, (bool, np.bool_)):
+                raise bad
+            if isinstance(v, (float, np.floating)) and float(v).is_integer():
+                v = int(v)
+            if not isinstance(v, (int, np.integer)) or not (self.low <= int(v) <= self.high):
+                raise bad
+            out.append(int(v))
+        return tuple(out)
+
     def applies_to(self, values: Mapping[str, Any]) -> bool:
         """Whether the setting is used under ``values`` (missing settings take their defaults)."""
         if self.applies is None:
@@ -229,6 +261,9 @@ _TABLE = (
     _p("K", "int", 10, "number of classes K", low=2, high=2**16, flag="--classes", short="-K"),
     _p("d", "int", 10, "feature dimension d", low=1, high=2**16, flag="--dim", short="-d"),
     _p("n", "int", 100, "samples per class n (N = n K < 2^31)", low=1, high=2**24, flag="--per-class", short="-n"),
+    _p("class_sizes", "sizes", None, "per-class sample counts n_1,...,n_K (imbalanced classes; sets K; N = Σ n_k "
+       "< 2^31; default: n for every class)", low=1, high=2**24, unset=True, flag="--class-sizes", lane=True,
+       arrays=True, toml=False),
     _p("lambda_w", "float", 5e-4, "weight decay λ_W on W", flag="--lambda-w", **_COEF),
     _p("lambda_h", "float", 5e-4, "weight decay λ_H on H", flag="--lambda-h", **_COEF),
     _p("lambda_b", "float", 0.0, "weight decay λ_b on b (0: unregularized bias; must be 0 without a bias)",
