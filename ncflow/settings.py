@@ -261,9 +261,6 @@ _TABLE = (
     _p("K", "int", 10, "number of classes K", low=2, high=2**16, flag="--classes", short="-K"),
     _p("d", "int", 10, "feature dimension d", low=1, high=2**16, flag="--dim", short="-d"),
     _p("n", "int", 100, "samples per class n (N = n K < 2^31)", low=1, high=2**24, flag="--per-class", short="-n"),
-    _p("class_sizes", "sizes", None, "per-class sample counts n_1,...,n_K (imbalanced classes; sets K; N = Σ n_k "
-       "< 2^31; default: n for every class)", low=1, high=2**24, unset=True, flag="--class-sizes", lane=True,
-       arrays=True, toml=False),
     _p("lambda_w", "float", 5e-4, "weight decay λ_W on W", flag="--lambda-w", **_COEF),
     _p("lambda_h", "float", 5e-4, "weight decay λ_H on H", flag="--lambda-h", **_COEF),
     _p("lambda_b", "float", 0.0, "weight decay λ_b on b (0: unregularized bias; must be 0 without a bias)",
@@ -278,6 +275,9 @@ _TABLE = (
        flag="--target-scale", lane=True, arrays=True),
     _p("dtype", "choice", "float32", "floating-point type of the runs (float64 needs jax_enable_x64)",
        choices=DTYPES, flag="--dtype", commands=("run", "sweep")),
+    _p("class_sizes", "sizes", None, "per-class sample counts n_1,...,n_K (imbalanced classes; sets K; N = Σ n_k "
+       "< 2^31; default: n for every class)", low=1, high=2**24, unset=True, flag="--class-sizes", lane=True,
+       arrays=True, toml=False),
     # ------------------------------------------------------------------ [solver]
     _s("runs", "int", 1000, "number of random starts R", low=1, high=INT32_MAX, flag="--runs", short="-R",
        lane=True),

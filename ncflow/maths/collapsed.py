@@ -35,7 +35,7 @@ class Collapsed(NamedTuple):
 
 def collapse(problem: Problem, params: Params) -> Collapsed:
     """The collapsed state of a full point: class means and within-class scatter of H."""
-    return Collapsed(*_class_stats(problem, params))
+    return Collapsed(*_class_stats(problem, params)[:4])
 
 
 def expand(problem: Problem, x: Collapsed) -> Params:
