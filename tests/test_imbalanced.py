@@ -153,7 +153,8 @@ def test_any_target_soft_thresholding():
 
 # ------------------------------------------------------------------ balanced limit
 BALANCED = [dict(), dict(lambda_b=5e-3), dict(bias=False), dict(lambda_w=0.2, lambda_h=0.1, lambda_b=0.1),
-            dict(lambda_b=3.0), dict(d=2), dict(d=3, lambda_b=3.0), dict(d=2, bias=False), dict(lambda_w=1e-2, lambda_h=2e-3)]
+            dict(lambda_b=3.0), dict(d=2), dict(d=3, lambda_b=3.0), dict(d=2, bias=False),
+            dict(lambda_w=1e-2, lambda_h=2e-3)]
 
 
 @pytest.mark.parametrize("kw", BALANCED)
@@ -193,7 +194,7 @@ def test_critical_points_are_stationary_with_predicted_values_and_curvature(bias
             values.append(f)
             if len(S) < alive:  # a strict saddle, curvature at most the bound
                 flat, unravel = jax.flatten_util.ravel_pytree(x)
-                hess = jax.hessian(lambda v: O.objective(p, unravel(v)))(flat)
+                hess = jax.hessian(lambda v, u=unravel: O.objective(p, u(v)))(flat)
                 lam = np.linalg.eigvalsh(np.asarray(hess))[0]
                 bound = im.saddle_curvature_bound(p, S)
                 assert lam <= bound + 1e-10 and bound < 0

@@ -379,5 +379,6 @@ def saddle_gap(problem) -> float:
     if alive == 0:
         return float("inf")
     k = min(problem.d, alive)
-    gaps = [gain[k - 1]] + [gain[k - 1] - gain[j] for j in range(k, alive) if gain[k - 1] - gain[j] > TIE_RTOL * gain[0]]
+    swaps = [gain[k - 1] - gain[j] for j in range(k, alive)]
+    gaps = [gain[k - 1]] + [g for g in swaps if g > TIE_RTOL * gain[0]]
     return float(min(gaps))

@@ -176,7 +176,6 @@ def _predict_general(problem: Problem) -> Prediction:
     """THEORY §7: class sizes or a target matrix (:mod:`ncflow.maths.imbalanced`)."""
     _scalars(problem)
     o = _im.optimum(problem)
-    K = problem.K
     spectrum = np.sort(np.clip(np.linalg.eigvalsh(o.gram_w), 0, None))[::-1][: o.kept] if o.determined \
         else np.zeros(0)
     geometry = "zero" if o.kept == 0 else ("general" if o.determined else "not_unique")
