@@ -113,7 +113,8 @@ class Prediction:
         }
         if self.general:
             lst = lambda a: None if a is None else np.asarray(a, float).tolist()  # noqa: E731
-            out.update(class_sizes=lst(self.class_sizes), w_norms=lst(self.w_norms), h_norms=lst(self.h_norms),
+            sizes = None if self.class_sizes is None else [int(v) for v in self.class_sizes]
+            out.update(class_sizes=sizes, w_norms=lst(self.w_norms), h_norms=lst(self.h_norms),
                        gram_w=lst(self.gram), gram_h=lst(self.gram_h), cross=lst(self.cross),
                        spectrum=lst(self.spectrum), gram_unique=self.gram is not None,
                        merged=[list(g) for g in self.merged], vanished=list(self.vanished))
