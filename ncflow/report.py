@@ -82,6 +82,30 @@ def format_prediction(problem: Problem, pred: theory.Prediction) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def _fates_lines(result) -> list[str]:
+    """THEORY §7: the distances to the predicted MᵀM and W M, and the merged/vanished classes per run
+    against the prediction."""
+    pr = result.per_run
+    pred = result.prediction
+    m = {k: median(pr[k]) for k in ("gram_h_error", "cross_error", "nc1_weighted")}
+    out = [f"Median (state at stop) MᵀM error {m['gram_h_error']:.2e}  W M error {m['cross_error']:.2e}  "
+           f"NC1 (n_k-weighted Σ_B) {m['nc1_weighted']:.2e}"]
+    want_m = "; ".join("{" + ",".join(map(str, g)) + "}" for g in pred.merged) or "none"
+    want_v = ", ".join(map(str, pred.vanished)) or "none"
+    out.append(f"Classes (theory)  merged {want_m}  vanished {want_v}"
+               + ("" if pred.gram is not None else "  (Gram not unique: not compared)"))
+    combos: dict = {}
+    for mg, vn in zip(pr["merged"], pr["vanished"]):
+        key = ("; ".join("{" + g + "}" for g in mg.split(";")) if mg else "none", vn.replace(",", ", ") or "none")
+        combos[key] = combos.get(key, 0) + 1
+    for (mg, vn), count in sorted(combos.items(), key=lambda kv: -kv[1]):
+        out.append(f"  runs {count:>6}  merged {mg}  vanished {vn}")
+    if pred.gram is not None:
+        ok = int(np.sum(np.asarray(pr["classes_as_predicted"], bool)))
+        out.append(f"  as predicted: {ok} of {len(pr['merged'])} runs")
+    return out
+
+
 def format_result(result) -> str:
     """The report of a :class:`~ncflow.result.Result`: prediction, outcome table with 95%
     intervals, final objective, median NC metrics, steps and timing."""
@@ -113,6 +137,8 @@ def format_result(result) -> str:
     if all(v is not None for v in m.values()):
         lines.append(f"Median (state at stop) NC1 {m['nc1']:.2e}  NC2 {m['nc2']:.2e}  NC3 {m['nc3']:.2e}  "
                      f"Gram error {m['gram_error']:.2e}")
+    if "merged" in result.per_run:
+        lines += _fates_lines(result)
     st = result.per_run["steps"]
     lines.append(f"Steps per run  min {int(st.min())}  median {int(np.median(st))}  max {int(st.max())}")
     t = result.timing

@@ -94,7 +94,11 @@ def class_stats(problem: Problem, params: Params) -> ClassStats:
 
 
 def _general_stats(problem: Problem, params: Params) -> ClassStats:
-    """Class statistics with class sizes or labels (columns outside every class are ignored)."""
+    """Class statistics with class sizes or labels (columns outside every class are ignored). A
+    target matrix without labels has no classes: M = 0 and G = H Hᵀ (the NC metrics are then 0)."""
+    if problem.targets is not None and problem.labels is None and problem.class_sizes is None:
+        H = params.H
+        return ClassStats(params.W, jnp.zeros((H.shape[0], problem.K), H.dtype), H @ H.T, params.b, None)
     Y = labels(problem)  # (K, columns)
     counts = jnp.sum(Y, axis=1)
     M = (params.H @ Y.T) / jnp.maximum(counts, 1.0)
