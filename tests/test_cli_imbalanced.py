@@ -93,3 +93,24 @@ def test_bad_target_file_contents(capsys, tmp_path):
     np.save(tmp_path / "y.npy", np.array([0, 1, 2, 7]))
     assert cli_exit_code(["theory", "--targets", str(tmp_path / "T.npy"), "--labels", str(tmp_path / "y.npy")]) == 2
     assert "--labels must have entries in [0, 2]" in capsys.readouterr().err
+
+
+def test_metrics_of_features_with_unequal_sizes_against_the_imbalanced_optimum(capsys, tmp_path):
+    """`ncflow metrics` on features with class sizes 9,7,4,2 at the §7 optimum: the UFM side is the
+    imbalanced prediction (NC2 0.259, NC3 0.274 against the ETF, NC4 = ||p||) and the features'
+    distances to its W Wᵀ, MᵀM, W M are ~0."""
+    p = Problem(class_sizes=(9, 7, 4, 2), d=5, lambda_w=0.01, lambda_h=0.01)
+    W, H, b = im.minimizer(p)
+    np.savez(tmp_path / "f.npz", H=H, labels=p.label_vector(), W=W, b=b)
+    assert cli_exit_code(["metrics", str(tmp_path / "f.npz"), "--lambda-w", "0.01", "--lambda-h", "0.01",
+                          "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    f, u = data["features"], data["ufm"]["metrics"]
+    assert data["ufm"]["problem"]["class_sizes"] == [9, 7, 4, 2]
+    assert u["nc2"] == pytest.approx(0.259, abs=1e-3) and u["nc3"] == pytest.approx(0.274, abs=1e-3)
+    assert u["nc4"] == pytest.approx(np.linalg.norm(np.array([9, 7, 4, 2]) / 22), rel=1e-10)
+    for k in ("nc2", "nc3", "nc4", "mean_norm", "w_norm"):
+        assert f[k] == pytest.approx(u[k], rel=1e-9), k
+    for k in ("gram_w_dist", "gram_h_dist", "cross_dist"):
+        assert f[k] < 1e-9, k
+    assert f["nc1"] < 1e-20 and f["nc1_weighted"] < 1e-20

@@ -42,7 +42,7 @@ def sizes(problem: Problem) -> Float[Array, " K"]:
 
 def _static_sizes(problem: Problem) -> bool:
     cs = problem.class_sizes
-    return isinstance(cs, tuple) and all(isinstance(v, int) for v in cs)
+    return isinstance(cs, tuple) and all(isinstance(v, int) for v in cs) and problem.columns is None
 
 
 def sample_count(problem: Problem):
