@@ -9,6 +9,7 @@ compiled program. Validation runs once, when a user builds a problem.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import numpy as np
@@ -18,7 +19,7 @@ from ncflow.settings import DTYPES, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_
 
 BIAS_MODES = ("unregularized", "regularized", "none")
 
-__all__ = ["BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError"]
+__all__ = ["BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError", "RowBasis"]
 
 #: coefficients that apply only under some other setting (alpha, target_scale: rescaled-mse)
 _CONDITIONAL = tuple(k for k in PROBLEM if SETTINGS[k].applies is not None)
@@ -27,6 +28,21 @@ _CONDITIONAL = tuple(k for k in PROBLEM if SETTINGS[k].applies is not None)
 def _default(name: str, static: bool = False):
     d = SETTINGS[name].field_default
     return eqx.field(static=True, default=d) if static else d
+
+
+class RowBasis(NamedTuple):
+    """A target matrix in row-space coordinates (THEORY §7; built by the engine, per lane): Q (N, r)
+    an orthonormal basis of the rows of [T; 1ᵀ; L] (L the one-hot labels, if any), ``TQ = T Q``
+    (K, r), ``q = Qᵀ 1`` (r,), ``LQ = Qᵀ Lᵀ`` (r, K) (zeros without labels), ``counts`` n_k (K,)
+    (zeros without labels), ``N`` (), and ``Q`` itself (used only to collapse a start). Columns
+    past a lane's own r are zero, which keeps them exactly zero in the state."""
+
+    TQ: np.ndarray
+    q: np.ndarray
+    LQ: np.ndarray
+    counts: np.ndarray
+    N: np.ndarray
+    Q: np.ndarray
 
 
 def _check_targets(T):
@@ -93,6 +109,8 @@ class Problem(eqx.Module):
             ``class_sizes`` are given takes class-major labels.
         columns: engine-internal, leave it None: the number of H columns a batch's init draws when
             its lanes have different class sizes (the largest N of the batch).
+        row_basis: engine-internal, leave it None: a ``targets`` problem in the row-space
+            coordinates of the collapsed engine (:class:`~ncflow.problem.RowBasis`), set per lane.
 
     Coefficient fields may also hold arrays of shape (runs,) when a batch of problems is
     vmapped; sizes, flags and dtype are static and shared by the whole batch. Python and numpy
@@ -114,6 +132,7 @@ class Problem(eqx.Module):
     targets: np.ndarray | None = None
     labels: np.ndarray | None = None
     columns: int | None = eqx.field(static=True, default=None)
+    row_basis: RowBasis | None = None
 
     def __post_init__(self):
         for name in PROBLEM:  # each field by the table (arrays of coefficients stay arrays)
@@ -172,7 +191,7 @@ class Problem(eqx.Module):
     def general(self) -> bool:
         """Whether the problem has per-class sizes or a target matrix (THEORY §7), not the
         balanced one-hot problem of §1–§6."""
-        return self.class_sizes is not None or self.targets is not None
+        return self.class_sizes is not None or self.targets is not None or self.row_basis is not None
 
     @property
     def N(self) -> int:
@@ -181,6 +200,8 @@ class Problem(eqx.Module):
         (``columns``); the engine's maths then takes each lane's own N from its sizes."""
         if self.targets is not None:
             return int(self.targets.shape[-1])
+        if self.row_basis is not None:
+            return self.columns
         if self.class_sizes is not None:
             if self.columns is not None:
                 return self.columns

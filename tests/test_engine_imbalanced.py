@@ -2,6 +2,8 @@
 on H, class sizes as per-lane values) against the full one, one compiled program for problems that
 differ only in their sizes and λ's, and outcomes against the §7 prediction."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ from ncflow.batch import loop
 from ncflow.maths import collapsed as C
 from ncflow.maths import imbalanced as im
 from ncflow.maths import objective as O
-from ncflow.problem import Problem
+from ncflow.problem import Problem, RowBasis
 
 from helpers import rel_diff
 
@@ -119,3 +121,66 @@ def test_targets_run_on_the_full_engine():
     assert r.representation == "full"
     assert list(r.per_run["outcome"]) == ["global"] * 4
     assert np.max(np.abs(r.per_run["objective"] - im.optimum(p).objective)) < 1e-10
+
+
+def _with_row_basis(p):
+    b = im.basis(p)
+    LQ = b.LQ if b.LQ is not None else np.zeros((b.TQ.shape[1], p.K))
+    rb = RowBasis(jnp.asarray(b.TQ), jnp.asarray(b.q), jnp.asarray(LQ), jnp.asarray(b.counts),
+                  jnp.asarray(float(b.N)), jnp.asarray(b.Q))
+    return dataclasses.replace(p, row_basis=rb)
+
+
+@pytest.mark.parametrize("i", range(9))
+def test_collapsed_targets_equal_full_gd(i):
+    """Any target through the row-space basis of [T; 1ᵀ; L]: 200 collapsed steps (W, C, G, b) equal
+    200 full GD steps on (W, H, b) to 1e-12 relative (objective, full gradient norm, W, b, C = H Q,
+    G = H Hᵀ − C Cᵀ), soft labels and regression targets, with and without labels."""
+    rng = np.random.default_rng(50 + i)
+    K, N = int(rng.integers(2, 5)), int(rng.integers(6, 15))
+    lab = np.sort(np.concatenate([np.arange(K), rng.integers(0, K, N - K)]))
+    T = rng.normal(size=(K, N)) if i % 2 else 0.8 * np.eye(K)[:, lab] + 0.2 / K
+    bias_kw = ({}, {"bias": False}, {"lambda_b": 0.1})[i % 3]
+    p = Problem(targets=T, labels=lab if i % 4 else None, d=int(rng.integers(1, K + 3)), lambda_w=0.02,
+                lambda_h=0.03, dtype="float64", **bias_kw)
+    q = _with_row_basis(p)
+    k1, k2, k3 = jax.random.split(jax.random.key(i), 3)
+    x = O.Params(jax.random.normal(k1, (p.K, p.d)), jax.random.normal(k2, (p.d, N)),
+                 0.3 * jax.random.normal(k3, (p.K,)) if p.bias else jnp.zeros(p.K))
+    c = C.collapse(q, x)
+    lr = 0.5 * ncflow.theory.default_step_size(p)
+
+    @jax.jit
+    def run(x, c):
+        def body(_, xc):
+            x, c = xc
+            return jax.tree_util.tree_map(lambda a, g: a - lr * g, x, O.gradient(p, x)), C.gd_step(q, c, lr)
+        return jax.lax.fori_loop(0, 200, body, (x, c))
+
+    x, c = run(x, c)
+    ref = C.collapse(q, x)
+    for a, b in zip(c, ref):
+        scale = max(1.0, float(np.max(np.abs(np.asarray(b)))))
+        assert float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) <= 1e-12 * scale
+    f, g = C.value_and_grad_norm(q, c)
+    assert float(f) == pytest.approx(float(O.objective(p, x)), rel=1e-12)
+    assert float(g) == pytest.approx(float(O.gradient_norm(p, x)), rel=1e-10)
+    if p.labels is not None:  # class statistics of the collapsed state = those of H
+        from ncflow.maths.metrics import class_stats
+        s1, s2 = C.class_stats(q, c), class_stats(p, x)
+        np.testing.assert_allclose(np.asarray(s1.M), np.asarray(s2.M), atol=1e-12)
+        np.testing.assert_allclose(np.asarray(s1.G), np.asarray(s2.G), atol=1e-11)
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_targets_collapsed_engine_equals_full_engine(labels):
+    rng = np.random.default_rng(0)
+    lab = np.repeat(np.arange(3), [6, 3, 2])
+    T = 0.9 * np.eye(3)[:, lab] + 0.1 / 3 + 0.1 * rng.normal(size=(3, 11))
+    p = Problem(targets=T, labels=lab if labels else None, d=3, lambda_w=0.01, lambda_h=0.01, dtype="float64")
+    kw = dict(runs=4, stop="converged", progress=False, seed=3)
+    full, col = ncflow.simulate(p, engine="full", **kw), ncflow.simulate(p, engine="collapsed", **kw)
+    assert list(col.per_run["outcome"]) == ["global"] * 4
+    np.testing.assert_array_equal(full.per_run["steps"], col.per_run["steps"])
+    np.testing.assert_allclose(full.per_run["objective"], col.per_run["objective"], rtol=1e-12)
+    np.testing.assert_allclose(full.per_run["nc1"], col.per_run["nc1"], rtol=1e-6, atol=1e-12)

@@ -97,7 +97,7 @@ GOOD = {"alpha": 2.0, "target_scale": 3.0, "momentum": 0.5, "beta1": 0.8, "beta2
 
 # --------------------------------------------------------------------------- the table itself
 def test_every_api_field_is_in_the_table_and_vice_versa():
-    arrays = ("targets", "labels", "columns")  # data, not settings: given as arrays or files, no defaults
+    arrays = ("targets", "labels", "columns", "row_basis")  # data, not settings: given as arrays or files, no defaults
     assert [f.name for f in dataclasses.fields(Problem) if f.name not in arrays] == list(PROBLEM)
     assert [f.name for f in dataclasses.fields(Config)] == list(SOLVER)
     assert set(CONDITIONAL) == set(GOOD)

@@ -43,7 +43,7 @@ from ncflow.dynamics.build import default_lr, dynamics_for
 from ncflow.errors import ConfigError
 from ncflow.maths import theory
 from ncflow.outcomes import class_fates, classify, default_tolerances, fates_text
-from ncflow.problem import Problem
+from ncflow.problem import Problem, RowBasis
 from ncflow.progress import Progress
 from ncflow.result import Result
 
@@ -87,7 +87,7 @@ def _shape(q: Problem) -> tuple:
     return (q.K, q.d, q.n if not q.general else None, q.bias, q.loss, q.dtype) + data
 
 
-def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds):
+def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds, space: str = "full"):
     """The device-side lanes (state still missing) and the per-lane (seed, run index) pairs the
     init program derives each run's key from, and the init scales."""
     dt = base.dtype
@@ -97,7 +97,7 @@ def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds
     run = np.where(real, run_of[np.maximum(lanes.batch, 0)], 0)
     coeffs = {f: np.asarray([float(getattr(p.problem, f)) for p in points], dt)[pt] for f in COEFF_FIELDS}
     if base.general:  # THEORY §7: class sizes, targets and labels are per-lane values too
-        coeffs.update(_data_lanes(points, base, pt))
+        coeffs.update(_data_lanes(points, base, pt, space))
     prob = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt, **coeffs)
     prob_b = jax.tree_util.tree_map(layout.put, prob)  # unflattening does not re-validate
     lr = layout.put(np.asarray([p.lr for p in points], dt)[pt])
@@ -110,16 +110,36 @@ def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds
     return DeviceLanes(x=None, problem=prob_b, lr=lr, pred=pred_b), seed_run, scales
 
 
-def _data_lanes(points, base: Problem, pt: np.ndarray) -> dict:
-    """Per-lane class sizes (lanes, K), targets (lanes, K, N) and labels (lanes, N) of a §7 batch,
-    and ``columns`` (the N the init draws: the largest of the batch)."""
+def _data_lanes(points, base: Problem, pt: np.ndarray, space: str) -> dict:
+    """Per-lane class sizes (lanes, K) of a §7 batch, and ``columns`` (the N the init draws: the
+    largest of the batch). A target matrix: per-lane targets (lanes, K, N) and labels (lanes, N) for
+    the full engine, or its row-space coordinates (:class:`~ncflow.problem.RowBasis`, zero-padded
+    to the batch's largest r) for the collapsed one."""
     out = {"columns": base.N}
     if base.class_sizes is not None:
         out["class_sizes"] = np.asarray([p.problem.sizes for p in points], base.dtype)[pt]
-    if base.targets is not None:
+    if base.targets is None:
+        return out
+    if space == "full":
         out["targets"] = np.asarray([p.problem.targets for p in points], base.dtype)[pt]
-    if base.labels is not None:
-        out["labels"] = np.asarray([p.problem.labels for p in points], np.int32)[pt]
+        if base.labels is not None:
+            out["labels"] = np.asarray([p.problem.labels for p in points], np.int32)[pt]
+        return out
+    from ncflow.maths.imbalanced import basis
+
+    bases = [basis(p.problem) for p in points]
+    r = max(b.TQ.shape[1] for b in bases)
+
+    def pad(a, axis):
+        width = [(0, 0)] * a.ndim
+        width[axis] = (0, r - a.shape[axis])
+        return np.pad(a, width)
+
+    K = base.K
+    rows = [RowBasis(pad(b.TQ, 1), pad(b.q, 0), pad(b.LQ if b.LQ is not None else np.zeros((b.TQ.shape[1], K)), 0),
+                     b.counts, np.float64(b.N), pad(b.Q, 1)) for b in bases]
+    stacked = jax.tree_util.tree_map(lambda *a: np.stack(a).astype(base.dtype)[pt], *rows)
+    out["row_basis"] = stacked
     return out
 
 
@@ -163,7 +183,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     point_of = np.concatenate([np.full(p.runs, i) for i, p in enumerate(points)])  # batch index -> point
     lanes = LaneTable.build(layout.lane_batch_index()[layout.local_lanes()], point_of, points, tols,
                             [pr.objective for pr in preds], [certify.point_gap(p.problem, config) for p in points])
-    dev, seed_run, scales = _device_lanes(points, base, lanes, layout, preds)
+    dev, seed_run, scales = _device_lanes(points, base, lanes, layout, preds, dyn.space.name)
 
     progs = Programs(base, dyn, StartSpec.of(config), config.chunk, layout)
     compile_wall = progs.precompile(dev, seed_run, scales)

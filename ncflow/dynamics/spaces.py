@@ -146,7 +146,7 @@ def choose(problem: Problem, engine: str = "auto") -> StateSpace:
 
     "auto" takes the collapsed one for the MSE loss when its flop count is below ``CROSSOVER``
     (0.5) times the full step's — the measured crossover, recorded in benchmarks/README.md — and
-    always for a batch whose lanes have different class sizes; a target matrix takes the full one.
+    always for a batch whose lanes have different class sizes.
     """
     mixed = problem.class_sizes is not None and problem.columns is not None  # lanes of different sizes
     if engine == "full":
@@ -157,14 +157,9 @@ def choose(problem: Problem, engine: str = "auto") -> StateSpace:
     if engine == "collapsed":
         if problem.loss != "mse":
             raise ConfigError("engine 'collapsed' supports loss='mse' only; use 'full'", field="engine")
-        if problem.targets is not None:
-            raise ConfigError("engine 'collapsed' supports one-hot labels (with any class sizes), not a target "
-                              "matrix; use 'full'", field="engine")
         return COLLAPSED
     if engine != "auto":
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if problem.targets is not None:
-        return FULL
     if mixed:
         return COLLAPSED
     if problem.loss == "mse" and COLLAPSED.flops_per_step(problem) < CROSSOVER * FULL.flops_per_step(problem):

@@ -89,7 +89,10 @@ class Optimum(NamedTuple):
 
 
 def basis(problem) -> Basis:
-    """Row-space coordinates of ``problem``'s target (one-hot: closed form, O(K))."""
+    """Row-space coordinates of ``problem``'s target (one-hot: closed form, O(K)). For a target
+    matrix with labels, Q spans the rows of [T; 1ᵀ; L] (r <= 2K + 1), so that the class means are
+    exact in these coordinates too (μ_k = C Qᵀ l_k / n_k); the soft-thresholding is unchanged (T's
+    rows lie in span Q)."""
     K = problem.K
     if problem.targets is None:  # one-hot labels with class sizes (or balanced)
         n = problem.sizes
@@ -97,11 +100,12 @@ def basis(problem) -> Basis:
         return Basis(np.diag(r), r.copy(), np.diag(r), n, int(n.sum()), None)
     T = np.asarray(problem.targets, np.float64)
     N = T.shape[1]
-    A = np.concatenate([T, np.ones((1, N))], axis=0)
+    labels = problem.label_vector()
+    rows = [T, np.ones((1, N))] + ([] if labels is None else [np.eye(K)[:, labels]])
+    A = np.concatenate(rows, axis=0)
     _, s, vt = np.linalg.svd(A, full_matrices=False)
     keep = s > s[0] * max(A.shape) * np.finfo(float).eps * 10
     Q = vt[keep].T  # (N, r)
-    labels = problem.label_vector()
     if labels is None:
         LQ, counts = None, np.zeros(K)
     else:
