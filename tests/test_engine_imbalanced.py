@@ -184,3 +184,13 @@ def test_targets_collapsed_engine_equals_full_engine(labels):
     np.testing.assert_array_equal(full.per_run["steps"], col.per_run["steps"])
     np.testing.assert_allclose(full.per_run["objective"], col.per_run["objective"], rtol=1e-12)
     np.testing.assert_allclose(full.per_run["nc1"], col.per_run["nc1"], rtol=1e-6, atol=1e-12)
+
+
+def test_staircase_plateaus_are_not_saddles():
+    """THEORY §7's staircase: from a small start ([40,10,2,2], λ = 1e-3, entries of std 1e-4) the
+    three modes are learned one after another (plateaus in between); every run ends global, none is
+    stopped on a plateau and labelled saddle."""
+    p = Problem(class_sizes=(40, 10, 2, 2), d=10, lambda_w=1e-3, lambda_h=1e-3, dtype="float64")
+    r = ncflow.simulate(p, runs=8, init_scale=1e-4 * np.sqrt(10), stop="converged", progress=False, history=True)
+    assert list(r.per_run["outcome"]) == ["global"] * 8
+    assert list(r.per_run["merged"]) == [""] * 8 and all(r.per_run["classes_as_predicted"])
