@@ -103,18 +103,21 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
                       strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])), own_gtol=float(own))
 
 
-def class_fates(W: np.ndarray, M: np.ndarray, tol: float) -> tuple[str, str]:
+def class_fates(W: np.ndarray, M: np.ndarray, tol: float, scale: tuple[float, float] | None = None) -> tuple[str, str]:
     """Which classes merged and which vanished in ONE run's final state (THEORY §7 minority
     collapse): ``W (K, d)``, class means ``M (d, K)``. Class k vanished when ||w_k||² and ||μ_k||² are
     at most ``tol`` times the largest; classes i, j merged when ||w_i − w_j||² and ||μ_i − μ_j||² are
-    (and neither vanished). Returns ``("2,3;5,6", "4")``: merged groups separated by ";", vanished
-    classes by ","; empty strings for none."""
+    (and neither vanished). ``scale``: the predicted largest ||w_k||² and ||μ_k||², used where they
+    exceed the run's own (1 where the prediction is the zero solution, so that a run that converged
+    to zero up to rounding has every class vanished). Returns ``("2,3;5,6", "4")``: merged groups
+    separated by ";", vanished classes by ","; empty strings for none."""
     W, M = np.asarray(W, np.float64), np.asarray(M, np.float64)
     K = W.shape[0]
     w2, m2 = np.sum(W * W, axis=1), np.sum(M * M, axis=0)
-    sw, sm = max(float(w2.max()), 1e-300), max(float(m2.max()), 1e-300)
-    if w2.max() == 0.0:
-        return "", ",".join(map(str, range(K)))
+    pw, pm = scale if scale is not None else (0.0, 0.0)
+    if scale is not None and pw == 0.0:
+        pw = pm = 1.0
+    sw, sm = max(float(w2.max()), pw, 1e-300), max(float(m2.max()), pm, 1e-300)
     vanished = [k for k in range(K) if w2[k] <= tol * sw and m2[k] <= tol * sm]
     alive = [k for k in range(K) if k not in vanished]
     groups: list[list[int]] = []

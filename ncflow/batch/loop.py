@@ -336,7 +336,9 @@ def _general_columns(problem: Problem, pred, tol, final, sel) -> dict:
     else:  # full: class means of H (columns of a class by its labels)
         Y = np.eye(problem.K)[:, problem.label_vector()]
         M = np.asarray(x.H)[sel] @ Y.T / Y.sum(axis=1)
-    fates = [class_fates(W[r], M[r], max(tol.geom_tol, 1e-6)) for r in range(len(sel))]
+    scale = (float(np.max(pred.w_norms, initial=0.0)) ** 2 if pred.w_norms is not None else 0.0,
+             float(np.max(pred.h_norms, initial=0.0)) ** 2 if pred.h_norms is not None else 0.0)
+    fates = [class_fates(W[r], M[r], max(tol.geom_tol, 1e-6), scale) for r in range(len(sel))]
     want = fates_text(pred.merged, pred.vanished)
     return {**out, "merged": np.asarray([m for m, _ in fates]),
             "vanished": np.asarray([v for _, v in fates]),
