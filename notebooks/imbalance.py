@@ -186,7 +186,7 @@ say(f"Half-rise steps {half} (THEORY §7 quotes 260, 520, 730 for this setting);
 
 # %%
 counts = {}
-for (rho, lam), r in zip(keys, results):
+for (rho, _lam), r in zip(keys, results):
     o = r.outcomes()
     counts.setdefault(rho, [0, 0, 0])
     counts[rho][0] += o["global"]["count"]
