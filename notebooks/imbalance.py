@@ -13,7 +13,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # Imbalanced classes: minority collapse, the staircase, and how often GD finds the optimum
 #
