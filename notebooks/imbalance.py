@@ -43,6 +43,7 @@ import matplotlib  # noqa: E402  (the JAX settings above must come first)
 
 matplotlib.use("Agg")  # figures are shown explicitly with show(fig) below
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from IPython.display import Image, display  # noqa: E402
 
@@ -76,7 +77,6 @@ from ncflow.stats import wilson_interval  # noqa: E402
 
 K, R, N_MIN, D = 4, 2, 2, 5
 RATIOS = [1, 2, 5, 10, 20]
-LAMBDAS = np.geomspace(4e-3, 8e-2, 9)
 RUNS = 16
 config = ncflow.Config(runs=RUNS, max_steps=20_000, stop="converged", progress=False)
 
@@ -96,7 +96,8 @@ def thresholds(rho):
 
 points, keys = [], []
 for rho in RATIOS:
-    for lam in LAMBDAS:
+    merge, _, zero = thresholds(rho)
+    for lam in np.geomspace(0.6 * merge, 1.3 * zero, 10):  # from below the merge to past the zero solution
         p = ncflow.Problem(class_sizes=sizes_of(rho), d=D, lambda_w=float(lam), lambda_h=float(lam), dtype="float64")
         points.append(Point(problem=p, runs=RUNS, lr=0.9 * ncflow.theory.default_step_size(p), init_scale=1.0,
                             seed=0))
@@ -120,6 +121,7 @@ for ax, rho in zip(axes, RATIOS):
     for x, style, name in ((m, "--", "merge"), (v, ":", "vanish"), (z, "-.", "zero")):
         ax.axvline(x, color="k", ls=style, lw=0.8, label=f"theory: {name}")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_title(f"sizes {sizes_of(rho)}")
     ax.set_xlabel("λ = λ_W = λ_H")
     for _, r in rows:
@@ -203,9 +205,11 @@ print(f"\nnotebook compute time: {time.perf_counter() - NOTEBOOK_T0:.0f} s")
 
 # %% [markdown]
 # **What to look at.** In the minority-collapse figure the measured fractions of runs whose two
-# minority classes merged (circles) and vanished (squares) jump from 0 to 1 at the theory's dashed
-# (merge) and dotted (vanish) lines, for every ratio; past the dash-dotted line every class vanishes
-# (the zero solution). The printed count compares each run's merged/vanished classes with the
-# prediction. In the staircase the three singular values rise one after another to their dotted
-# limits σ_j − Nτ, in the order of their growth rates. The last table gives the fraction of runs that
-# reached the global optimum for each imbalance ratio (the theory: all of them).
+# minority classes merged (circles; a merged pair that has vanished is counted as vanished) and
+# vanished (squares) jump from 0 to 1 at the theory's dashed (merge) and dotted (vanish) lines, for
+# every ratio; past the dash-dotted line every class vanishes (the zero solution). With equal sizes
+# (ρ = 1) the three lines coincide: there are no minorities. The printed count compares each run's
+# merged/vanished classes with the prediction. In the staircase the three singular values rise one
+# after another to their dotted limits σ_j − Nτ, in the order of their growth rates. The last table
+# gives the fraction of runs that reached the global optimum for each imbalance ratio (the theory:
+# all of them).
