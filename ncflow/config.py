@@ -41,7 +41,12 @@ class Config:
             runs without a certificate stop as with "converged") or "converged" (every run until
             it is stationary, diverges or runs out of budget).
         chunk: GD steps between two stopping checks, in [1, 2^31).
-        group: runs per cache group (None: chosen so a group's state is ~256 KiB).
+        group: runs per cache group (None: chosen so a group's state is ~256 KiB); plan "cpu" only.
+        plan: execution plan, "auto" (cpu on CPUs, wide on accelerators), "cpu" (cache-sized groups,
+            the stop rule on the host every chunk) or "wide" (every lane of a device in one vmapped
+            step, the stop rule evaluated on the device; see :mod:`ncflow.batch.plan`).
+        matmul_precision: "float32" (full precision, default), or the opt-in "tf32" / "bf16" for
+            the steps' float32 matrix products (emulated by operand rounding on a CPU).
         gtol: stationarity tolerance on ||∇f||; None = dtype default (see outcomes).
         history: record scalar diagnostics at log-spaced steps.
         progress: progress bar on stderr; None = only when stderr is a terminal.
@@ -70,6 +75,8 @@ class Config:
     stop: str = _default("stop")
     chunk: int = _default("chunk")
     group: int | None = _default("group")
+    plan: str = _default("plan")
+    matmul_precision: str = _default("matmul_precision")
     gtol: float | None = _default("gtol")
     history: bool = _default("history")
     progress: bool | None = _default("progress")

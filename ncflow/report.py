@@ -80,5 +80,5 @@ def format_result(result) -> str:
     t = result.timing
     lines.append(f"Timing  compile {t['compile_s']:.2f} s  run {t['run_s']:.2f} s  classify "
                  f"{t['classify_s']:.2f} s  wall {t['wall_s']:.2f} s  "
-                 f"{t['run_steps_per_s']:.3g} run-steps/s  ({result.device})")
+                 f"{t['run_steps_per_s']:.3g} run-steps/s  ({result.device}, plan {t.get('plan', 'cpu')})")
     return "\n".join(lines)

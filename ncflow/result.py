@@ -54,8 +54,9 @@ class Result:
             ``bias_error``, ``min_hessian_eig`` / ``max_hessian_eig`` (NaN where not computed).
         history: None, or ``step (records,)`` and ``objective``, ``gap``, ``grad_norm``, ``nc1``,
             ``nc2``, ``nc3`` of shape (records, runs), at log-spaced steps.
-        timing: ``compile_s``, ``run_s``, ``classify_s``, ``wall_s``, ``run_steps``,
-            ``run_steps_per_s``.
+        timing: ``compile_s``, ``run_s`` (device work of the stepping loop), ``loop_s`` (the whole
+            stepping loop: ``loop_s − run_s`` is the host's share, stop rule and round trips),
+            ``classify_s``, ``wall_s``, ``run_steps``, ``run_steps_per_s``, ``plan`` ("cpu"/"wide").
         final_state: the runs' final states, leading axis runs (Params or Collapsed of numpy arrays).
         representation: "full" or "collapsed".
         device: the device kind the runs used.
