@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncflow.batch import certify, stop
+from ncflow.batch import certify, estimate, stop
 from ncflow.batch.history import History
 from ncflow.batch.lanes import DeviceLanes, LaneTable
 from ncflow.batch.layout import Layout, make_layout
-from ncflow.batch.memory import auto_group, available_memory_bytes, estimate_memory
+from ncflow.batch.memory import auto_group
 from ncflow.batch.programs import Programs, StartSpec
 from ncflow.codes import STOP_REASONS
 from ncflow.config import Config
@@ -124,13 +124,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     dyn = dynamics_for(base, config)
     R = sum(p.runs for p in points)
     layout = make_layout(R, config.group or auto_group(base, dyn), devices)
-    need = estimate_memory(base, dyn, layout.total_lanes, layout.group * layout.n_devices)
-    limit = config.memory_limit_bytes or int(0.8 * available_memory_bytes())
-    if need > limit:
-        raise ConfigError(
-            f"runs: {R} runs of K={base.K} d={base.d} n={base.n} ({dyn.name} engine, {base.dtype}) need "
-            f"about {need / 2**30:.2f} GiB, more than the {limit / 2**30:.2f} GiB available; use fewer runs",
-            field="runs")
+    estimate.check_batch(points, config, dyn, layout)  # device + host memory, float32-representable values
 
     preds = [theory.predict(p.problem) for p in points]
     tols = [default_tolerances(p.problem, pr, config.gtol) for p, pr in zip(points, preds)]
@@ -159,7 +153,8 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     run_s, chunk_i = 0.0, 0
     L = layout.lanes_per_device
     show = config.progress if jax.process_index() == 0 else False
-    with Progress(total=R, desc="runs finished", enabled=show) as bar:
+    with Progress(total=R * config.max_steps, desc="steps of the budget", unit="run-steps", eta_bound=True,
+                  enabled=show) as bar:  # a finished run counts as its whole budget: the ETA is an upper bound
         while layout.allsum(int(lanes.running.sum())) > 0:
             chunk_i += 1
             budget = np.where(lanes.running, np.minimum(config.chunk, config.max_steps - lanes.steps), 0)
@@ -179,7 +174,9 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
                                       cert if config.stop == "certified" else None,
                                       early_stop=config.early_stop, max_steps=config.max_steps)
             lanes = lanes.replace(status=status, f_prev=f)
-            bar.update(layout.allsum(int(lanes.finished.sum())), extra=f"step {int(lanes.steps.max())}")
+            bar.update(layout.allsum(int(np.where(lanes.finished, config.max_steps, lanes.steps).sum())),
+                       extra=f"{layout.allsum(int(lanes.finished.sum()))}/{R} runs finished, step "
+                             f"{int(lanes.steps.max())}")
             order = _compaction_order(lanes, layout)
             if order is not None:
                 t1 = time.perf_counter()
