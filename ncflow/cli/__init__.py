@@ -4,8 +4,26 @@
 share; :mod:`.run` and :mod:`.sweep` are sub-commands."""
 
 
-def main(argv=None) -> int:
-    """Entry point of the ``ncflow`` command (see :func:`ncflow.cli.app.main`)."""
-    from ncflow.cli.app import main as _main
+import os
+import sys
 
-    return _main(argv)
+
+def main(argv=None) -> int:
+    """Entry point of the ``ncflow`` command (see :func:`ncflow.cli.app.main`).
+
+    Ctrl-C at any moment, the start-up's imports included, ends with one line and status 130; a
+    closed stdout (``ncflow theory | head -1``) ends quietly with status 141, like other tools."""
+    try:
+        from ncflow.cli.app import main as _main
+
+        return _main(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("ncflow: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        try:  # stdout is gone: send what is still buffered nowhere, so exiting prints no second error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141

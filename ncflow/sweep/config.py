@@ -266,9 +266,9 @@ def parse_config(raw: Mapping) -> SweepConfig:
 def point_config(s: Mapping, progress: bool | None = False):
     """The engine :class:`~ncflow.Config` of a point's settings (``ncflow run`` with the same
     settings uses exactly this config)."""
-    from ncflow.config import Config
+    from ncflow.config import Config, cap_chunk
 
-    return Config(progress=progress, **{k: v for k, v in s.items() if k not in PROBLEM_SPECS})
+    return cap_chunk(Config(progress=progress, **{k: v for k, v in s.items() if k not in PROBLEM_SPECS}))
 
 
 def _representation(problem, config):
