@@ -291,3 +291,20 @@ def test_progress_counts_steps_with_an_eta_bound():
     text = out.getvalue()
     assert " 50.0%" in text and "150000/300000" in text and "<=00:02" in text and "run-steps/s" in text
     assert "3/10 runs finished" in text
+
+
+def test_the_landscape_snippet_of_docs_dynamics_runs_as_written():
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "dynamics.md"), encoding="utf-8").read()
+    start = text.index('import jax\njax.config.update("jax_enable_x64"')
+    code = text[start:text.index("```", start)]
+    exec(compile(code, "docs/dynamics.md", "exec"), {})
+
+
+def test_the_report_says_when_the_budget_decided_outcomes():
+    from ncflow.report import budget_hint
+
+    r = _fake_result(history=False)
+    r.per_run["outcome"] = np.array(["not_converged", "global", "not_converged"], dtype=object)
+    r.per_run["stop"] = np.array(["budget", "certified", "budget"])
+    r.config["max_steps"] = 30000
+    assert "2 of 3 runs used their whole budget of 30000 steps" in budget_hint(r)
