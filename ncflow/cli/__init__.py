@@ -8,11 +8,26 @@ import os
 import sys
 
 
+def _interrupt_anywhere(previous):
+    """An unraisable-exception hook that ends the command on a Ctrl-C which arrived inside a
+    callback (e.g. JAX's garbage-collection hook during start-up), where Python would only print
+    "Exception ignored ... KeyboardInterrupt" and carry on. Ending at once is safe: a claim or a
+    staging directory of a dead process is taken over or removed by the next run."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            sys.stderr.write("ncflow: interrupted\n")
+            sys.stderr.flush()
+            os._exit(130)
+        previous(unraisable)
+    return hook
+
+
 def main(argv=None) -> int:
     """Entry point of the ``ncflow`` command (see :func:`ncflow.cli.app.main`).
 
     Ctrl-C at any moment, the start-up's imports included, ends with one line and status 130; a
     closed stdout (``ncflow theory | head -1``) ends quietly with status 141, like other tools."""
+    sys.unraisablehook = _interrupt_anywhere(sys.unraisablehook)
     try:
         from ncflow.cli.app import main as _main
 
