@@ -268,12 +268,13 @@ def test_theory_into_a_closed_pipe_and_sigint_at_start_up():
     p = subprocess.run(" ".join(ncflow_command("theory", "--json")) + " | head -c 1", shell=True, env=env,
                        capture_output=True, text=True, timeout=120)
     assert "Traceback" not in p.stderr
-    child = subprocess.Popen(ncflow_command("run", *TINY, "--runs", "2"), env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # still importing
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=120)
-    assert "Traceback" not in err and child.returncode in (130, -signal.SIGINT), err
+    for wait in (0.3, 1.2):  # while importing; while JAX starts
+        child = subprocess.Popen(ncflow_command("run", *TINY, "--runs", "2"), env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(wait)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+        assert "Traceback" not in err and child.returncode in (130, 0), (child.returncode, err)  # 0: it finished
 
 
 # ------------------------------------------------------------------ item 8: progress by steps

@@ -5,6 +5,7 @@ share; :mod:`.run` and :mod:`.sweep` are sub-commands."""
 
 
 import os
+import signal
 import sys
 
 
@@ -22,12 +23,24 @@ def _interrupt_anywhere(previous):
     return hook
 
 
+def _exit_now(signum, frame):
+    """Ctrl-C: one line and status 130 at once, wherever the command is (imports and JAX's
+    start-up included, where a KeyboardInterrupt raised inside native code could crash the
+    interpreter). Safe: files are written atomically, a claim or staging directory of a dead
+    process is taken over or removed by the next run."""
+    sys.stderr.write("ncflow: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``ncflow`` command (see :func:`ncflow.cli.app.main`).
 
     Ctrl-C at any moment, the start-up's imports included, ends with one line and status 130; a
     closed stdout (``ncflow theory | head -1``) ends quietly with status 141, like other tools."""
     sys.unraisablehook = _interrupt_anywhere(sys.unraisablehook)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it
+        signal.signal(signal.SIGINT, _exit_now)
     try:
         from ncflow.cli.app import main as _main
 
