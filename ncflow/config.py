@@ -12,7 +12,8 @@ import dataclasses
 from ncflow.errors import ConfigError
 from ncflow.settings import ENGINES, OPTIMIZERS, SETTINGS, STARTS, check_applies, check_required
 
-__all__ = ["Config", "ConfigError", "ENGINES", "OPTIMIZERS", "STARTS", "effective", "validate_solver_settings"]
+__all__ = ["Config", "ConfigError", "ENGINES", "OPTIMIZERS", "STARTS", "cap_chunk", "effective",
+           "validate_solver_settings"]
 
 
 def _default(name: str):
@@ -103,6 +104,17 @@ class Config:
         """The value in use of setting ``name``: the field, or the table's default where it is
         None (e.g. ``beta1`` -> 0.9). "auto" settings (lr, gtol, rtol, ...) stay None."""
         return effective(self, name)
+
+
+def cap_chunk(config: "Config") -> "Config":
+    """``config`` with ``chunk`` capped at ``max_steps``: a chunk longer than the budget would
+    only add masked steps (``--chunk 100000 --max-steps 5000`` ran 20× the work). Results are the
+    same either way (the one check falls at the budget). Applied by ``ncflow.simulate``,
+    ``ncflow.simulate_points``, ``ncflow run`` and sweeps; kept out of ``__post_init__`` so that
+    ``dataclasses.replace(config, max_steps=...)`` keeps the chunk the user chose."""
+    if config.chunk > config.max_steps:
+        return dataclasses.replace(config, chunk=config.max_steps)
+    return config
 
 
 def effective(config, name: str):

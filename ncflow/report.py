@@ -44,6 +44,21 @@ def format_prediction(problem: Problem, pred: theory.Prediction) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def budget_hint(result) -> str | None:
+    """A line when the step budget, not the landscape, decided some outcomes: runs labelled
+    ``not_converged`` that stopped because they used their whole budget."""
+    stop = np.asarray(result.per_run.get("stop", []))
+    outcome = np.asarray(result.per_run["outcome"])
+    if stop.shape != outcome.shape:
+        return None
+    n = int(np.sum((outcome == "not_converged") & (stop == "budget")))
+    if n == 0:
+        return None
+    return (f"Note: {n} of {result.runs} runs used their whole budget of {result.config['max_steps']} steps without "
+            "becoming stationary: the budget, not the landscape, decided their outcome (not_converged); a larger "
+            "--max-steps (or a looser --gtol) lets them finish")
+
+
 def format_result(result) -> str:
     """The report of a :class:`~ncflow.result.Result`: prediction, outcome table with 95%
     intervals, final objective, median NC metrics, steps and timing."""
@@ -75,6 +90,9 @@ def format_result(result) -> str:
     if all(v is not None for v in m.values()):
         lines.append(f"Median (state at stop) NC1 {m['nc1']:.2e}  NC2 {m['nc2']:.2e}  NC3 {m['nc3']:.2e}  "
                      f"Gram error {m['gram_error']:.2e}")
+    hint = budget_hint(result)
+    if hint:
+        lines.append(hint)
     st = result.per_run["steps"]
     lines.append(f"Steps per run  min {int(st.min())}  median {int(np.median(st))}  max {int(st.max())}")
     t = result.timing

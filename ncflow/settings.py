@@ -229,7 +229,7 @@ _RESCALED = ("loss", ("rescaled-mse",))
 
 _TABLE = (
     # ------------------------------------------------------------------ [problem]
-    _p("K", "int", 10, "number of classes K", low=2, high=2**16, flag="--classes", short="-K"),
+    _p("K", "int", 10, "number of classes K", low=2, high=2**20, flag="--classes", short="-K"),
     _p("d", "int", 10, "feature dimension d", low=1, high=2**16, flag="--dim", short="-d"),
     _p("n", "int", 100, "samples per class n (N = n K < 2^31)", low=1, high=2**24, flag="--per-class", short="-n"),
     _p("lambda_w", "float", 5e-4, "weight decay λ_W on W", flag="--lambda-w", **_COEF),

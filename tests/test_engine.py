@@ -381,7 +381,8 @@ def test_memory_guard_refuses_before_compiling(compile_counter):
     with compile_counter, pytest.raises(ConfigError) as e:
         simulate(P_A, runs=100, memory_limit_bytes=1000, progress=False)
     msg = str(e.value)
-    assert msg.startswith("runs") and re.search(r"need about [0-9.]+ [KMG]iB.* than the 1000 B available", msg), msg
+    unit = r"need about [0-9.]+ [KMG]iB of .*memory, more than the 1000 B available"
+    assert msg.startswith("runs") and re.search(unit, msg), msg
     assert compile_counter.count == 0, f"compiled {compile_counter.names} before the refusal"
 
 

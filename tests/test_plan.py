@@ -181,7 +181,7 @@ def test_memory_estimate_counts_the_wide_steps_temporaries_per_device():
 
 
 def test_refusal_names_runs_and_the_per_device_estimate():
-    msg = r"^runs: .*plan wide\) need about [0-9.]+ [KMG]iB, more than the [0-9.]+ [KMG]?i?B available"
+    msg = r"^runs: .*plan wide\) need about [0-9.]+ [KMG]iB of .*memory, more than the [0-9.]+ [KMG]?i?B available"
     with pytest.raises(ConfigError, match=msg):
         ncflow.simulate(Problem(**SMALL), runs=64, plan="wide", progress=False, memory_limit_bytes=1000)
 

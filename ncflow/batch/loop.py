@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from ncflow.batch import certify, stop
+from ncflow.batch import certify, estimate, stop
 from ncflow.batch.history import History
 from ncflow.batch.lanes import DeviceLanes, LaneTable
 from ncflow.batch.layout import Layout, make_layout
-from ncflow.batch.memory import auto_group, available_memory_bytes, estimate_memory
+from ncflow.batch.memory import auto_group
 from ncflow.batch.plan import MAX_CHUNKS_PER_VISIT, VISIT_SECONDS, WIDE_ALIGN
 from ncflow.batch.plan import choose as choose_plan
 from ncflow.batch.programs import Programs, StartSpec
@@ -129,7 +129,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     plan = choose_plan(config, _platform(devices), dyn.space.name)
     group = None if plan.wide else (config.group or auto_group(base, dyn))
     layout = make_layout(R, group, devices, align=WIDE_ALIGN)
-    _check_memory(base, dyn, layout, plan, config)
+    estimate.check_batch(points, config, dyn, layout, plan)  # memory per device and host; float32 values
 
     preds = [theory.predict(p.problem) for p in points]
     tols = [default_tolerances(p.problem, pr, config.gtol) for p, pr in zip(points, preds)]
@@ -152,7 +152,8 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     if history is not None:
         _record(progs, layout, history, state)
     t_loop = time.perf_counter()
-    with Progress(total=R, desc="runs finished", enabled=show) as bar:
+    with Progress(total=R * config.max_steps, desc="steps of the budget", unit="run-steps", eta_bound=True,
+                  enabled=show) as bar:  # a finished run counts as its whole budget: the ETA is an upper bound
         loop = _wide_loop if plan.wide else _cpu_loop
         state = loop(progs, config, base, dyn, layout, history, bar, state)
     loop_s = time.perf_counter() - t_loop
@@ -214,7 +215,7 @@ def _cpu_loop(progs, config, base, dyn, layout, history, bar, st: _LoopState) ->
                                   cert if config.stop == "certified" else None,
                                   early_stop=config.early_stop, max_steps=config.max_steps)
         lanes = lanes.replace(status=status, f_prev=f)
-        bar.update(layout.allsum(int(lanes.finished.sum())), extra=f"step {int(lanes.steps.max())}")
+        _progress(bar, lanes, layout, config.max_steps)
         order = _compaction_order(lanes, layout)
         if order is not None:
             t1 = time.perf_counter()
@@ -249,7 +250,7 @@ def _wide_loop(progs, config, base, dyn, layout, history, bar, st: _LoopState) -
         chunk_i += did
         lanes = _host_lanes(cols, layout)
         running = layout.allsum(int(lanes.running.sum()))
-        bar.update(layout.allsum(int(lanes.finished.sum())), extra=f"step {int(lanes.steps.max())}")
+        _progress(bar, lanes, layout, config.max_steps)
         if history is not None and history.wants(chunk_i):
             _record(progs, layout, history, _LoopState(dev, lanes, lanes.f_prev, _local(g_dev, layout), chunk_i,
                                                        run_s))
@@ -259,6 +260,14 @@ def _wide_loop(progs, config, base, dyn, layout, history, bar, st: _LoopState) -
             per_visit = max(1, int(n * min(4.0, VISIT_SECONDS / max(dt, 1e-6))))
     g = _local(g_dev, layout) if g_dev is not None else st.g
     return _LoopState(dev, lanes, lanes.f_prev, g, chunk_i, run_s)
+
+
+def _progress(bar, lanes: LaneTable, layout, max_steps: int) -> None:
+    """Show the run-steps done out of the budget (a finished run counts as its whole budget) and the
+    runs finished."""
+    bar.update(layout.allsum(int(np.where(lanes.finished, max_steps, lanes.steps).sum())),
+               extra=f"{layout.allsum(int(lanes.finished.sum()))}/{layout.runs} runs finished, step "
+                     f"{int(lanes.steps.max())}")
 
 
 def _next_record(history, chunk_i: int, max_chunks: int) -> int:
@@ -292,27 +301,6 @@ def _platform(devices) -> str:
         raise ConfigError("devices: an empty device list; give at least one device or None (every device)",
                           field="devices")
     return devs[0].platform
-
-
-def _check_memory(base, dyn, layout, plan, config):
-    """Refuse a batch whose estimated peak on one device exceeds the least free memory of the
-    batch's devices (on a CPU: the peak of all devices against the host's available memory)."""
-    shared = layout.n_devices if plan.platform == "cpu" else 1  # CPU devices share the host's memory
-    need = estimate_memory(base, dyn, layout.lanes_per_device, layout.group, wide=plan.wide, devices=shared)
-    limit = config.memory_limit_bytes or int(0.8 * available_memory_bytes(layout.mesh.devices.flat))
-    if need > limit:
-        raise ConfigError(
-            f"runs: {layout.runs} runs of K={base.K} d={base.d} n={base.n} ({dyn.name} engine, {base.dtype}, plan "
-            f"{plan.name}) need about {_size(need)}{'' if shared > 1 else ' per device'}, more than the "
-            f"{_size(limit)} available; use fewer runs{'' if shared > 1 else ' or more devices'}", field="runs")
-
-
-def _size(nbytes: int) -> str:
-    """A byte count in words: "512 B", "3.20 MiB", "1.50 GiB"."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{int(nbytes)} B"
 
 
 def _lanes_order(order: np.ndarray, L: int) -> np.ndarray:

@@ -310,12 +310,12 @@ def check_distributed(args) -> None:
 
 def config_from_args(args):
     """The engine Config from parsed flags (and --progress); a rejected setting is reported by its flag."""
-    from ncflow.config import Config
+    from ncflow.config import Config, cap_chunk
 
     values = setting_values(args, "solver")
     _refuse_inapplicable(args, values)
     try:
-        return Config(progress=args.progress, **values)
+        return cap_chunk(Config(progress=args.progress, **values))
     except NcflowError as e:
         raise UsageError(flag_message(e)) from None
 

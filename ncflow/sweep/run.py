@@ -90,6 +90,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ncflow import io as _io
+from ncflow.batch.history import own_rows
 from ncflow.outcomes import LABELS
 from ncflow.sweep.config import (  # noqa: F401
     LANE_KEYS,
@@ -142,10 +143,18 @@ def check_out_dir(cfg: SweepConfig, out_dir: str) -> dict | None:
 
 
 def remove_stale_temporaries(out_dir: str) -> int:
-    """Delete the temporary files (``.<name>.<random>.tmp``, see :mod:`ncflow.io`) that a killed
-    writer left under ``out_dir``; returns how many. Call only while holding the sweep's lock."""
+    """Delete the temporary files (``.<name>.<random>.tmp``) and the staging directories of a
+    point's save (``.<index>.ncflow-tmp-<pid>-<random>``, see :mod:`ncflow.io`) that a killed writer
+    left under ``out_dir``; returns how many. Call only while holding the sweep's lock."""
+    import shutil
+
     removed = 0
-    for root, _, names in os.walk(out_dir):
+    for root, dirs, names in os.walk(out_dir):
+        for name in list(dirs):
+            if _io.is_stage_name(name) is not None:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                dirs.remove(name)
+                removed += 1
         for name in names:
             if name.startswith(".") and name.endswith(".tmp"):
                 try:
@@ -154,6 +163,28 @@ def remove_stale_temporaries(out_dir: str) -> int:
                 except FileNotFoundError:
                     pass
     return removed
+
+
+def repair_points(cfg: SweepConfig, out_dir: str, say: Callable[[str], None]) -> list[int]:
+    """Mark incomplete (delete the completion mark of) every point whose ``summary.json`` or
+    ``runs.csv`` cannot be read, e.g. truncated by a disk that filled up or a copy cut short, so
+    that the resume runs it again; one line per point through ``say``. Returns their indices.
+    Call only while holding the sweep's lock."""
+    bad = []
+    for p in cfg.points:
+        pdir = cfg.point_dir(out_dir, p.index)
+        if not is_complete(pdir):
+            continue
+        try:
+            s = _io.read_json(os.path.join(pdir, "summary.json"))
+            if not isinstance(s, dict) or "outcomes" not in s or "theory" not in s:
+                raise ValueError("not a result summary")
+            _io.read_table_csv(os.path.join(pdir, "runs.csv"))
+        except (OSError, ValueError) as e:
+            say(f"point {p.index}: its files are unreadable ({type(e).__name__}); running it again")
+            os.remove(os.path.join(pdir, "summary.json"))
+            bad.append(p.index)
+    return bad
 
 
 def is_complete(point_dir: str) -> bool:
@@ -294,6 +325,8 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
     with _Lock(out_dir):
         old = check_out_dir(cfg, out_dir)  # again, under the lock
         remove_stale_temporaries(out_dir)
+        if old is not None:
+            repair_points(cfg, out_dir, say)
         plan = _plan(cfg, old, limit)
         manifest = _new_manifest(cfg, old, plan, versions())
         wall_before = manifest["wall_s"]
@@ -328,6 +361,9 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
                 os.makedirs(pdir, exist_ok=True)
                 _io.write_json(os.path.join(pdir, "point.json"),
                                {"point": p.index, "swept": p.swept, "lr_used": p.lr, "config_hash": cfg.hash})
+                if res.history is not None:  # the point's own rows, whatever its batch-mates (resume = uninterrupted)
+                    res = dataclasses.replace(res, history=own_rows(res.history, res.per_run["steps"], s["chunk"],
+                                                                    s["max_steps"]))
                 res.save(pdir, overwrite=True)  # summary.json last: the completion mark
                 ran.append(p.index)
             write_summary(cfg, out_dir, rows)
