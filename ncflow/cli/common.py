@@ -5,6 +5,7 @@ API errors by their flag. Imports nothing of the other CLI modules."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -365,3 +366,17 @@ def claim_out(args) -> str | None:
         raise UsageError(f"--out {args.out} exists and is not a directory") from None
     except OutputDirError as e:
         raise UsageError(f"--out {e}") from None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send file descriptor 1 to stderr for the duration (restored afterwards)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import sys
 
 from ncflow.cli.common import (
@@ -21,6 +19,7 @@ from ncflow.cli.common import (
     flag_message,
     problem_from_args,
     select_devices,
+    stdout_to_stderr,
 )
 
 
@@ -63,20 +62,6 @@ def cmd_run(args) -> int:
         if args.out:
             print(f"Results written to {args.out}/ (runs.{args.format}, summary.json, config.json)")
     return 0
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send file descriptor 1 to stderr for the duration (restored afterwards)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _check_theory(problem) -> None:

@@ -21,10 +21,12 @@ from ncflow.cli.common import (
     add_output_flags,
     add_problem_flags,
     add_solver_flags,
+    check_distributed,
     configure_jax,
     float_in,
     given_settings,
     select_devices,
+    stdout_to_stderr,
 )
 
 
@@ -44,13 +46,13 @@ def cmd_sweep(args) -> int:
 
     if args.overwrite:
         raise UsageError("--overwrite is not supported: a sweep resumes in its directory; use a new --out")
-    if args.coordinator is not None or args.distributed or args.num_processes is not None:
-        raise UsageError("sweep runs in a single process (multi-process flags are not supported)")
+    check_distributed(args)
+    worker = bool(args.process_id)  # a multi-process sweep's process other than 0: it never touches --out
     if args.out is None and not args.dry_run:
         raise UsageError("--out DIR is required (the sweep's files go there)")
     try:
         cfg = _sw.load_config(args.config, _overrides(args))
-        if args.out is not None:
+        if args.out is not None and not worker:
             _sw.check_out_dir(cfg, args.out)
     except _sw.SweepError as e:
         raise UsageError(str(e)) from None
@@ -64,10 +66,13 @@ def cmd_sweep(args) -> int:
     if args.devices is not None:
         devices = select_devices(args)
     try:
-        report = _sw.run_sweep(cfg, args.out, resume=args.resume, progress=args.progress, log=_stderr,
-                               devices=devices)
+        with stdout_to_stderr():  # C++ libraries (e.g. gloo) print to fd 1; keep stdout for results
+            report = _sw.run_sweep(cfg, args.out, resume=args.resume, progress=args.progress, log=_stderr,
+                                   devices=devices)
     except _sw.SweepError as e:
         raise UsageError(str(e)) from None
+    if report.status == "worker":  # only process 0 prints
+        return 0
     if args.json:
         from ncflow.io import to_jsonable
 
