@@ -88,13 +88,15 @@ def test_a_second_wide_batch_of_the_same_shape_compiles_nothing(compile_counter)
 
 def test_summaries_on_the_devices_equal_the_gathered_ones(monkeypatch):
     """The accelerators' path (summaries vmapped where the lanes live) on one CPU device."""
-    prob_kw, cfg_kw = dict(SMALL, d=12), dict(runs=12, stop="converged")
+    prob_kw, cfg_kw = dict(SMALL, d=12), dict(runs=12, stop="converged", history=True)
     host = _run(prob_kw, cfg_kw, "wide", devices=jax.devices()[:1])
     monkeypatch.setattr(plan_mod.Plan, "batched_lapack", property(lambda self: True))
     dev = _run(prob_kw, cfg_kw, "wide", devices=jax.devices()[:1])
     for k in ("objective", "nc1", "nc2", "nc3", "gram_error", "grad_norm"):
         np.testing.assert_allclose(dev.per_run[k], host.per_run[k], rtol=1e-9, atol=1e-13, err_msg=k)
     np.testing.assert_array_equal(dev.per_run["outcome"], host.per_run["outcome"])
+    for k in ("nc1", "nc2", "nc3"):  # the history's diagnostics, also computed on the devices
+        np.testing.assert_allclose(dev.history[k], host.history[k], rtol=1e-9, atol=1e-13, err_msg=k)
 
 
 def test_auto_plan_is_cpu_on_cpu_and_wide_elsewhere():

@@ -315,14 +315,12 @@ class Programs:
         """On an accelerator: the summaries vmapped over the lanes of each device, where they live."""
         return jax.vmap(self._summary_one)
 
+    def _diagnostic_one(self, p, xi):
+        nc = _m.nc_metrics(self.dyn.stats(p, xi), self.problem.N)
+        return nc.nc1, nc.nc2, nc.nc3
+
     def _diagnostics_local(self):
-        dyn, N = self.dyn, self.problem.N
-
-        def one(p, xi):
-            nc = _m.nc_metrics(dyn.stats(p, xi), N)
-            return nc.nc1, nc.nc2, nc.nc3
-
-        return self._host_map(one)
+        return self._host_map(self._diagnostic_one)
 
     def _lanczos_local(self, iters: int):
         dyn = self.dyn
@@ -399,6 +397,12 @@ class Programs:
         args = (prob_b, x)
         out = self._program("diag", self._diagnostics_local, _abstract(args), sharded=False)(*args)
         return jax.tree_util.tree_map(np.asarray, out)
+
+    def diagnostics_on_devices(self, prob_b, x):
+        """:meth:`diagnostics` of the device lanes where they live (accelerators: vmapped, sharded);
+        per-lane device arrays."""
+        args = (prob_b, x)
+        return self._program("diag_dev", lambda: jax.vmap(self._diagnostic_one), args)(*args)
 
     def hessian_extremes(self, x, prob_b, lanes: np.ndarray, iters: int):
         """Lanczos estimates (min Ritz value, max Ritz value) of the full Hessian for ``lanes``
