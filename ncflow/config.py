@@ -12,7 +12,8 @@ import dataclasses
 from ncflow.errors import ConfigError
 from ncflow.settings import ENGINES, OPTIMIZERS, SETTINGS, STARTS, check_applies, check_required
 
-__all__ = ["Config", "ConfigError", "ENGINES", "OPTIMIZERS", "STARTS", "effective", "validate_solver_settings"]
+__all__ = ["Config", "ConfigError", "ENGINES", "OPTIMIZERS", "STARTS", "cap_chunk", "effective",
+           "validate_solver_settings"]
 
 
 def _default(name: str):
@@ -41,7 +42,12 @@ class Config:
             runs without a certificate stop as with "converged") or "converged" (every run until
             it is stationary, diverges or runs out of budget).
         chunk: GD steps between two stopping checks, in [1, 2^31).
-        group: runs per cache group (None: chosen so a group's state is ~256 KiB).
+        group: runs per cache group (None: chosen so a group's state is ~256 KiB); plan "cpu" only.
+        plan: execution plan, "auto" (cpu on CPUs, wide on accelerators), "cpu" (cache-sized groups,
+            the stop rule on the host every chunk) or "wide" (every lane of a device in one vmapped
+            step, the stop rule evaluated on the device; see :mod:`ncflow.batch.plan`).
+        matmul_precision: "float32" (full precision, default), or the opt-in "tf32" / "bf16" for
+            the steps' float32 matrix products (emulated by operand rounding on a CPU).
         gtol: stationarity tolerance on ||∇f||; None = dtype default (see outcomes).
         history: record scalar diagnostics at log-spaced steps.
         progress: progress bar on stderr; None = only when stderr is a terminal.
@@ -70,6 +76,8 @@ class Config:
     stop: str = _default("stop")
     chunk: int = _default("chunk")
     group: int | None = _default("group")
+    plan: str = _default("plan")
+    matmul_precision: str = _default("matmul_precision")
     gtol: float | None = _default("gtol")
     history: bool = _default("history")
     progress: bool | None = _default("progress")
@@ -96,6 +104,17 @@ class Config:
         """The value in use of setting ``name``: the field, or the table's default where it is
         None (e.g. ``beta1`` -> 0.9). "auto" settings (lr, gtol, rtol, ...) stay None."""
         return effective(self, name)
+
+
+def cap_chunk(config: "Config") -> "Config":
+    """``config`` with ``chunk`` capped at ``max_steps``: a chunk longer than the budget would
+    only add masked steps (``--chunk 100000 --max-steps 5000`` ran 20× the work). Results are the
+    same either way (the one check falls at the budget). Applied by ``ncflow.simulate``,
+    ``ncflow.simulate_points``, ``ncflow run`` and sweeps; kept out of ``__post_init__`` so that
+    ``dataclasses.replace(config, max_steps=...)`` keeps the chunk the user chose."""
+    if config.chunk > config.max_steps:
+        return dataclasses.replace(config, chunk=config.max_steps)
+    return config
 
 
 def effective(config, name: str):

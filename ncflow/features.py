@@ -29,7 +29,8 @@ For balanced classes these equal :func:`ncflow.metrics.nc_metrics`. The UFM side
 global optimum for the same K and d and the given λ's: with equal class sizes n = N/K (THEORY §2),
 its metrics from the predicted Gram W Wᵀ and self-duality μ_k = √(λ_W/(nλ_H)) w_k; with unequal
 sizes the imbalanced optimum of THEORY §7 with the file's class sizes n_k (NC2/NC3 against the
-simplex ETF are then not 0 even at the optimum; the distances above are). Null where the theory
+simplex ETF are then not 0 even at the optimum; the distances above are), up to K = 2048 classes
+(beyond, the balanced optimum with n = round(N/K), and no distances). Null where the theory
 fixes no unique Gram (rank-limited d, or a λ of 0).
 """
 
@@ -85,6 +86,28 @@ def _real(name: str, a: np.ndarray, ndim: int, shape_text: str) -> np.ndarray:
     return a
 
 
+#: the largest array a features file may declare (bytes): its header is checked before it is read
+MAX_ARRAY_BYTES = 16 * 2**30
+
+
+def _check_array_size(archive, name: str, path: str) -> None:
+    """Refuse, from the .npy header alone, an array whose declared size exceeds MAX_ARRAY_BYTES
+    (a damaged or hostile file must not make the reader allocate without bound)."""
+    try:
+        with archive.zip.open(f"{name}.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(fh))
+    except (KeyError, AttributeError):  # not a plain member: numpy reports it when read
+        return
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise FeaturesError(f"{name}: unreadable in {path} ({e})") from None
+    nbytes = math.prod(int(x) for x in shape) * max(dtype.itemsize, 1)
+    if nbytes > MAX_ARRAY_BYTES:
+        raise FeaturesError(f"{name}: declares shape {tuple(shape)} ({nbytes / 2**30:.3g} GiB), more than the "
+                            f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB a features array may hold")
+
+
 def load_features(path: str | os.PathLike) -> Features:
     """Read and check a features ``.npz`` (format in the module docstring).
 
@@ -105,6 +128,7 @@ def load_features(path: str | os.PathLike) -> Features:
         names = set(archive.files)
 
         def get(name):
+            _check_array_size(archive, name, path)
             try:
                 return archive[name]
             except ValueError:  # object arrays need pickle
@@ -148,6 +172,9 @@ def make_features(H, labels, W=None, b=None, source: str = "H") -> Features:
         K = W.shape[0]
     else:
         K = int(labels.max()) + 1 if N else 0
+        if K > N:  # checked before anything of size K is allocated (a label of 10^12 is no 7 TiB count)
+            raise FeaturesError(f"labels: values must be in [0, N-1] = [0, {N - 1}] without W (K = max label + 1 "
+                                f"classes, each needing a sample), found {K - 1}")
     if b is not None:
         if W is None:
             raise FeaturesError("b: given without W (the bias belongs to the classifier W)")
@@ -182,10 +209,9 @@ def _etf(K: int) -> np.ndarray:
 def class_means(H: np.ndarray, labels: np.ndarray, K: int) -> np.ndarray:
     """Class means ``M (d, K)``."""
     sizes = np.bincount(labels, minlength=K)
-    sums = np.zeros((H.shape[0], K))
-    for k in range(K):
-        sums[:, k] = H[:, labels == k].sum(axis=1)
-    return sums / sizes
+    sums = np.zeros((K, H.shape[0]))
+    np.add.at(sums, labels, H.T)
+    return sums.T / sizes
 
 
 def features_metrics(H, labels, W=None, b=None, K: int | None = None) -> dict:
@@ -199,11 +225,8 @@ def features_metrics(H, labels, W=None, b=None, K: int | None = None) -> dict:
     d, N = H.shape
     M = class_means(H, labels, K)
     muG = H.mean(axis=1)
-    Sw = np.zeros((d, d))
-    for k in range(K):
-        E = H[:, labels == k] - M[:, k:k + 1]
-        Sw += E @ E.T
-    Sw /= N
+    E = H - M[:, labels]
+    Sw = (E @ E.T) / N
     Hbar = M - muG[:, None]
     U, s, _ = np.linalg.svd(Hbar / math.sqrt(K), full_matrices=False)
     cutoff = (s.max() if s.size else 0.0) * max(d, K) * np.finfo(np.float64).eps * 10
@@ -218,15 +241,20 @@ def features_metrics(H, labels, W=None, b=None, K: int | None = None) -> dict:
     if W is not None:
         W = np.asarray(W, np.float64)
         bb = np.zeros(K) if b is None else np.asarray(b, np.float64)
-        P = _etf(K)
         Wc = W - W.mean(axis=0, keepdims=True)
-        out.update(
-            nc2=float(np.linalg.norm(_normalize(Wc @ Wc.T) - P)),
-            nc3=float(np.linalg.norm(_normalize(Wc @ Hbar) - P)),
-            nc4=float(np.linalg.norm(W @ muG + bb)),
-            nc2_uncentered=float(np.linalg.norm(_normalize(W @ W.T) - P)),
-            w_norm=float(np.sqrt(np.sum(W * W) / K)),
-        )
+        if K <= DENSE_MAX_K:
+            P = _etf(K)
+            nc2 = float(np.linalg.norm(_normalize(Wc @ Wc.T) - P))
+            nc3 = float(np.linalg.norm(_normalize(Wc @ Hbar) - P))
+            nc2u = float(np.linalg.norm(_normalize(W @ W.T) - P))
+        else:  # the same norms from d×d products: no K×K matrix (K = 100,000 fits)
+            WtW, WctWc = W.T @ W, Wc.T @ Wc
+            nc2 = _dist_to_etf(np.linalg.norm(WctWc), np.trace(WctWc), K)
+            nc3 = _dist_to_etf(math.sqrt(max(float(np.sum(WctWc * (Hbar @ Hbar.T))), 0.0)),
+                               float(np.sum(Wc * Hbar.T)), K)
+            nc2u = _dist_to_etf(np.linalg.norm(WtW), float(np.sum(Wc * Wc)), K)
+        out.update(nc2=nc2, nc3=nc3, nc4=float(np.linalg.norm(W @ muG + bb)), nc2_uncentered=nc2u,
+                   w_norm=float(np.sqrt(np.sum(W * W) / K)))
     return out
 
 
@@ -244,6 +272,17 @@ def _ndist(X, P) -> float | None:
     return float(np.linalg.norm(_normalize(np.asarray(X, np.float64)) - _normalize(np.asarray(P, np.float64))))
 
 
+#: above this many classes the metrics use d×d products instead of K×K matrices
+DENSE_MAX_K = 2048
+
+
+def _dist_to_etf(norm: float, inner_c: float, K: int) -> float:
+    """‖X/‖X‖_F − P‖_F from ‖X‖_F and ⟨X, C⟩ = ⟨X, (I − 11ᵀ/K)⟩ (P = C/√(K−1); 1 where X = 0)."""
+    if norm <= 0:
+        return 1.0
+    return math.sqrt(max(2.0 - 2.0 * inner_c / (norm * math.sqrt(K - 1)), 0.0))
+
+
 def predicted_metrics(problem) -> dict:
     """The same metrics at the theory's global optimum of ``problem`` (balanced, collapsed),
     from the predicted Gram ``G = W Wᵀ`` and self-duality ``μ_k = κ w_k``: Σ_W = 0 so NC1 = 0;
@@ -255,11 +294,13 @@ def predicted_metrics(problem) -> dict:
     out = {"nc1": None, "nc2": None, "nc3": None, "nc4": None, "nc2_uncentered": None,
            "within_between": None, "w_norm": pred.w_norm, "mean_norm": pred.h_norm, "nc1_weighted": None,
            "gram_w_dist": None, "gram_h_dist": None, "cross_dist": None}
-    if pred.gram is None:
+    if not pred.gram_unique:
         return out
     K = problem.K
     if problem.general:
         return {**out, **_predicted_general(problem, pred)}
+    if pred.gram is None:  # large K: from the closed form a (I − 11ᵀ/K) + b 11ᵀ/K, no K×K matrix
+        return _predicted_from_form(out, problem, pred)
     G = np.asarray(pred.gram, np.float64)
     lw, lh = float(problem.lambda_w), float(problem.lambda_h)
     kappa = math.sqrt(lw / (problem.n * lh))
@@ -288,6 +329,21 @@ def _predicted_general(problem, pred) -> dict:
                 gram_w_dist=0.0, gram_h_dist=0.0, cross_dist=0.0)
 
 
+def _predicted_from_form(out: dict, problem, pred) -> dict:
+    """:func:`predicted_metrics` from ``pred.gram_form``: C G C = a C gives NC2 = NC3 = 0 (a > 0),
+    G 1/K = (b/K) 1 gives NC4 = √K |κ b/K + b*|, and ‖G‖_F² = a²(K−1) + b²."""
+    K = problem.K
+    a, bb = pred.gram_form
+    kappa = math.sqrt(float(problem.lambda_w) / (problem.n * float(problem.lambda_h)))
+    nc2 = 0.0 if a > 0 else 1.0
+    norm = math.sqrt(a * a * (K - 1) + bb * bb)
+    unc = 1.0 if norm == 0 else math.sqrt((a / norm - 1 / math.sqrt(K - 1)) ** 2 * (K - 1) + (bb / norm) ** 2)
+    bias = 0.0 if pred.bias is None else pred.bias
+    out.update(nc1=0.0, nc2=nc2, nc3=nc2, nc4=math.sqrt(K) * abs(kappa * bb / K + bias), nc2_uncentered=unc,
+               within_between=0.0)
+    return out
+
+
 def compare(feats: Features, lambda_w: float = 5e-4, lambda_h: float = 5e-4, lambda_b: float = 0.0,
             bias: bool = True) -> dict:
     """Metrics of ``feats`` and of the matching UFM optimum: ``{"K", "d", "N", "class_sizes",
@@ -300,17 +356,21 @@ def compare(feats: Features, lambda_w: float = 5e-4, lambda_h: float = 5e-4, lam
     kw = dict(K=feats.K, d=feats.d, lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b if bias else 0.0,
               bias=bias, dtype="float64")
     try:
-        if len(set(sizes)) == 1:
-            problem = Problem(n=sizes[0], **kw)
-        else:  # unequal class sizes: the imbalanced optimum of THEORY §7
+        if len(set(sizes)) > 1 and feats.K <= DENSE_MAX_K:  # unequal class sizes: the optimum of THEORY §7
             problem = Problem(class_sizes=sizes, **kw)
+        else:  # equal sizes, or too many classes for the dense §7 theory: n = round(N/K)
+            problem = Problem(n=max(1, int(round(feats.N / feats.K))), **kw)
     except ProblemError as e:
         raise FeaturesError(f"UFM comparison: {e}") from None
     pred = predict(problem)
-    M = class_means(feats.H, feats.labels, feats.K)
-    W = None if feats.W is None else np.asarray(feats.W, np.float64)
-    m.update(gram_w_dist=None if W is None or pred.gram is None else _ndist(W @ W.T, pred.gram),
-             gram_h_dist=_ndist(M.T @ M, pred.gram_h), cross_dist=None if W is None else _ndist(W @ M, pred.cross))
+    if feats.K <= DENSE_MAX_K:
+        M = class_means(feats.H, feats.labels, feats.K)
+        W = None if feats.W is None else np.asarray(feats.W, np.float64)
+        m.update(gram_w_dist=None if W is None or pred.gram is None else _ndist(W @ W.T, pred.gram),
+                 gram_h_dist=_ndist(M.T @ M, pred.gram_h),
+                 cross_dist=None if W is None else _ndist(W @ M, pred.cross))
+    else:
+        m.update(gram_w_dist=None, gram_h_dist=None, cross_dist=None)
     return {
         "K": feats.K, "d": feats.d, "N": feats.N, "class_sizes": m.pop("class_sizes"),
         "has_W": feats.W is not None, "has_b": feats.b is not None,

@@ -24,13 +24,20 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
+    "STAGE_TAG",
     "atomic_write_bytes",
+    "commit_staged",
+    "is_stage_name",
+    "pid_alive",
+    "remove_stale_stages",
+    "stage_dir",
     "atomic_write_text",
     "read_json",
     "read_table_csv",
@@ -105,6 +112,93 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     """Atomically replace the file at ``path`` with ``text`` (encoded, default UTF-8, no newline
     translation). See ``atomic_write_bytes``."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+# --------------------------------------------------------------------------- staged directories
+
+#: the tag of a staging directory beside its target: ``.<name>.ncflow-tmp-<pid>-<random>``
+STAGE_TAG = ".ncflow-tmp-"
+_CLEANED: set[str] = set()
+_STAGE_RE = re.compile(r"\..*\.ncflow-tmp-(\d+)-[^/]*\Z")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # exists, owned by someone else / not a pid
+        return True
+    return True
+
+
+def is_stage_name(name: str) -> int | None:
+    """The pid in a staging directory's name, or None if ``name`` is not one."""
+    m = _STAGE_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def remove_stale_stages(parent: str | os.PathLike[str]) -> int:
+    """Delete the staging directories (see :func:`stage_dir`) under ``parent`` whose writing process
+    is gone (killed during a save); returns how many. Those of live processes are left alone."""
+    removed = 0
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return 0
+    for name in names:
+        pid = is_stage_name(name)
+        if pid is not None and not pid_alive(pid):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def stage_dir(target: str | os.PathLike[str]) -> str:
+    """A new, empty staging directory beside ``target`` (same file system, so its files can be
+    renamed into place), named ``.<name>.ncflow-tmp-<pid>-<random>``; stale staging directories of
+    dead processes in the same parent are removed first. The parent must exist."""
+    target = os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(target)
+    if parent not in _CLEANED:  # once per parent and process: a sweep saves thousands of points in one
+        remove_stale_stages(parent)
+        _CLEANED.add(parent)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}{STAGE_TAG}{os.getpid()}-", dir=parent)
+
+
+def commit_staged(stage: str, target: str | os.PathLike[str], last: str, remove: Sequence[str] = ()) -> None:
+    """Move every file of ``stage`` into ``target`` with ``last`` (the completion mark) moved last.
+
+    First ``last`` and every name of ``remove`` are deleted from ``target`` (so from then on the
+    directory reads as incomplete, never as a mix of two results), then each staged file is renamed
+    over its namesake, then ``last``; finally the stage is removed and ``target`` fsynced. Files of
+    ``target`` that are neither staged nor named in ``remove`` are kept. A crash in between leaves
+    ``target`` without ``last``: recognizably incomplete.
+    """
+    target = os.fspath(target)
+    os.makedirs(target, exist_ok=True)
+    for name in (last, *remove):
+        try:
+            os.remove(os.path.join(target, name))
+        except FileNotFoundError:
+            pass
+    names = sorted(os.listdir(stage))
+    if last not in names:
+        raise FileNotFoundError(f"{stage} holds no {last}: nothing to commit")
+    for name in [n for n in names if n != last] + [last]:
+        os.replace(os.path.join(stage, name), os.path.join(target, name))
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        dfd = os.open(target, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 # --------------------------------------------------------------------------- JSON

@@ -254,9 +254,25 @@ def _result_title(result_dir: str) -> str:
             + (f"  λ_b={p['lambda_b']:g}" if p.get("lambda_b") else ""))
 
 
+def _readable(what: str, path: str, read):
+    """``read()``, or PlotError naming ``path`` when the file is damaged (one line)."""
+    try:
+        return read()
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PlotError(f"{path}: unreadable {what} ({detail[:200]})") from None
+
+
 def plot_result(result_dir: str, formats=("png", "pdf")) -> list[str]:
-    """Convergence curves of one saved result (needs ``history.csv``); the files written."""
-    h = load_history(result_dir)
+    """Convergence curves of one saved result (needs ``history.csv``); the files written. Refuses
+    (PlotError) an incomplete or damaged result."""
+    from ncflow.result import ResultIncompleteError, require_complete
+
+    try:
+        require_complete(result_dir)
+    except (ResultIncompleteError, FileNotFoundError) as e:
+        raise PlotError(str(e)) from None
+    h = _readable("history", os.path.join(result_dir, "history.csv"), lambda: load_history(result_dir))
     if h is None or h["step"].size == 0:
         return []
     fig = convergence_figure(h, title=_result_title(result_dir))
@@ -264,10 +280,14 @@ def plot_result(result_dir: str, formats=("png", "pdf")) -> list[str]:
 
 
 def plot_sweep(sweep_dir: str, formats=("png", "pdf")) -> list[str]:
-    """Every figure of a sweep directory (see the module docstring); the files written."""
-    manifest = _io.read_json(os.path.join(sweep_dir, "manifest.json"))
+    """Every figure of a sweep directory (see the module docstring); the files written. Only
+    complete points are drawn (see :func:`sweep_progress` for how many that is)."""
+    mpath = os.path.join(sweep_dir, "manifest.json")
+    manifest = _readable("sweep manifest", mpath, lambda: _io.read_json(mpath))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("swept", []), list):
+        raise PlotError(f"{mpath}: not an ncflow sweep manifest")
     spath = os.path.join(sweep_dir, "summary.csv")
-    table = _io.read_table_csv(spath) if os.path.exists(spath) else {}
+    table = _readable("sweep summary", spath, lambda: _io.read_table_csv(spath)) if os.path.exists(spath) else {}
     written = []
     n_rows = len(table.get("point", []))
     swept = [k for k in manifest.get("swept", []) if k in table and len(np.unique(table[k])) > 1]
@@ -295,6 +315,21 @@ def plot_sweep(sweep_dir: str, formats=("png", "pdf")) -> list[str]:
     return written
 
 
+def sweep_progress(sweep_dir: str) -> tuple[int, int] | None:
+    """``(complete points, points)`` of a sweep directory from its manifest and its points'
+    completion marks, or None when it is not a sweep or its manifest is unreadable."""
+    try:
+        manifest = _io.read_json(os.path.join(sweep_dir, "manifest.json"))
+        total = int(manifest["points"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    points_dir = os.path.join(sweep_dir, "points")
+    done = 0
+    if os.path.isdir(points_dir):
+        done = sum(os.path.exists(os.path.join(points_dir, name, "summary.json")) for name in os.listdir(points_dir))
+    return done, total
+
+
 def _const(table: dict, key: str):
     v = np.unique(np.asarray(table.get(key, [])))
     return int(v[0]) if v.size == 1 else None
@@ -307,6 +342,8 @@ def plot_directory(directory: str, formats=("png", "pdf")) -> list[str]:
         raise PlotError(f"{directory}: no such directory")
     if os.path.exists(os.path.join(directory, "manifest.json")):
         return plot_sweep(directory, formats)
-    if os.path.exists(os.path.join(directory, "summary.json")):
-        return plot_result(directory, formats)
+    from ncflow.result import OWNED_FILES
+
+    if any(os.path.exists(os.path.join(directory, f)) for f in OWNED_FILES):
+        return plot_result(directory, formats)  # refuses an incomplete result in one line
     raise PlotError(f"{directory} holds neither a sweep (manifest.json) nor a result (summary.json)")

@@ -86,7 +86,7 @@ class Problem(eqx.Module):
     """One UFM problem (THEORY.md §1). Defaults, ranges and help: :mod:`ncflow.settings`.
 
     Attributes:
-        K: number of classes, in [2, 65536] (default 10).
+        K: number of classes, in [2, 2^20 = 1048576] (default 10; the engine refuses what does not fit).
         d: feature dimension, in [1, 65536] (default 10).
         n: samples per class, in [1, 2^24] with N = n K < 2^31 (default 100; N columns of H,
             class-major).
@@ -245,9 +245,13 @@ class Problem(eqx.Module):
     @property
     def c(self) -> float:
         """The constant c = K sqrt(n λ_W λ_H) that governs the landscape (THEORY.md §1); with class
-        sizes or targets, N sqrt(λ_W λ_H)/sqrt(N/K), the value at the mean class size."""
+        sizes or targets, the value at the mean class size n = N/K."""
+        lw, lh = float(self.lambda_w), float(self.lambda_h)
         n = self.n if not self.general else self.N / self.K
-        return self.K * math.sqrt(n * float(self.lambda_w) * float(self.lambda_h))
+        prod = n * lw * lh
+        if lw > 0 and lh > 0 and prod < 2.2250738585072014e-308:  # the product underflows: factor by factor
+            return self.K * math.sqrt(n) * math.sqrt(lw) * math.sqrt(lh)
+        return self.K * math.sqrt(prod)
 
     @property
     def jnp_dtype(self):

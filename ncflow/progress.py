@@ -6,7 +6,8 @@
             bar.update(i + 1, extra=f"loss {loss:.3g}")
 
 Draws ``desc:  42.0% |########            | 42/100 [00:12<00:16, 3.50 it/s] extra`` with a
-carriage return, redrawing at most every 0.1 s (the final state is always drawn). Enabled by
+carriage return (counts of a million or more compact: ``1.2M/30M``; the unit ``it`` is
+``unit``), redrawing at most every 0.1 s (the final state is always drawn). Enabled by
 default only when the stream is a TTY; when disabled nothing at all is written.
 """
 
@@ -31,6 +32,20 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def _fmt_count(n: int) -> str:
+    """``42``, ``999999``, ``1.2M``, ``3G``: exact below a million, 2 significant digits above."""
+    if n < 1_000_000:
+        return str(n)
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if n >= size:
+            return f"{n / size:.2g}{unit}"
+    return str(n)  # pragma: no cover
+
+
+def _fmt_rate(rate: float) -> str:
+    return f"{rate:.2f}" if rate < 1e5 else f"{rate:.3g}"
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
@@ -47,6 +62,9 @@ class Progress:
         enabled: ``None`` (default) enables it only if ``stream.isatty()``.
         stream: text stream; ``None`` (default) means ``sys.stderr`` at construction time.
         clock: monotonic time source in seconds (for tests).
+        unit: the name of a work unit in the rate (``it/s``, ``run-steps/s``).
+        eta_bound: the ETA is an upper bound (shown as ``<=MM:SS``), e.g. when finished runs
+            count as their whole step budget.
     """
 
     def __init__(
@@ -56,7 +74,11 @@ class Progress:
         enabled: bool | None = None,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "it",
+        eta_bound: bool = False,
     ) -> None:
+        self.unit = unit
+        self.eta_bound = eta_bound
         self.total = max(int(total), 0)
         self.desc = desc
         self.stream = sys.stderr if stream is None else stream
@@ -99,9 +121,11 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else (0.0 if frac >= 1 else math.inf)
         head = f"{self.desc}: " if self.desc else ""
+        bound = "<=" if self.eta_bound and frac < 1 else ""
         text = (
             f"{head}{100.0 * frac:5.1f}% |{'#' * filled}{' ' * (_BAR_WIDTH - filled)}| "
-            f"{self.done}/{self.total} [{_fmt_time(elapsed)}<{_fmt_time(eta)}, {rate:.2f} it/s]"
+            f"{_fmt_count(self.done)}/{_fmt_count(self.total)} [{_fmt_time(elapsed)}<{bound}{_fmt_time(eta)}, "
+            f"{_fmt_rate(rate)} {self.unit}/s]"
         )
         return f"{text} {self.extra}" if self.extra else text
 

@@ -106,6 +106,21 @@ def _fates_lines(result) -> list[str]:
     return out
 
 
+def budget_hint(result) -> str | None:
+    """A line when the step budget, not the landscape, decided some outcomes: runs labelled
+    ``not_converged`` that stopped because they used their whole budget."""
+    stop = np.asarray(result.per_run.get("stop", []))
+    outcome = np.asarray(result.per_run["outcome"])
+    if stop.shape != outcome.shape:
+        return None
+    n = int(np.sum((outcome == "not_converged") & (stop == "budget")))
+    if n == 0:
+        return None
+    return (f"Note: {n} of {result.runs} runs used their whole budget of {result.config['max_steps']} steps without "
+            "becoming stationary: the budget, not the landscape, decided their outcome (not_converged); a larger "
+            "--max-steps (or a looser --gtol) lets them finish")
+
+
 def format_result(result) -> str:
     """The report of a :class:`~ncflow.result.Result`: prediction, outcome table with 95%
     intervals, final objective, median NC metrics, steps and timing."""
@@ -139,10 +154,13 @@ def format_result(result) -> str:
                      f"Gram error {m['gram_error']:.2e}")
     if "merged" in result.per_run:
         lines += _fates_lines(result)
+    hint = budget_hint(result)
+    if hint:
+        lines.append(hint)
     st = result.per_run["steps"]
     lines.append(f"Steps per run  min {int(st.min())}  median {int(np.median(st))}  max {int(st.max())}")
     t = result.timing
     lines.append(f"Timing  compile {t['compile_s']:.2f} s  run {t['run_s']:.2f} s  classify "
                  f"{t['classify_s']:.2f} s  wall {t['wall_s']:.2f} s  "
-                 f"{t['run_steps_per_s']:.3g} run-steps/s  ({result.device})")
+                 f"{t['run_steps_per_s']:.3g} run-steps/s  ({result.device}, plan {t.get('plan', 'cpu')})")
     return "\n".join(lines)

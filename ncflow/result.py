@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shutil
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,25 @@ from ncflow.report import format_result, median
 from ncflow.stats import wilson_interval
 
 RESULT_FILES = ("summary.json", "config.json", "runs.csv", "runs.parquet")
+#: every file a saved result owns: an overwrite removes those the new result does not write
+OWNED_FILES = RESULT_FILES + ("history.csv", "history.parquet") + tuple(
+    f"convergence.{fmt}" for fmt in ("png", "pdf", "svg"))
 #: file formats of the per-run tables (``runs.<format>``, ``history.<format>``)
 TABLE_FORMATS = ("csv", "parquet")
 
 
 class ResultExistsError(FileExistsError):
     """The output directory already holds a result that would be overwritten."""
+
+
+class ResultIncompleteError(ValueError):
+    """A directory holds an incomplete or unreadable result (its writer was interrupted, or a file
+    was damaged since); the message names the directory and says what to do, in one line."""
+
+
+def _is_orphan_temp(name: str) -> bool:
+    """A temporary file of an atomic write of one of a result's files (see :mod:`ncflow.io`)."""
+    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in OWNED_FILES)
 
 
 def versions() -> dict:
@@ -54,8 +68,9 @@ class Result:
             ``bias_error``, ``min_hessian_eig`` / ``max_hessian_eig`` (NaN where not computed).
         history: None, or ``step (records,)`` and ``objective``, ``gap``, ``grad_norm``, ``nc1``,
             ``nc2``, ``nc3`` of shape (records, runs), at log-spaced steps.
-        timing: ``compile_s``, ``run_s``, ``classify_s``, ``wall_s``, ``run_steps``,
-            ``run_steps_per_s``.
+        timing: ``compile_s``, ``run_s`` (device work of the stepping loop), ``loop_s`` (the whole
+            stepping loop: ``loop_s − run_s`` is the host's share, stop rule and round trips),
+            ``classify_s``, ``wall_s``, ``run_steps``, ``run_steps_per_s``, ``plan`` ("cpu"/"wide").
         final_state: the runs' final states, leading axis runs (Params or Collapsed of numpy arrays).
         representation: "full" or "collapsed".
         device: the device kind the runs used.
@@ -147,7 +162,10 @@ class Result:
         where the Gram is not unique (rank-limited) or zero. Not the state at the stop."""
         nc2 = None
         gram = self.prediction.gram
-        if gram is not None and self.problem.K > 1:
+        form = getattr(self.prediction, "gram_form", None)
+        if gram is None and form is not None:  # large K: C G C = a C, so NC2 = 0 whenever a > 0
+            nc2 = 0.0 if form[0] > 0 else None
+        elif gram is not None and self.problem.K > 1:
             K = self.problem.K
             C = np.eye(K) - 1.0 / K
             G = C @ np.asarray(gram, np.float64) @ C
@@ -185,22 +203,35 @@ class Result:
 
     def save(self, directory: str, overwrite: bool = False, table_format: str = "csv") -> None:
         """Write ``runs.csv`` (per run), ``summary.json``, ``config.json`` (full configuration and
-        versions) and, with history, ``history.csv`` (long format), each atomically.
+        versions) and, with history, ``history.csv`` (long format).
         ``table_format="parquet"`` writes ``runs.parquet`` / ``history.parquet`` instead (needs
         pyarrow: ``pip install ncflow[parquet]``); :func:`load_table` reads either.
 
+        The files are written into a staging directory beside ``directory`` and then renamed into
+        it, ``summary.json`` last (the completion mark): ``directory`` holds either a complete
+        result or one without ``summary.json``, which every reader refuses as incomplete. A kill
+        during the writing leaves only the staging directory, removed by the next save or sweep
+        in that parent (:func:`ncflow.io.remove_stale_stages`).
+
         Refuses (``ResultExistsError``) to replace an existing result unless ``overwrite``; an
-        overwrite removes the earlier result's other tables (the other format, a stale history).
+        overwrite replaces the whole result: the earlier result's files that this one does not
+        write (the other table format, a history, a convergence figure) are removed.
         """
         require_table_format(table_format)
         check_output_dir(directory, overwrite)
+        directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
+        stage = _io.stage_dir(directory)
+        try:
+            self._write_files(stage, table_format)
+            stale = [n for n in os.listdir(directory) if n in OWNED_FILES or _is_orphan_temp(n)]
+            _io.commit_staged(stage, directory, last="summary.json", remove=stale)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+    def _write_files(self, directory: str, table_format: str) -> None:
         write = _io.write_table_parquet if table_format == "parquet" else _io.write_table_csv
-        for name in ("runs", "history"):  # an earlier result's tables that this one does not replace
-            for fmt in TABLE_FORMATS:
-                path = os.path.join(directory, f"{name}.{fmt}")
-                if (fmt != table_format or (name == "history" and self.history is None)) and os.path.exists(path):
-                    os.remove(path)
         write(os.path.join(directory, f"runs.{table_format}"), self.table())
         if self.history is not None:
             h = self.history
@@ -211,7 +242,7 @@ class Result:
         _io.write_json(os.path.join(directory, "config.json"),
                        {"problem": self.problem.describe(), "solver": self.config,
                         "tolerances": self.tolerances.to_json(), "versions": versions()})
-        _io.write_json(os.path.join(directory, "summary.json"), self.summary())  # last: marks completion
+        _io.write_json(os.path.join(directory, "summary.json"), self.summary())
 
     def report(self) -> str:
         """Human-readable report: prediction, outcome table with intervals, metrics, timing."""
@@ -236,14 +267,7 @@ class OutputDirError(OSError):
     run has claimed it. The message names the directory and the reason."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+_alive = _io.pid_alive
 
 
 def claim_output_dir(directory: str, overwrite: bool = False) -> str:
@@ -301,9 +325,31 @@ def release_output_dir(claim: str) -> None:
         pass
 
 
+def require_complete(directory: str) -> dict:
+    """The summary of the complete result in ``directory``; raises :class:`ResultIncompleteError`
+    (one line) when it holds a result without ``summary.json`` (its save was interrupted) or with
+    an unreadable one, and ``FileNotFoundError`` when it holds no result at all."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, "summary.json")
+    if not os.path.exists(path):
+        if os.path.isdir(directory) and any(os.path.exists(os.path.join(directory, f)) for f in OWNED_FILES):
+            raise ResultIncompleteError(f"{directory} holds an incomplete result (no summary.json: its save was "
+                                        "interrupted); run it again with --overwrite")
+        raise FileNotFoundError(f"{directory} holds no result (no summary.json)")
+    try:
+        summary = _io.read_json(path)
+    except (OSError, ValueError) as e:
+        raise ResultIncompleteError(f"{path} is unreadable ({type(e).__name__}); the result is damaged, "
+                                    "run it again with --overwrite") from None
+    if not isinstance(summary, dict) or "outcomes" not in summary:
+        raise ResultIncompleteError(f"{path} is not an ncflow result summary; run it again with --overwrite")
+    return summary
+
+
 def load_summary(directory: str) -> dict:
-    """The summary JSON of a saved result (no pickle)."""
-    return _io.read_json(os.path.join(directory, "summary.json"))
+    """The summary JSON of a saved result (no pickle); refuses an incomplete or damaged result
+    (:class:`ResultIncompleteError`)."""
+    return require_complete(directory)
 
 
 def require_table_format(table_format: str) -> None:
@@ -322,12 +368,19 @@ def require_table_format(table_format: str) -> None:
 
 def load_table(directory: str) -> dict:
     """The per-run table of a saved result as numpy columns (shape (runs,)), from ``runs.csv`` or
-    ``runs.parquet``, whichever the result holds."""
+    ``runs.parquet``, whichever the result holds. Refuses an incomplete or damaged result
+    (:class:`ResultIncompleteError`)."""
+    require_complete(directory)
     paths = {fmt: os.path.join(directory, f"runs.{fmt}") for fmt in TABLE_FORMATS}
     found = [fmt for fmt, path in paths.items() if os.path.exists(path)]
     if len(found) > 1:
         raise ValueError(f"{directory} holds both runs.csv and runs.parquet; remove the stale one")
-    if found == ["parquet"]:
+    fmt = "parquet" if found == ["parquet"] else "csv"
+    if fmt == "parquet":
         require_table_format("parquet")
-        return _io.read_table_parquet(paths["parquet"])
-    return _io.read_table_csv(paths["csv"])
+    try:
+        return (_io.read_table_parquet if fmt == "parquet" else _io.read_table_csv)(paths[fmt])
+    except (OSError, ValueError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ResultIncompleteError(f"{paths[fmt]} is unreadable ({detail}); the result is damaged, run it again "
+                                    "with --overwrite") from None

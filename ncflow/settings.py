@@ -29,8 +29,9 @@ import numpy as np
 
 from ncflow.errors import ConfigError, NcflowError, ProblemError
 
-__all__ = ["DTYPES", "ENGINES", "FLOAT32_MAX", "INT32_MAX", "LANE_KEYS", "LOSSES", "OPTIMIZERS", "PROBLEM",
-           "SETTINGS", "SOLVER", "STARTS", "STOP_RULES", "Setting", "check_applies", "check_required", "field_defaults"]
+__all__ = ["DTYPES", "ENGINES", "FLOAT32_MAX", "INT32_MAX", "LANE_KEYS", "LOSSES", "MATMUL_PRECISIONS",
+           "OPTIMIZERS", "PLANS", "PROBLEM", "SETTINGS", "SOLVER", "STARTS", "STOP_RULES", "Setting", "check_applies",
+           "check_required", "field_defaults"]
 
 #: the largest int32: step counts, chunk lengths and lane counts must fit in one
 INT32_MAX = 2**31 - 1
@@ -44,6 +45,8 @@ ENGINES = ("auto", "full", "collapsed")
 OPTIMIZERS = ("gd", "momentum", "nesterov", "adam", "flow")
 STARTS = ("gaussian", "orthogonal", "small", "saddle")
 STOP_RULES = ("certified", "converged")
+PLANS = ("auto", "cpu", "wide")
+MATMUL_PRECISIONS = ("float32", "tf32", "bf16")
 
 _ERRORS = {"problem": ProblemError, "solver": ConfigError}
 
@@ -258,7 +261,7 @@ _RESCALED = ("loss", ("rescaled-mse",))
 
 _TABLE = (
     # ------------------------------------------------------------------ [problem]
-    _p("K", "int", 10, "number of classes K", low=2, high=2**16, flag="--classes", short="-K"),
+    _p("K", "int", 10, "number of classes K", low=2, high=2**20, flag="--classes", short="-K"),
     _p("d", "int", 10, "feature dimension d", low=1, high=2**16, flag="--dim", short="-d"),
     _p("n", "int", 100, "samples per class n (N = n K < 2^31)", low=1, high=2**24, flag="--per-class", short="-n"),
     _p("lambda_w", "float", 5e-4, "weight decay λ_W on W", flag="--lambda-w", **_COEF),
@@ -300,6 +303,14 @@ _TABLE = (
     _s("chunk", "int", 100, "steps between two stopping checks", low=1, high=INT32_MAX, flag="--chunk"),
     _s("group", "int", None, "runs per cache group", low=1, high=INT32_MAX,
        auto="chosen so a group's state is ~256 KiB", flag="--group"),
+    _s("plan", "choice", "auto", "execution plan: cpu (cache-sized groups stepped one after another, the stop rule "
+       "on the host after every chunk) or wide (all lanes of a device in ONE vmapped step, the stop rule on the "
+       "device, the host visited about once a second); auto: cpu on CPUs, wide on GPUs and TPUs", choices=PLANS,
+       flag="--plan", hashed=False),
+    _s("matmul_precision", "choice", "float32", "precision of the float32 matrix products of the steps: float32 "
+       "(full, the default on every platform), or the opt-in reduced tf32 / bf16 (on a CPU emulated by rounding "
+       "the products' operands); float64 runs ignore it", choices=MATMUL_PRECISIONS, flag="--matmul-precision",
+       hashed=False),
     _s("gtol", "float", None, "stationarity tolerance on the gradient norm", low=0.0, low_open=True,
        auto="from the dtype and the problem", flag="--gtol"),
     _s("history", "bool", False, "record scalar diagnostics at log-spaced steps", flag="--history"),

@@ -4,12 +4,17 @@ collapsed GD, an optax optimizer and the gradient flow, on 1 and 4 devices.
 
 A change that alters a result on purpose regenerates the file (``python tests/golden/make_golden.py``)
 and says so in its commit message.
+
+Float32 cases: steps and outcomes are compared exactly, the objective to 8 float32 ulps. XLA compiles
+for the host CPU's vector instructions, and the float32 collapsed case's last bits differ between
+two AMD EPYC machines of this project (one with AVX-512, one without); float64 bits agree on both.
 """
 
 import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,4 +43,13 @@ def test_golden_covers_every_case(golden):
 
 @pytest.mark.parametrize("case", [f"{name}@{n}" for name, _, _ in make_golden.CASES for n in make_golden.DEVICES])
 def test_per_run_results_equal_the_golden_file(computed, golden, case):
-    assert computed[case] == golden[case]
+    got, want = computed[case], golden[case]
+    if "f32" not in case.split("@")[0]:
+        assert got == want
+        return
+    assert {k: v for k, v in got.items() if k != "objective_hex"} == \
+        {k: v for k, v in want.items() if k != "objective_hex"}
+    g = np.asarray([float.fromhex(h) for h in got["objective_hex"]], np.float32)
+    w = np.asarray([float.fromhex(h) for h in want["objective_hex"]], np.float32)
+    ulps = np.abs(g.view(np.int32).astype(np.int64) - w.view(np.int32).astype(np.int64))
+    assert ulps.max() <= 8, (ulps, got["objective_hex"], want["objective_hex"])

@@ -85,3 +85,40 @@ def test_two_processes_equal_one(tmp_path):
     ta, tb = read_table_csv(str(tmp_path / "multi" / "runs.csv")), read_table_csv(str(tmp_path / "single" / "runs.csv"))
     np.testing.assert_array_equal(ta["outcome"], tb["outcome"])
     np.testing.assert_allclose(ta["objective"], tb["objective"], rtol=1e-12)
+
+
+def test_two_process_sweep_equals_one(tmp_path):
+    """A sweep on 2 processes x 2 CPU devices (gloo on 127.0.0.1): process 0 decides and writes,
+    the other runs the same batches; the files equal a single-process sweep's."""
+    toml = tmp_path / "s.toml"
+    toml.write_text('[problem]\nK = 3\nd = 4\nn = 2\ndtype = "float64"\n[solver]\nruns = 7\nmax_steps = 3000\n'
+                    '[grid]\nlambda_w = [1e-2, 2e-2]\n')
+    port = _free_port()
+    env = subprocess_env()
+    common = ncflow_command("sweep", str(toml), "--no-progress", "--json")
+    procs = []
+    try:
+        for pid in (1, 0):
+            procs.append(subprocess.Popen(
+                common + ["--out", str(tmp_path / ("multi" if pid == 0 else "ignored")), "--coordinator",
+                          f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(pid), "--cpu-devices", "2"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    assert outs[0][0].strip() == "" and not (tmp_path / "ignored").exists()  # the worker neither prints nor writes
+    multi = json.loads(outs[1][0])
+    single = subprocess.run(common + ["--cpu-devices", "1", "--out", str(tmp_path / "single")],
+                            capture_output=True, text=True, env=env, timeout=240, check=True)
+    single = json.loads(single.stdout)
+    assert multi["status"] == single["status"] == "complete" and multi["ran"] == [0, 1]
+    for k in range(2):
+        ta = read_table_csv(str(tmp_path / "multi" / "points" / f"{k:04d}" / "runs.csv"))
+        tb = read_table_csv(str(tmp_path / "single" / "points" / f"{k:04d}" / "runs.csv"))
+        np.testing.assert_array_equal(ta["outcome"], tb["outcome"])
+        np.testing.assert_array_equal(ta["steps"], tb["steps"])
+        np.testing.assert_allclose(ta["objective"], tb["objective"], rtol=1e-12)

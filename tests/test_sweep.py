@@ -75,8 +75,8 @@ def sweep64(tmp_path_factory):
 
 
 @pytest.mark.parametrize("raw, needle", [
-    ({"problem": {"K": 1}}, "problem.K must be an integer in [2, 65536], got 1"),
-    ({"problem": {"K": 3.0}}, "problem.K must be an integer in [2, 65536]"),
+    ({"problem": {"K": 1}}, "problem.K must be an integer in [2, 1048576], got 1"),
+    ({"problem": {"K": 3.0}}, "problem.K must be an integer in [2, 1048576]"),
     ({"problem": {"lambda_w": -1e-3}}, "problem.lambda_w must be a finite number >= 0"),
     ({"problem": {"dtype": "float16"}}, 'problem.dtype must be one of "float32", "float64"'),
     ({"problem": {"bias": "yes"}}, "problem.bias must be true or false"),
@@ -137,7 +137,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     bad.write_text("[problem]\nK = 1\n")
     assert main(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "problem.K must be an integer in [2, 65536]" in err
+    assert err.count("\n") == 1 and "problem.K must be an integer in [2, 1048576]" in err
     broken = tmp_path / "broken.toml"
     broken.write_text("[problem\nK = 3\n")
     assert main(["sweep", str(broken), "--out", str(tmp_path / "o")]) == 2

@@ -9,6 +9,7 @@ rounding bound) is :mod:`ncflow.maths.certificate`; this module only evaluates i
 
 from __future__ import annotations
 
+import equinox as eqx
 import numpy as np
 
 from ncflow.maths import certificate
@@ -20,41 +21,54 @@ MARGIN = 0.1
 
 def point_gap(problem: Problem, config) -> float | None:
     """f_sad − f* of a point, or None where no early call is made: optimizers other than plain GD
-    (the theorem is about GD steps) and the cases without a proof (``certificate.saddle_gap``)."""
+    (the theorem is about GD steps), float32 steps whose matrix products run at a reduced precision
+    (``matmul_precision`` tf32/bf16: inexact gradient steps, outside the theorem), and the cases
+    without a proof (``certificate.saddle_gap``)."""
     if config.optimizer != "gd":
+        return None
+    if problem.dtype == "float32" and getattr(config, "matmul_precision", "float32") != "float32":
         return None
     return certificate.saddle_gap(problem)
 
 
-def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str, sq_norm: np.ndarray) -> np.ndarray:
+def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str, sq_norm: np.ndarray, xp=np) -> np.ndarray:
     """Where the certificate holds, (lanes,) bool: running lanes with a gap (``lanes.saddle_gap``
     not NaN), finite f, (H1) and (H2) at the lanes' own coefficients and step sizes. ``space``
     ("full" or "collapsed") names the formula f was evaluated with and ``sq_norm`` (lanes,) the
-    states' ||W||² + ||H||² + ||b||²; both tighten the rounding bound of f."""
-    out = np.zeros(len(f), bool)
-    live = lanes.running & ~np.isnan(lanes.saddle_gap) & np.isfinite(f)
-    if not live.any():
+    states' ||W||² + ||H||² + ||b||²; both tighten the rounding bound of f. ``xp``: numpy (the host,
+    cpu plan) or jax.numpy (traced in the wide plan's device loop: every lane is evaluated and
+    masked, since the lanes that need it are not known at trace time)."""
+    live = lanes.running & ~xp.isnan(lanes.saddle_gap) & xp.isfinite(f)
+    if xp is np:
+        out = np.zeros(len(f), bool)
+        if not live.any():
+            return out
+        idx = np.nonzero(live)[0]
+        problem = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=base.dtype,
+                          lambda_w=lanes.lambda_w[idx], lambda_h=lanes.lambda_h[idx], lambda_b=lanes.lambda_b[idx])
+        out[idx] = certificate.certified(problem, f[idx], lanes.lr[idx], lanes.f_star[idx], lanes.saddle_gap[idx],
+                                         margin=MARGIN, space=space, sq_norm=sq_norm[idx])
         return out
-    idx = np.nonzero(live)[0]
-    problem = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=base.dtype,
-                      lambda_w=lanes.lambda_w[idx], lambda_h=lanes.lambda_h[idx], lambda_b=lanes.lambda_b[idx])
-    out[idx] = certificate.certified(problem, f[idx], lanes.lr[idx], lanes.f_star[idx], lanes.saddle_gap[idx],
-                                     margin=MARGIN, space=space, sq_norm=sq_norm[idx])
-    return out
+    # traced: the base problem with the lanes' float64 coefficients as leaves (no re-validation)
+    problem = eqx.tree_at(lambda p: (p.lambda_w, p.lambda_h, p.lambda_b), base,
+                          (lanes.lambda_w, lanes.lambda_h, lanes.lambda_b))
+    ok = certificate.certified(problem, f, lanes.lr, lanes.f_star, lanes.saddle_gap, margin=MARGIN, space=space,
+                               sq_norm=sq_norm, xp=xp)
+    return live & ok
 
 
-def record_first(lanes, cert: np.ndarray, f: np.ndarray):
+def record_first(lanes, cert: np.ndarray, f: np.ndarray, xp=np):
     """The lane table with ``certified_step`` and ``certified_margin`` set where the certificate
-    holds (``cert``, (lanes,) bool) for the first time."""
+    holds (``cert``, (lanes,) bool) for the first time (``xp``: numpy or jax.numpy)."""
     first = cert & (lanes.certified_step < 0)
-    return lanes.replace(certified_step=np.where(first, lanes.steps, lanes.certified_step),
-                         certified_margin=np.where(first, margin_left(lanes, f), lanes.certified_margin))
+    return lanes.replace(certified_step=xp.where(first, lanes.steps, lanes.certified_step),
+                         certified_margin=xp.where(first, margin_left(lanes, f, xp), lanes.certified_margin))
 
 
-def margin_left(lanes, f: np.ndarray) -> np.ndarray:
+def margin_left(lanes, f: np.ndarray, xp=np) -> np.ndarray:
     """(f_sad − f)/(f_sad − f*) per lane: the fraction of the saddle gap still below f_sad
     (1 at the optimum; NaN without a gap; 1 where the gap is infinite, c >= 1)."""
     gap = lanes.saddle_gap
     with np.errstate(invalid="ignore", divide="ignore"):
         left = (lanes.f_star + gap - f) / gap
-    return np.where(np.isinf(gap), 1.0, left)
+    return xp.where(xp.isinf(gap), 1.0, left)

@@ -62,3 +62,26 @@ class History:
         out.update({k: v[: self.rows][:, sel] for k, v in self.values.items()})
         out["gap"] = out["objective"] - f_star
         return out
+
+
+def own_rows(history: dict, steps: np.ndarray, chunk: int, max_steps: int) -> dict:
+    """A point's history independent of the batch it ran in: the recorded rows before the chunk in
+    which the point's last run stopped, then ONE row at that chunk's step holding every run's final
+    values (from the first record at or after that chunk: a stopped run's state no longer moves).
+
+    A batch records until its slowest run stops, so without this a point's last row would depend
+    on its batch-mates (a sweep resumed with fewer points in a batch would write other files).
+    ``history``: ``step (records,)`` and (records, runs) columns; ``steps``: the point's per-run
+    step counts (runs,)."""
+    rec = np.asarray(history["step"])
+    if rec.size == 0 or np.asarray(steps).size == 0:
+        return history
+    chunk_of = -(-rec // chunk)  # ceil: the chunk index of each record
+    last = -(-int(np.max(steps)) // chunk)
+    keep = np.nonzero(chunk_of < last)[0]
+    later = np.nonzero(chunk_of >= last)[0]
+    final = int(later[0]) if later.size else rec.size - 1
+    rows = np.concatenate([keep, [final]])
+    out = {k: np.asarray(v)[rows] for k, v in history.items()}
+    out["step"] = np.concatenate([rec[keep], [min(last * chunk, max_steps)]]).astype(rec.dtype)
+    return out

@@ -98,10 +98,11 @@ class Layout:
         return int(np.sum(multihost_utils.process_allgather(np.asarray([value]))))
 
 
-def make_layout(runs: int, group: int, devices: Sequence | Mesh | None = None) -> Layout:
+def make_layout(runs: int, group: int | None, devices: Sequence | Mesh | None = None, align: int = 32) -> Layout:
     """Layout of ``runs`` over ``devices`` (a list, a 1-D Mesh, or None for every device).
 
-    Lanes per device are the runs per device rounded up to a multiple of ``group``.
+    Lanes per device are the runs per device rounded up to a multiple of ``group`` (plan cpu), or,
+    with ``group=None`` (plan wide: one group of all lanes of a device), to a multiple of ``align``.
     """
     if isinstance(devices, Mesh):
         mesh = devices if devices.axis_names == (AXIS,) else Mesh(devices.devices.reshape(-1), (AXIS,))
@@ -111,5 +112,8 @@ def make_layout(runs: int, group: int, devices: Sequence | Mesh | None = None) -
         mesh = Mesh(np.asarray(devs, dtype=object), (AXIS,))
     D = mesh.devices.size
     q = math.ceil(runs / D)
+    if group is None:
+        L = int(math.ceil(q / align) * align)
+        return Layout(mesh=mesh, runs=runs, group=L, lanes_per_device=L)
     L = int(math.ceil(q / group) * group)
     return Layout(mesh=mesh, runs=runs, group=group, lanes_per_device=L)

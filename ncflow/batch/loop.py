@@ -30,12 +30,15 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from ncflow.batch import certify, stop
+from ncflow.batch import certify, estimate, stop
 from ncflow.batch.history import History
 from ncflow.batch.lanes import DeviceLanes, LaneTable
 from ncflow.batch.layout import Layout, make_layout
-from ncflow.batch.memory import auto_group, available_memory_bytes, estimate_memory
+from ncflow.batch.memory import auto_group
+from ncflow.batch.plan import MAX_CHUNKS_PER_VISIT, VISIT_SECONDS, WIDE_ALIGN
+from ncflow.batch.plan import choose as choose_plan
 from ncflow.batch.programs import Programs, StartSpec
 from ncflow.codes import STOP_REASONS
 from ncflow.config import Config
@@ -169,14 +172,10 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     base = _check_points(points)
     dyn = dynamics_for(base, config)
     R = sum(p.runs for p in points)
-    layout = make_layout(R, config.group or auto_group(base, dyn), devices)
-    need = estimate_memory(base, dyn, layout.total_lanes, layout.group * layout.n_devices)
-    limit = config.memory_limit_bytes or int(0.8 * available_memory_bytes())
-    if need > limit:
-        raise ConfigError(
-            f"runs: {R} runs of K={base.K} d={base.d} n={base.n} ({dyn.name} engine, {base.dtype}) need "
-            f"about {need / 2**30:.2f} GiB, more than the {limit / 2**30:.2f} GiB available; use fewer runs",
-            field="runs")
+    plan = choose_plan(config, _platform(devices), dyn.space.name)
+    group = None if plan.wide else (config.group or auto_group(base, dyn))
+    layout = make_layout(R, group, devices, align=WIDE_ALIGN)
+    estimate.check_batch(points, config, dyn, layout, plan)  # memory per device and host; float32 values
 
     preds = [theory.predict(p.problem) for p in points]
     tols = [default_tolerances(p.problem, pr, config.gtol) for p, pr in zip(points, preds)]
@@ -185,63 +184,172 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
                             [pr.objective for pr in preds], [certify.point_gap(p.problem, config) for p in points])
     dev, seed_run, scales = _device_lanes(points, base, lanes, layout, preds, dyn.space.name)
 
-    progs = Programs(base, dyn, StartSpec.of(config), config.chunk, layout)
-    compile_wall = progs.precompile(dev, seed_run, scales)
+    progs = Programs(base, dyn, StartSpec.of(config), config.chunk, layout, plan)
+    cols_abstract = _abstract_columns(lanes) if plan.wide else None
+    compile_wall = progs.precompile(dev, seed_run, scales, cols_abstract)
     dev = dev._replace(x=progs.init(dev.problem, seed_run, scales))
     f, g = (_local(v, layout) for v in progs.check(dev.x, dev.problem)[:2])
     lanes = lanes.replace(f0=f.copy(), f_prev=f.copy())
 
     history = History(R, math.ceil(config.max_steps / config.chunk), config.chunk, config.max_steps) \
         if config.history else None
-
-    def record(chunk_i):
-        nc = progs.diagnostics(*layout.gather((dev.problem, dev.x)))
-        cols = dict(zip(("nc1", "nc2", "nc3"), nc), objective=_gather_host(f, layout),
-                    grad_norm=_gather_host(g, layout))
-        history.write(chunk_i, _gather_host(lanes.batch, layout), cols)
-
-    if history is not None:
-        record(0)
-    run_s, chunk_i = 0.0, 0
-    L = layout.lanes_per_device
     show = config.progress if jax.process_index() == 0 else False
-    with Progress(total=R, desc="runs finished", enabled=show) as bar:
-        while layout.allsum(int(lanes.running.sum())) > 0:
-            chunk_i += 1
-            budget = np.where(lanes.running, np.minimum(config.chunk, config.max_steps - lanes.steps), 0)
-            n_groups = np.ceil(lanes.running.reshape(-1, L).sum(axis=1) / layout.group).astype(np.int32)
-            t0 = time.perf_counter()
-            x = progs.run_chunk(dev.x, dev.problem, dev.lr, layout.put(budget.astype(np.int32)),
-                                layout.put(n_groups, per_device=True))
-            dev = dev._replace(x=x)
-            f, g, done, failed, sq = (_local(v, layout) for v in progs.check(dev.x, dev.problem))
-            run_s += time.perf_counter() - t0
-            lanes = lanes.replace(steps=lanes.steps + budget)
-            if history is not None and history.wants(chunk_i):
-                record(chunk_i)
-            cert = certify.certified_lanes(base, lanes, f, dyn.space.name, sq)
-            lanes = certify.record_first(lanes, cert, f)
-            status = stop.next_status(lanes, f, g, done > 0, failed > 0,
-                                      cert if config.stop == "certified" else None,
-                                      early_stop=config.early_stop, max_steps=config.max_steps)
-            lanes = lanes.replace(status=status, f_prev=f)
-            bar.update(layout.allsum(int(lanes.finished.sum())), extra=f"step {int(lanes.steps.max())}")
-            order = _compaction_order(lanes, layout)
-            if order is not None:
-                t1 = time.perf_counter()
-                dev = progs.take(dev, layout.put(order.reshape(-1).astype(np.int32)))
-                run_s += time.perf_counter() - t1
-                moved = _lanes_order(order, L)
-                lanes, f, g = lanes.take(moved), f[moved], g[moved]
-    if history is not None and chunk_i > 0 and history.last_chunk != chunk_i:
-        record(chunk_i)
+    state = _LoopState(dev=dev, lanes=lanes, f=f, g=g, chunk_i=0, run_s=0.0)
+    if history is not None:
+        _record(progs, layout, history, state)
+    t_loop = time.perf_counter()
+    with Progress(total=R * config.max_steps, desc="steps of the budget", unit="run-steps", eta_bound=True,
+                  enabled=show) as bar:  # a finished run counts as its whole budget: the ETA is an upper bound
+        loop = _wide_loop if plan.wide else _cpu_loop
+        state = loop(progs, config, base, dyn, layout, history, bar, state)
+    loop_s = time.perf_counter() - t_loop
+    if history is not None and state.chunk_i > 0 and history.last_chunk != state.chunk_i:
+        _record(progs, layout, history, state)
+    dev, lanes = state.dev, state.lanes
 
     t_cls = time.perf_counter()
     final = _classify(progs, config, dev, lanes, layout, tols, point_of)
     classify_s = time.perf_counter() - t_cls
-    timing = dict(compile_s=compile_wall, compile_cpu_s=progs.compile_s, run_s=run_s, classify_s=classify_s,
-                  wall_s=time.perf_counter() - wall0, devices=layout.n_devices)
+    timing = dict(compile_s=compile_wall, compile_cpu_s=progs.compile_s, run_s=state.run_s, classify_s=classify_s,
+                  wall_s=time.perf_counter() - wall0, devices=layout.n_devices, plan=plan.name, loop_s=loop_s)
     return _results(points, preds, tols, config, dyn, layout, final, history, timing, R)
+
+
+@dataclasses.dataclass
+class _LoopState:
+    """What the stepping loop carries between chunks: the device lanes, the host lane table, the
+    objective and gradient norm of the last check (this process's lanes), the chunks done and the
+    seconds spent stepping."""
+
+    dev: DeviceLanes
+    lanes: LaneTable
+    f: np.ndarray
+    g: np.ndarray
+    chunk_i: int
+    run_s: float
+
+
+def _record(progs, layout, history, st: _LoopState) -> None:
+    """Write history row ``st.chunk_i`` (NC1–NC3 of every lane, f and ||∇f|| of the last check)."""
+    if progs.plan.batched_lapack:  # accelerators: computed where the lanes live, only scalars travel
+        nc = layout.gather(progs.diagnostics_on_devices(st.dev.problem, st.dev.x))
+    else:
+        nc = progs.diagnostics(*layout.gather((st.dev.problem, st.dev.x)))
+    cols = dict(zip(("nc1", "nc2", "nc3"), nc), objective=_gather_host(st.f, layout),
+                grad_norm=_gather_host(st.g, layout))
+    history.write(st.chunk_i, _gather_host(st.lanes.batch, layout), cols)
+
+
+def _cpu_loop(progs, config, base, dyn, layout, history, bar, st: _LoopState) -> _LoopState:
+    """Plan cpu: one chunk program call per chunk over the active cache groups, the stop rule on
+    the host after every chunk, running lanes compacted to the front of each device."""
+    L = layout.lanes_per_device
+    dev, lanes, f, g, chunk_i, run_s = st.dev, st.lanes, st.f, st.g, st.chunk_i, st.run_s
+    while layout.allsum(int(lanes.running.sum())) > 0:
+        chunk_i += 1
+        budget = np.where(lanes.running, np.minimum(config.chunk, config.max_steps - lanes.steps), 0)
+        n_groups = np.ceil(lanes.running.reshape(-1, L).sum(axis=1) / layout.group).astype(np.int32)
+        t0 = time.perf_counter()
+        x = progs.run_chunk(dev.x, dev.problem, dev.lr, layout.put(budget.astype(np.int32)),
+                            layout.put(n_groups, per_device=True))
+        dev = dev._replace(x=x)
+        f, g, done, failed, sq = (_local(v, layout) for v in progs.check(dev.x, dev.problem))
+        run_s += time.perf_counter() - t0
+        lanes = lanes.replace(steps=lanes.steps + budget)
+        if history is not None and history.wants(chunk_i):
+            _record(progs, layout, history, _LoopState(dev, lanes, f, g, chunk_i, run_s))
+        cert = certify.certified_lanes(base, lanes, f, dyn.space.name, sq)
+        lanes = certify.record_first(lanes, cert, f)
+        status = stop.next_status(lanes, f, g, done > 0, failed > 0,
+                                  cert if config.stop == "certified" else None,
+                                  early_stop=config.early_stop, max_steps=config.max_steps)
+        lanes = lanes.replace(status=status, f_prev=f)
+        _progress(bar, lanes, layout, config.max_steps)
+        order = _compaction_order(lanes, layout)
+        if order is not None:
+            t1 = time.perf_counter()
+            dev = progs.take(dev, layout.put(order.reshape(-1).astype(np.int32)))
+            run_s += time.perf_counter() - t1
+            moved = _lanes_order(order, L)
+            lanes, f, g = lanes.take(moved), f[moved], g[moved]
+    return _LoopState(dev, lanes, f, g, chunk_i, run_s)
+
+
+def _wide_loop(progs, config, base, dyn, layout, history, bar, st: _LoopState) -> _LoopState:
+    """Plan wide: the devices step every lane and apply the stop rule per lane themselves, for
+    as many chunks as fit in about :data:`~ncflow.batch.plan.VISIT_SECONDS`; the host visits between
+    such calls for progress and history (a history row's chunk bounds the call before it)."""
+    dev, lanes, chunk_i, run_s = st.dev, st.lanes, st.chunk_i, st.run_s
+    cols = progs.device_columns(lanes)
+    budget = layout.put(np.full(len(layout.local_device_positions()), config.max_steps, np.int32), per_device=True)
+    g_dev = None
+    per_visit, max_chunks = 1, math.ceil(config.max_steps / config.chunk)
+    while True:
+        n = min(per_visit, MAX_CHUNKS_PER_VISIT)
+        if history is not None:
+            n = min(n, _next_record(history, chunk_i, max_chunks) - chunk_i)
+        t0 = time.perf_counter()
+        x, cols, g_dev, done = progs.run_chunks(dev.x, dev.problem, dev.lr, cols, budget,
+                                                layout.put(np.full(len(layout.local_device_positions()), n,
+                                                                   np.int32), per_device=True))
+        dev = dev._replace(x=x)
+        did = int(np.max(layout.gather(done)))  # chunks done by the slowest device (blocks until ready)
+        dt = time.perf_counter() - t0
+        run_s += dt
+        chunk_i += did
+        lanes = _host_lanes(cols, layout)
+        running = layout.allsum(int(lanes.running.sum()))
+        _progress(bar, lanes, layout, config.max_steps)
+        if history is not None and history.wants(chunk_i):
+            _record(progs, layout, history, _LoopState(dev, lanes, lanes.f_prev, _local(g_dev, layout), chunk_i,
+                                                       run_s))
+        if running == 0 or did == 0:
+            break
+        if did == n:  # aim at VISIT_SECONDS of device work per visit
+            per_visit = max(1, int(n * min(4.0, VISIT_SECONDS / max(dt, 1e-6))))
+    g = _local(g_dev, layout) if g_dev is not None else st.g
+    return _LoopState(dev, lanes, lanes.f_prev, g, chunk_i, run_s)
+
+
+def _progress(bar, lanes: LaneTable, layout, max_steps: int) -> None:
+    """Show the run-steps done out of the budget (a finished run counts as its whole budget) and the
+    runs finished."""
+    bar.update(layout.allsum(int(np.where(lanes.finished, max_steps, lanes.steps).sum())),
+               extra=f"{layout.allsum(int(lanes.finished.sum()))}/{layout.runs} runs finished, step "
+                     f"{int(lanes.steps.max())}")
+
+
+def _next_record(history, chunk_i: int, max_chunks: int) -> int:
+    """The next chunk after ``chunk_i`` whose history row is recorded (or the last chunk)."""
+    later = [c for c in history.at if c > chunk_i]
+    return min(later) if later else max(max_chunks, chunk_i + 1)
+
+
+def _host_lanes(cols: dict, layout) -> LaneTable:
+    """The lane table of this process from the device columns (host dtypes: float64, int64)."""
+    return LaneTable(**{k: _local(v, layout).astype(_HOST_DTYPES.get(k, np.float64)) for k, v in cols.items()})
+
+
+#: the host dtypes of the integer columns of a LaneTable (every other column is float64)
+_HOST_DTYPES = {"batch": np.int64, "point": np.int64, "status": np.int8, "steps": np.int64,
+                "certified_step": np.int64}
+
+
+def _abstract_columns(lanes: LaneTable) -> dict:
+    """The shapes and (canonical) dtypes of the device lane columns, for precompiling."""
+    return {k: jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
+            for k, v in dataclasses.asdict(lanes).items()}
+
+
+def _platform(devices) -> str:
+    """The platform of the devices a batch runs on (every device of the job when None)."""
+    if isinstance(devices, Mesh):
+        return devices.devices.flat[0].platform
+    devs = list(devices) if devices is not None else jax.devices()
+    if not devs:
+        raise ConfigError("devices: an empty device list; give at least one device or None (every device)",
+                          field="devices")
+    return devs[0].platform
 
 
 def _lanes_order(order: np.ndarray, L: int) -> np.ndarray:
@@ -250,9 +358,16 @@ def _lanes_order(order: np.ndarray, L: int) -> np.ndarray:
 
 
 def _classify(progs, config, dev, lanes, layout, tols, point_of):
-    """Gather every lane, compute the summaries and classify; everything in batch order."""
-    x_all, prob_all, pred_all = layout.gather((dev.x, dev.problem, dev.pred))
-    f, gn, nc, dist, extra = progs.summaries(prob_all, x_all, pred_all)
+    """Compute the summaries, gather every lane and classify; everything in batch order. On an
+    accelerator the summaries are computed where the lanes live (vmapped, sharded) and only their
+    scalars travel; on a CPU on the gathered lanes, one after another (see ``Plan.batched_lapack``)."""
+    if progs.plan.batched_lapack:
+        summ = layout.gather(progs.summaries_on_devices(dev.problem, dev.x, dev.pred))
+        x_all, prob_all = layout.gather((dev.x, dev.problem))
+    else:
+        x_all, prob_all, pred_all = layout.gather((dev.x, dev.problem, dev.pred))
+        summ = progs.summaries(prob_all, x_all, pred_all)
+    f, gn, nc, dist, extra = summ
     batch_g = _gather_host(lanes.batch, layout)
     real = np.nonzero(batch_g >= 0)[0]
     by_batch = real[np.argsort(batch_g[real])]  # global lane of batch index 0..R-1
@@ -309,11 +424,12 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
             "compile_s": timing["compile_s"], "compile_cpu_s": timing["compile_cpu_s"], "run_s": run_s,
             "classify_s": timing["classify_s"] * share, "wall_s": timing["wall_s"], "run_steps": run_steps,
             "run_steps_per_s": run_steps / run_s if run_s > 0 else 0.0, "devices": timing["devices"],
+            "plan": timing["plan"], "loop_s": timing["loop_s"] * share,
         }
         out.append(Result(
             problem=p.problem, prediction=preds[i], tolerances=tols[i],
             config={**dataclasses.asdict(config), "runs": p.runs, "seed": p.seed, "lr": p.lr,
-                    "init_scale": p.init_scale, "engine": dyn.name, "group": layout.group,
+                    "init_scale": p.init_scale, "engine": dyn.name, "group": layout.group, "plan": timing["plan"],
                     "devices": layout.n_devices},
             per_run=per_run, history=None if history is None else history.for_runs(sel, preds[i].objective),
             timing=point_timing, final_state=jax.tree_util.tree_map(lambda a, sel=sel: a[sel], final["x"]),

@@ -17,13 +17,19 @@ from ncflow.problem import Problem
 MAX_GROUP = 64
 
 
-def available_memory_bytes() -> int:
-    """Memory the engine may use: free device memory on an accelerator, else MemAvailable."""
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        stats = dev.memory_stats() or {}
-        if "bytes_limit" in stats:
-            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+def available_memory_bytes(devices=None) -> int:
+    """Memory the engine may use on ONE device: on accelerators the least free memory
+    (``bytes_limit − bytes_in_use``) among ``devices`` (default: every device of the job) that
+    report it; on a CPU (whose devices share the host's memory) MemAvailable."""
+    devs = list(devices) if devices is not None else jax.devices()
+    free = []
+    for dev in devs:
+        if dev.platform != "cpu" and dev.process_index == jax.process_index():
+            stats = dev.memory_stats() or {}
+            if "bytes_limit" in stats:
+                free.append(int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    if free:
+        return min(free)
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -44,12 +50,22 @@ def state_bytes(problem: Problem, dyn) -> int:
     return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(state)))
 
 
-def estimate_memory(problem: Problem, dyn, runs: int, group: int) -> int:
-    """Estimated peak bytes of a batch: state ×4 (state, donated copy, gather, summaries)
-    plus one group's full-size start (the collapsed engine builds starts group by group)."""
+def estimate_memory(problem: Problem, dyn, lanes: int, group: int, wide: bool = False, devices: int = 1) -> int:
+    """Estimated peak bytes of ONE device holding ``lanes`` lanes (times ``devices`` on a CPU,
+    whose devices share the host's memory): the state ×4 (state, donated copy, gather, summaries)
+    plus the start of a group drawn full-size (the collapsed engine collapses starts group by group;
+    the wide plan draws them in batches of at most 256 MiB), plus, on the wide plan, the step's
+    temporaries over all lanes at once (about 3 states: the step's intermediates and the masked
+    copy) and the per-lane stop-rule columns."""
     item = np.dtype(problem.dtype).itemsize
+    state = state_bytes(problem, dyn)
     init_tmp = group * (problem.K * problem.d + 2 * problem.d * problem.N) * item
-    return 4 * runs * state_bytes(problem, dyn) + init_tmp
+    need = 4 * lanes * state
+    if wide:
+        need += min(init_tmp, 2**28) + 3 * lanes * state + 24 * 8 * lanes
+    else:
+        need += init_tmp
+    return need * devices
 
 
 def auto_group(problem: Problem, dyn) -> int:

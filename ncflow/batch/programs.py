@@ -9,18 +9,28 @@ second ``simulate`` of the same shape in one process compiles nothing.
 Programs (each for the lanes of one device):
 
 * ``init``: every lane's start from its key, one cache group at a time;
-* ``chunk``: ``chunk`` steps of the one-run step vmapped over a group, for the active groups
-  (a ``fori_loop`` with a dynamic bound), each lane masked past its budget — the ONE place where
-  budgets are applied (a masked step keeps the lane's state exactly);
+* ``chunk`` (plan cpu): ``chunk`` steps of the one-run step vmapped over a group, for the active
+  groups (a ``fori_loop`` with a dynamic bound), each lane masked past its budget;
+* ``chunks`` (plan wide): a ``while_loop`` over chunks of ``chunk`` steps of the one-run step
+  vmapped over ALL lanes of the device, each chunk followed by the check and the stop rule per
+  lane (:mod:`ncflow.batch.stop`, :mod:`ncflow.batch.certify`, traced), until every lane has
+  stopped or the host's number of chunks is done;
 * ``check``: objective, gradient norm and the stepper's done/failed flags per lane;
 * ``take``: reorder a device's lanes (the whole :class:`~ncflow.batch.lanes.DeviceLanes` at once);
-* ``summ`` / ``diag``: metrics per lane on gathered lanes, one lane after another;
+* ``summ`` / ``diag``: metrics per lane — on a CPU on gathered lanes one lane after another; on an
+  accelerator vmapped over the lanes of each device, where they live;
 * ``lanczos``: Hessian extremes of candidate lanes (fixed width 16).
+
+Budgets are applied in ONE place, the masked step of ``chunk``/``chunks`` (a masked step keeps the
+lane's state exactly). Steps are traced under the plan's matrix-product precision (full float32
+unless the user opted in to tf32/bf16, :mod:`ncflow.dynamics.precision`); everything else under
+full precision, on every platform.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import threading
 import time
@@ -33,8 +43,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
+from ncflow.batch import certify, stop
+from ncflow.batch.lanes import LaneTable
 from ncflow.batch.layout import AXIS, Layout
+from ncflow.batch.plan import Plan
+from ncflow.codes import RUNNING
 from ncflow.config import effective
+from ncflow.dynamics import precision as _prec
 from ncflow.dynamics import starts
 from ncflow.maths import metrics as _m
 from ncflow.maths import objective as _o
@@ -101,17 +116,30 @@ class Programs:
         start: the :class:`StartSpec`.
         chunk: steps per chunk.
         layout: the :class:`~ncflow.batch.layout.Layout` (mesh and cache group).
+        plan: the :class:`~ncflow.batch.plan.Plan` (cpu or wide, precision, the stop rule).
     """
 
-    def __init__(self, problem: Problem, dyn, start: StartSpec, chunk: int, layout: Layout):
+    def __init__(self, problem: Problem, dyn, start: StartSpec, chunk: int, layout: Layout, plan: Plan):
         self.problem, self.dyn, self.start, self.chunk, self.layout = problem, dyn, start, chunk, layout
+        self.plan = plan
         self.group = layout.group
+        # starts are drawn full-size and collapsed: the wide plan draws them in batches of at most
+        # ~256 MiB of full parameters instead of all lanes of a device at once
+        full_bytes = (problem.K * problem.d + problem.d * problem.N + problem.K) * np.dtype(problem.dtype).itemsize
+        self.init_group = max(1, min(layout.lanes_per_device, 2**28 // (3 * full_bytes))) if plan.wide else layout.group
         self.compile_s = 0.0
         self.compiled_now = 0
         self._lock = threading.Lock()
         mesh = layout.mesh
         self._key = (dyn, start, _statics(problem), tuple(d.id for d in mesh.devices.flat), mesh.axis_names,
-                     chunk, layout.group)
+                     chunk, layout.group, plan)
+        step = _prec.step_fn(dyn.step, plan.precision, plan.platform)
+        ctx = plan.precision, plan.platform
+
+        def vstep(p, x, lr):  # the one-run step over lanes, traced under the plan's precision
+            with _prec.step_context(*ctx):
+                return jax.vmap(step)(p, x, lr)
+        self._vstep = vstep
 
     def _program(self, name: str, build: Callable, args, donate=(), sharded=True):
         key = (name,) + self._key + (tuple((a.shape, str(a.dtype)) for a in jax.tree_util.tree_leaves(args)),
@@ -123,7 +151,8 @@ class Programs:
                 spec = P(AXIS)
                 fn = jax.shard_map(fn, mesh=self.layout.mesh, in_specs=(spec,) * len(args), out_specs=spec)
             t0 = time.perf_counter()
-            hit = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            with _prec.full_context():
+                hit = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
             with _CACHE_LOCK:
                 hit = _CACHE.setdefault(key, hit)
             with self._lock:
@@ -131,9 +160,10 @@ class Programs:
                 self.compiled_now += 1
         return hit
 
-    def precompile(self, lanes_abstract, seed_run, scales) -> float:
+    def precompile(self, lanes_abstract, seed_run, scales, lanes_abstract_cols=None) -> float:
         """Compile every program of the batch concurrently (XLA compiles outside the GIL) and
-        return the wall seconds it took (≈ 0 when everything was cached)."""
+        return the wall seconds it took (≈ 0 when everything was cached). ``lanes_abstract_cols``:
+        the device lane columns (:meth:`device_columns`) the wide plan's loop carries."""
         lay = self.layout
         i32 = jax.ShapeDtypeStruct((lay.total_lanes,), np.int32, sharding=lay.sharding)
         per_dev = jax.ShapeDtypeStruct((lay.n_devices,), np.int32, sharding=lay.sharding)
@@ -142,12 +172,24 @@ class Programs:
         dl = lanes_abstract._replace(x=x_abs)
         jobs = [
             lambda: self._program("init", self._init_local, (dl.problem, seed_run, scales)),
-            lambda: self._program("chunk", self._chunk_local, (dl.x, dl.problem, dl.lr, i32, per_dev), donate=(0,)),
             lambda: self._program("check", self._check_local, (dl.x, dl.problem)),
-            lambda: self._program("take", lambda: _tree_take, (dl, i32), donate=(0,)),
-            lambda: self._program("summ", self._summaries_local, _abstract((dl.problem, dl.x, dl.pred)),
-                                  sharded=False),
         ]
+        if self.plan.wide:
+            cols = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=lay.sharding),
+                                          lanes_abstract_cols)
+            jobs.append(lambda: self._program("chunks", self._chunks_local,
+                                              (dl.x, dl.problem, dl.lr, cols, per_dev, per_dev), donate=(0, 3)))
+        else:
+            jobs += [
+                lambda: self._program("chunk", self._chunk_local, (dl.x, dl.problem, dl.lr, i32, per_dev),
+                                      donate=(0,)),
+                lambda: self._program("take", lambda: _tree_take, (dl, i32), donate=(0,)),
+            ]
+        if self.plan.batched_lapack:
+            jobs.append(lambda: self._program("summ_dev", self._summaries_vmapped, (dl.problem, dl.x, dl.pred)))
+        else:
+            jobs.append(lambda: self._program("summ", self._summaries_local, _abstract((dl.problem, dl.x, dl.pred)),
+                                              sharded=False))
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as ex:
             for fut in [ex.submit(j) for j in jobs]:
@@ -156,7 +198,7 @@ class Programs:
 
     # ------------------------------------------------------------------ local programs (builders)
     def _init_local(self):
-        dyn, g = self.dyn, self.group
+        dyn, g = self.dyn, self.init_group
         init_fn = starts.initializer(self.problem, self.start)
 
         K, d, N = self.problem.K, self.problem.d, self.problem.N
@@ -171,13 +213,12 @@ class Programs:
         return local
 
     def _chunk_local(self):
-        dyn, g, T = self.dyn, self.group, self.chunk
-
+        g, T = self.group, self.chunk
         L = self.layout.lanes_per_device
+        vstep = self._vstep
 
         def local(x, prob_b, lr, budget, n_groups):
             chex.assert_tree_shape_prefix((x, lr, budget), (L,))  # a device's lanes, at trace time
-            vstep = jax.vmap(dyn.step)
 
             def group_body(gi, x):
                 start = gi * g
@@ -195,6 +236,53 @@ class Programs:
             return jax.lax.fori_loop(0, n_groups[0], group_body, x)
         return local
 
+    def _chunks_local(self):
+        """Plan wide: chunks of masked steps of ALL lanes, each followed by the check and the stop
+        rule per lane, in a ``while_loop`` until every lane stopped or ``n_chunks`` were done."""
+        T, plan, base = self.chunk, self.plan, self.problem
+        L = self.layout.lanes_per_device
+        vstep = self._vstep
+        vcheck = jax.vmap(self._check_one)
+
+        def local(x, prob_b, lr, cols, max_steps, n_chunks):
+            chex.assert_tree_shape_prefix((x, lr, cols), (L,))  # a device's lanes, at trace time
+            fl = cols["f_prev"].dtype
+            limit = max_steps[0].astype(cols["steps"].dtype)
+
+            def cond(carry):
+                i, _, cols, _ = carry
+                return (i < n_chunks[0]) & jnp.any(cols["status"] == RUNNING)
+
+            def body(carry):
+                i, x, cols, _ = carry
+                lanes = LaneTable(**cols)
+                budget = jnp.where(lanes.running, jnp.minimum(T, limit - lanes.steps), 0)
+
+                def step_body(x, t):
+                    return _masked(t < budget, vstep(prob_b, x, lr), x), None
+
+                x, _ = jax.lax.scan(step_body, x, jnp.arange(T))
+                f, g, done, failed, sq = vcheck(prob_b, x)
+                f, g, sq = f.astype(fl), g.astype(fl), sq.astype(fl)
+                lanes = lanes.replace(steps=lanes.steps + budget)
+                cert = certify.certified_lanes(base, lanes, f, plan.space, sq, xp=jnp)
+                lanes = certify.record_first(lanes, cert, f, xp=jnp)
+                status = stop.next_status(lanes, f, g, done, failed, cert if plan.certified_rule else None,
+                                          early_stop=plan.early_stop, max_steps=limit, xp=jnp)
+                lanes = lanes.replace(status=status, f_prev=f)
+                return i + 1, x, dataclasses.asdict(lanes), g
+
+            g0 = jnp.full_like(cols["f_prev"], jnp.nan)  # varying over the lanes like the columns
+            i, x, cols, g = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), x, cols, g0))
+            return x, cols, g, i[None]
+        return local
+
+    def _check_one(self, p, xi):
+        """One run's (f, ||∇f||, stepper done, stepper failed, squared norm of the point)."""
+        dyn = self.dyn
+        f, gn = dyn.value_and_grad_norm(p, xi)
+        return f, gn, dyn.done(p, xi), dyn.failed(p, xi), dyn.sq_norm(p, xi)
+
     def _per_lane(self, fn):
         """``fn`` for one run, mapped over a device's lanes one cache group at a time (the same
         vector width as the steps, whatever the number of lanes)."""
@@ -202,13 +290,7 @@ class Programs:
         return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=g)
 
     def _check_local(self):
-        dyn = self.dyn
-
-        def one(p, xi):
-            f, gn = dyn.value_and_grad_norm(p, xi)
-            return f, gn, dyn.done(p, xi), dyn.failed(p, xi), dyn.sq_norm(p, xi)
-
-        fn = self._per_lane(one)
+        fn = self._per_lane(self._check_one)
         return lambda x, p: fn(p, x)
 
     # Metrics with LAPACK calls (SVD, eigh) run on the gathered lanes, one lane after another
@@ -220,24 +302,25 @@ class Programs:
     def _host_map(fn):
         return lambda *a: jax.lax.map(lambda t: fn(*t), a)
 
-    def _summaries_local(self):
+    def _summary_one(self, p, xi, pa):
         dyn, N = self.dyn, self.problem.N
+        f, gn = dyn.value_and_grad_norm(p, xi)
+        st = dyn.stats(p, xi)
+        return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), dyn.extras(p, xi)
 
-        def one(p, xi, pa):
-            f, gn = dyn.value_and_grad_norm(p, xi)
-            st = dyn.stats(p, xi)
-            return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), dyn.extras(p, xi)
+    def _summaries_local(self):
+        return self._host_map(self._summary_one)
 
-        return self._host_map(one)
+    def _summaries_vmapped(self):
+        """On an accelerator: the summaries vmapped over the lanes of each device, where they live."""
+        return jax.vmap(self._summary_one)
+
+    def _diagnostic_one(self, p, xi):
+        nc = _m.nc_metrics(self.dyn.stats(p, xi), self.problem.N)
+        return nc.nc1, nc.nc2, nc.nc3
 
     def _diagnostics_local(self):
-        dyn, N = self.dyn, self.problem.N
-
-        def one(p, xi):
-            nc = _m.nc_metrics(dyn.stats(p, xi), N)
-            return nc.nc1, nc.nc2, nc.nc3
-
-        return self._host_map(one)
+        return self._host_map(self._diagnostic_one)
 
     def _lanczos_local(self, iters: int):
         dyn = self.dyn
@@ -253,8 +336,10 @@ class Programs:
             r = lanczos_extremes(mv, v0, iters)
             return r.min_eig, r.max_eig
 
-        # lanes one after another: batched LAPACK (the tridiagonal eigh) can deadlock a small
-        # intra-op thread pool, and a run's estimate must not depend on its batch
+        if self.plan.batched_lapack:  # an accelerator: the candidates vmapped
+            return jax.vmap(one)
+        # on a CPU lanes one after another: batched LAPACK (the tridiagonal eigh) can deadlock a
+        # small intra-op thread pool
         return lambda p, x, k: jax.lax.map(lambda t: one(*t), (p, x, k))
 
     # ------------------------------------------------------------------ calls
@@ -269,6 +354,21 @@ class Programs:
         args = (x, prob_b, lr, budget, n_groups)
         return self._program("chunk", self._chunk_local, args, donate=(0,))(*args)
 
+    def run_chunks(self, x, prob_b, lr, cols, max_steps, n_chunks):
+        """Plan wide: up to ``n_chunks`` (per device, (devices,) int32) chunks of every device's
+        lanes with the stop rule on the device; ``cols`` are the lane columns
+        (:meth:`device_columns`), ``max_steps`` (devices,) the budget. ``x`` and ``cols`` are
+        donated. Returns (x, cols, ||∇f|| at the last check (lanes,), chunks done (devices,))."""
+        args = (x, prob_b, lr, cols, max_steps, n_chunks)
+        return self._program("chunks", self._chunks_local, args, donate=(0, 3))(*args)
+
+    def device_columns(self, lanes: LaneTable) -> dict:
+        """The lane table as device arrays, {column: (lanes,)}, in JAX's canonical dtypes
+        (float64/int64 with ``jax_enable_x64``, else float32/int32)."""
+        lay = self.layout
+        return {k: lay.put(np.asarray(v, jax.dtypes.canonicalize_dtype(np.asarray(v).dtype)))
+                for k, v in dataclasses.asdict(lanes).items()}
+
     def check(self, x, prob_b):
         """Per lane: (f, ||∇f||, stepper done, stepper failed, ||W||² + ||H||² + ||b||²)."""
         args = (x, prob_b)
@@ -278,6 +378,12 @@ class Programs:
         """Reorder the lanes of every device (``idx`` holds device-local indices; donated input)."""
         args = (lanes, idx)
         return self._program("take", lambda: _tree_take, args, donate=(0,))(*args)
+
+    def summaries_on_devices(self, prob_b, x, pred_b):
+        """:meth:`summaries` of the device lanes where they live (accelerators: vmapped, sharded);
+        the outputs are per-lane device arrays."""
+        args = (prob_b, x, pred_b)
+        return self._program("summ_dev", self._summaries_vmapped, args)(*args)
 
     def summaries(self, prob_b, x, pred_b):
         """Objective, gradient norm, NC metrics, distance to the optimum and the stepper's extras of
@@ -291,6 +397,12 @@ class Programs:
         args = (prob_b, x)
         out = self._program("diag", self._diagnostics_local, _abstract(args), sharded=False)(*args)
         return jax.tree_util.tree_map(np.asarray, out)
+
+    def diagnostics_on_devices(self, prob_b, x):
+        """:meth:`diagnostics` of the device lanes where they live (accelerators: vmapped, sharded);
+        per-lane device arrays."""
+        args = (prob_b, x)
+        return self._program("diag_dev", lambda: jax.vmap(self._diagnostic_one), args)(*args)
 
     def hessian_extremes(self, x, prob_b, lanes: np.ndarray, iters: int):
         """Lanczos estimates (min Ritz value, max Ritz value) of the full Hessian for ``lanes``

@@ -25,7 +25,7 @@ DIVERGENCE_FACTOR = 1e6
 
 
 def next_status(lanes, f: np.ndarray, g: np.ndarray, stepper_done: np.ndarray, stepper_failed: np.ndarray,
-                certified: np.ndarray | None = None, *, early_stop: bool, max_steps: int) -> np.ndarray:
+                certified: np.ndarray | None = None, *, early_stop: bool, max_steps: int, xp=np) -> np.ndarray:
     """The lanes' status after a check.
 
     Args:
@@ -36,25 +36,29 @@ def next_status(lanes, f: np.ndarray, g: np.ndarray, stepper_done: np.ndarray, s
         certified: where the certificate holds and the stop rule is "certified", (lanes,) bool;
             None = never.
         early_stop: apply the convergence and divergence tests.
-        max_steps: the step budget.
+        max_steps: the step budget (an int, or a traced scalar under ``xp=jax.numpy``).
+        xp: numpy (the host rule of the cpu plan) or jax.numpy (the same rule traced inside the
+            wide plan's device loop; the columns are then device arrays).
 
     Returns:
-        The new status column, (lanes,) int8 (a copy; ``lanes`` is not modified).
+        The new status column, (lanes,) int8 (a new array; ``lanes`` is not modified).
     """
-    status = lanes.status.copy()
+    status = lanes.status
+
+    def put(where, code):
+        return xp.where(where, xp.asarray(code, status.dtype), status)
+
     active = status == RUNNING
     if early_stop:
-        finite = np.isfinite(f) & np.isfinite(g)
-        ref = np.maximum(1.0, np.abs(lanes.f0))
-        div = active & (~finite | (np.abs(f) > DIVERGENCE_FACTOR * ref))
-        at_opt = np.abs(f - lanes.f_star) <= lanes.gap_tol
-        tol = np.where(at_opt, lanes.gtol, lanes.strict_gtol)
-        conv = active & ~div & (g <= tol) & (np.abs(f - lanes.f_prev) <= lanes.ftol)
-        status[div] = DIVERGED
-        status[conv] = CONVERGED
+        finite = xp.isfinite(f) & xp.isfinite(g)
+        ref = xp.maximum(1.0, xp.abs(lanes.f0))
+        div = active & (~finite | (xp.abs(f) > DIVERGENCE_FACTOR * ref))
+        at_opt = xp.abs(f - lanes.f_star) <= lanes.gap_tol
+        tol = xp.where(at_opt, lanes.gtol, lanes.strict_gtol)
+        conv = active & ~div & (g <= tol) & (xp.abs(f - lanes.f_prev) <= lanes.ftol)
+        status = put(div, DIVERGED)
+        status = put(conv, CONVERGED)
         if certified is not None:
-            status[active & ~div & ~conv & certified] = CERTIFIED
-    still = status == RUNNING
-    status[still & stepper_failed] = STEP_FAILED
-    status[(status == RUNNING) & ((lanes.steps >= max_steps) | stepper_done)] = BUDGET
-    return status
+            status = put(active & ~div & ~conv & certified, CERTIFIED)
+    status = put((status == RUNNING) & stepper_failed, STEP_FAILED)
+    return put((status == RUNNING) & ((lanes.steps >= max_steps) | stepper_done), BUDGET)

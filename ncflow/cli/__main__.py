@@ -1,5 +1,5 @@
 """``python -m ncflow.cli``: the same as the ``ncflow`` command."""
 
-from ncflow.cli.app import main
+from ncflow.cli import main
 
 raise SystemExit(main())

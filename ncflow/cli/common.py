@@ -5,6 +5,7 @@ API errors by their flag. Imports nothing of the other CLI modules."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -365,12 +366,12 @@ def check_distributed(args) -> None:
 
 def config_from_args(args):
     """The engine Config from parsed flags (and --progress); a rejected setting is reported by its flag."""
-    from ncflow.config import Config
+    from ncflow.config import Config, cap_chunk
 
     values = setting_values(args, "solver")
     _refuse_inapplicable(args, values)
     try:
-        return Config(progress=args.progress, **values)
+        return cap_chunk(Config(progress=args.progress, **values))
     except NcflowError as e:
         raise UsageError(flag_message(e)) from None
 
@@ -420,3 +421,17 @@ def claim_out(args) -> str | None:
         raise UsageError(f"--out {args.out} exists and is not a directory") from None
     except OutputDirError as e:
         raise UsageError(f"--out {e}") from None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send file descriptor 1 to stderr for the duration (restored afterwards)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

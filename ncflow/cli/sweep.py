@@ -21,10 +21,12 @@ from ncflow.cli.common import (
     add_output_flags,
     add_problem_flags,
     add_solver_flags,
+    check_distributed,
     configure_jax,
     float_in,
     given_settings,
     select_devices,
+    stdout_to_stderr,
 )
 
 
@@ -48,13 +50,13 @@ def cmd_sweep(args) -> int:
 
     if args.overwrite:
         raise UsageError("--overwrite is not supported: a sweep resumes in its directory; use a new --out")
-    if args.coordinator is not None or args.distributed or args.num_processes is not None:
-        raise UsageError("sweep runs in a single process (multi-process flags are not supported)")
+    check_distributed(args)
+    worker = bool(args.process_id)  # a multi-process sweep's process other than 0: it never touches --out
     if args.out is None and not args.dry_run:
         raise UsageError("--out DIR is required (the sweep's files go there)")
     try:
         cfg = _sw.load_config(args.config, _overrides(args))
-        if args.out is not None:
+        if args.out is not None and not worker:
             _sw.check_out_dir(cfg, args.out)
     except _sw.SweepError as e:
         raise UsageError(str(e)) from None
@@ -68,10 +70,13 @@ def cmd_sweep(args) -> int:
     if args.devices is not None:
         devices = select_devices(args)
     try:
-        report = _sw.run_sweep(cfg, args.out, resume=args.resume, progress=args.progress, log=_stderr,
-                               devices=devices)
+        with stdout_to_stderr():  # C++ libraries (e.g. gloo) print to fd 1; keep stdout for results
+            report = _sw.run_sweep(cfg, args.out, resume=args.resume, progress=args.progress, log=_stderr,
+                                   devices=devices)
     except _sw.SweepError as e:
         raise UsageError(str(e)) from None
+    if report.status == "worker":  # only process 0 prints
+        return 0
     if args.json:
         from ncflow.io import to_jsonable
 
@@ -87,26 +92,80 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+#: a dry run lists every point up to this many (then the first and last few)
+_LIST_POINTS = 200
+
+
+def _estimates(cfg) -> list:
+    """Each point's :class:`~ncflow.batch.estimate.Estimate` on the CLI's default CPU devices (one
+    per core); points of one shape share the state size, so this is cheap."""
+    import os
+
+    from ncflow.batch.estimate import estimate
+    from ncflow.sweep.config import _representation, point_config
+
+    devices = max(1, os.cpu_count() or 1)
+    cache, out = {}, []
+    for p in cfg.points:
+        s = p.settings
+        key = tuple(sorted((k, repr(v)) for k, v in s.items() if k not in ("lambda_w", "lambda_h", "lambda_b",
+                                                                              "lr", "init_scale", "seed")))
+        if key not in cache:
+            config = point_config(s)
+            cache[key] = estimate(p.problem, _representation(p.problem, config), config, s["runs"], devices=devices,
+                                  saved=True)
+        out.append(cache[key])
+    return out
+
+
+def _fits(peak: int) -> str:
+    from ncflow.batch.estimate import fmt_bytes, host_memory_bytes
+
+    limit = int(0.8 * host_memory_bytes())
+    return "" if peak <= limit else f", more than the {fmt_bytes(limit)} available here: it would be refused"
+
+
 def _print_plan(cfg, as_json: bool) -> None:
+    from ncflow.batch.estimate import fmt_bytes, fmt_seconds
     from ncflow.sweep import run as _sw
 
     groups = cfg.shape_groups()
+    ests = _estimates(cfg)
+    total = ests[0]
+    for e in ests[1:]:
+        total = total + e
+    peak = max(e.device_bytes + e.host_bytes for e in ests)  # points run batch by batch, a batch split to fit
     if as_json:
         from ncflow.io import to_jsonable
 
         print(json.dumps(to_jsonable({"config_hash": cfg.hash, "points": [
-            {"point": p.index, "swept": p.swept, "lr_used": p.lr} for p in cfg.points],
-            "shape_groups": [[p.index for p in g] for g in groups]})))
+            {"point": p.index, "swept": p.swept, "lr_used": p.lr, "memory_bytes": e.device_bytes + e.host_bytes,
+             "run_steps_at_most": e.run_steps, "seconds_at_most": e.seconds} for p, e in zip(cfg.points, ests)],
+            "shape_groups": [[p.index for p in g] for g in groups],
+            "total": {"run_steps_at_most": total.run_steps, "seconds_at_most": total.seconds,
+                      "largest_point_memory_bytes": peak}})))
         return
     print(f"{len(cfg.points)} points in {len(groups)} shape group(s); config hash {cfg.hash}")
-    for gi, g in enumerate(groups):
+    print(f"estimate (CPU, every run using its budget; early stopping usually ends far sooner): at most "
+          f"{total.run_steps:.3g} run-steps, {fmt_seconds(total.seconds)} in total; the largest point needs about "
+          f"{fmt_bytes(peak)}" + _fits(peak))
+    for gi, g in enumerate(groups[:_LIST_POINTS]):
         s = g[0].settings
         extra = "".join(f" {k}={_fmt(v)}" for k, v in g[0].swept.items() if k not in _sw.LANE_KEYS + ("K", "d", "n"))
-        print(f"  group {gi + 1}: K={s['K']} d={s['d']} n={s['n']} {s['dtype']}{extra}, points "
-              + ", ".join(str(p.index) for p in g))
-    for p in cfg.points:
+        idx = [p.index for p in g]
+        shown = ", ".join(map(str, idx)) if len(idx) <= 20 else f"{idx[0]}..{idx[-1]} ({len(idx)} points)"
+        print(f"  group {gi + 1}: K={s['K']} d={s['d']} n={s['n']} {s['dtype']}{extra}, points {shown}")
+    if len(groups) > _LIST_POINTS:
+        print(f"  ... {len(groups) - _LIST_POINTS} more group(s)")
+    n = len(cfg.points)
+    listed = range(n) if n <= _LIST_POINTS else [*range(10), *range(n - 10, n)]
+    for i in listed:
+        p, e = cfg.points[i], ests[i]
+        if n > _LIST_POINTS and i == n - 10:
+            print(f"  ... {n - 20} more points (--json lists every one)")
         swept = ", ".join(f"{k}={_fmt(v)}" for k, v in p.swept.items())
-        print(f"  point {p.index}: {swept or '(no grid)'}  lr={p.lr:.4g}  runs={p.settings['runs']}")
+        print(f"  point {p.index}: {swept or '(no grid)'}  lr={p.lr:.4g}  runs={p.settings['runs']}  memory "
+              f"{fmt_bytes(e.device_bytes + e.host_bytes)}  time <= {fmt_seconds(e.seconds)}")
 
 
 def _fmt(v) -> str:
@@ -149,6 +208,10 @@ def cmd_plot(args) -> int:
         written = _plot.plot_directory(args.directory, formats=tuple(args.format))
     except _plot.PlotError as e:
         raise UsageError(str(e)) from None
+    progress = _plot.sweep_progress(args.directory)
+    if progress is not None and progress[0] < progress[1]:
+        _stderr(f"ncflow plot: note: {args.directory} is a partial sweep ({progress[0]} of {progress[1]} points "
+                "complete); the figures show the complete points only (resume it with ncflow sweep)")
     if args.json:
         print(json.dumps({"files": written}))
     else:

@@ -13,12 +13,16 @@ In floating point f(θ_T) is known only up to the rounding of its evaluation (:f
 and the check keeps a margin: :func:`certified` asks for
 ``f + rounding < f* + (1 − margin)(f_sad − f*)`` and ``η L(f + rounding) < 2``.
 
-Everything here is numpy on the host: scalars or arrays of one shape ``(lanes,)`` (any shape that
-broadcasts), with a problem whose coefficients are scalars or such arrays. Nothing is traced.
+Everything here is elementwise over scalars or arrays of one shape ``(lanes,)`` (any shape that
+broadcasts), with a problem whose coefficients are scalars or such arrays. It is numpy on the host by
+default; :func:`hessian_bound`, :func:`rounding_bound` and :func:`certified` also take ``xp=jax.numpy``,
+so the wide execution plan evaluates the same formulas on the device, inside its stop loop (there in
+float64 when ``jax_enable_x64`` is on, else in float32).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -36,9 +40,15 @@ SPACES = ("full", "collapsed")
 _THRESHOLD_SLACK = 1e-9
 
 
-def _coef(problem: Problem, name: str) -> np.ndarray:
+def _float(xp):
+    """The widest float of the array namespace ``xp`` (numpy: float64; jax.numpy: float64 with x64,
+    else float32)."""
+    return np.float64 if xp is np else xp.result_type(float)
+
+
+def _coef(problem: Problem, name: str, xp=np):
     """A coefficient of ``problem`` as a float64 array (shape () or (lanes,))."""
-    return np.asarray(getattr(problem, name), dtype=np.float64)
+    return xp.asarray(getattr(problem, name), dtype=_float(xp))
 
 
 def saddle_gaps(problem: Problem) -> np.ndarray:
@@ -87,7 +97,7 @@ def saddle_gap(problem: Problem) -> float | None:
     return None if math.isnan(g) else g
 
 
-def hessian_bound(problem: Problem, f) -> np.ndarray:
+def hessian_bound(problem: Problem, f, xp=np) -> np.ndarray:
     """L(f): an upper bound on the largest Hessian eigenvalue of f at every point of the sublevel
     set {f' <= f} (THEORY.md §8), elementwise over ``f`` and the problem's coefficients (scalars or
     arrays that broadcast, e.g. (lanes,)); returns float64 of the broadcast shape.
@@ -99,16 +109,17 @@ def hessian_bound(problem: Problem, f) -> np.ndarray:
     regularizers; the first term is at most a(1[bias] + (||W||² + ||H||²)/N)||d||² by Cauchy–Schwarz,
     with ||W||² + ||H||² <= 2f/min(λ_W, λ_H) on the sublevel set; the second at most
     ||Ω(WH + b1ᵀ − T)||_F ||d||²/N <= √(2aNf)||d||²/N. +inf where min(λ_W, λ_H) = 0.
+    ``xp``: numpy (default) or jax.numpy (traceable; the rescaled loss's α must then be concrete).
     """
-    f = np.maximum(np.asarray(f, dtype=np.float64), 0.0)
-    lw, lh, lb = (_coef(problem, k) for k in ("lambda_w", "lambda_h", "lambda_b"))
-    a = max(float(np.max(_coef(problem, "alpha"))), 1.0) if problem.loss != "mse" else 1.0
+    f = xp.maximum(xp.asarray(f, dtype=_float(xp)), 0.0)
+    lw, lh, lb = (_coef(problem, k, xp) for k in ("lambda_w", "lambda_h", "lambda_b"))
+    a = max(float(np.max(np.asarray(problem.alpha))), 1.0) if problem.loss != "mse" else 1.0
     N = problem.N
-    lmin = np.minimum(lw, lh)
+    lmin = xp.minimum(lw, lh)
     with np.errstate(divide="ignore", invalid="ignore"):
-        quad = np.where(lmin > 0, 2.0 * f / (N * np.where(lmin > 0, lmin, 1.0)), np.inf)
-    lmax = np.maximum(np.maximum(lw, lh), lb if problem.bias else 0.0)
-    return a * (float(problem.bias) + quad) + np.sqrt(a * 2.0 * f / N) + lmax
+        quad = xp.where(lmin > 0, 2.0 * f / (N * xp.where(lmin > 0, lmin, 1.0)), np.inf)
+    lmax = xp.maximum(xp.maximum(lw, lh), lb if problem.bias else 0.0)
+    return a * (float(problem.bias) + quad) + xp.sqrt(a * 2.0 * f / N) + lmax
 
 
 def _gamma(m: float, u: float) -> float:
@@ -118,36 +129,36 @@ def _gamma(m: float, u: float) -> float:
 
 
 def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: float,
-                 sq_norm: np.ndarray | None) -> np.ndarray:
+                 sq_norm: np.ndarray | None, xp=np) -> np.ndarray:
     """The a-priori rounding bound of one space, for states whose exact objective is ``f``."""
     K, d, n, N = problem.K, problem.d, problem.n, problem.N
-    lw, lh, lb = (_coef(problem, k) for k in ("lambda_w", "lambda_h", "lambda_b"))
+    lw, lh, lb = (_coef(problem, k, xp) for k in ("lambda_w", "lambda_h", "lambda_b"))
     mse = problem.loss == "mse"
-    alpha = 1.0 if mse else float(np.max(_coef(problem, "alpha")))
-    t = 1.0 if mse else float(np.max(np.abs(_coef(problem, "target_scale"))))
+    alpha = 1.0 if mse else float(np.max(np.asarray(problem.alpha, np.float64)))
+    t = 1.0 if mse else float(np.max(np.abs(np.asarray(problem.target_scale, np.float64))))
     w_hi, w_lo = max(alpha, 1.0), min(alpha, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        W2 = np.where(lw > 0, 2.0 * f / np.where(lw > 0, lw, 1.0), np.inf)  # >= ||W||_F²
-        H2 = np.where(lh > 0, 2.0 * f / np.where(lh > 0, lh, 1.0), np.inf)  # >= ||H||_F² = n||M||² + tr G
-        WH = np.sqrt(W2 * H2)  # >= ||W||_F ||H||_F
+        W2 = xp.where(lw > 0, 2.0 * f / xp.where(lw > 0, lw, 1.0), math.inf)  # >= ||W||_F²
+        H2 = xp.where(lh > 0, 2.0 * f / xp.where(lh > 0, lh, 1.0), math.inf)  # >= ||H||_F² = n||M||² + tr G
+        WH = xp.sqrt(W2 * H2)  # >= ||W||_F ||H||_F
         WG = W2 * H2  # >= ||W||_F² tr G
         if sq_norm is not None:
-            W2, H2 = np.minimum(W2, sq_norm), np.minimum(H2, sq_norm)
-            WH, WG = np.minimum(WH, sq_norm / 2), np.minimum(WG, sq_norm**2 / 4)
-        b2 = np.where(lb > 0, 2.0 * f / np.where(lb > 0, lb, 1.0), np.inf) if problem.bias else 0.0 * f
+            W2, H2 = xp.minimum(W2, sq_norm), xp.minimum(H2, sq_norm)
+            WH, WG = xp.minimum(WH, sq_norm / 2), xp.minimum(WG, sq_norm**2 / 4)
+        b2 = xp.where(lb > 0, 2.0 * f / xp.where(lb > 0, lb, 1.0), math.inf) if problem.bias else 0.0 * f
         if sq_norm is not None:
-            b2 = np.minimum(b2, sq_norm)
+            b2 = xp.minimum(b2, sq_norm)
     g_z = _gamma(d + 2, u) + 2.1 * u_in  # per-entry error of (W @ H + b − T) relative to |W||H| + |b| + |T|
     if space == "full":
-        Z = np.sqrt(2.0 * N * f / w_lo)  # >= ||WH + b1ᵀ − T||_F
-        Bn = np.minimum(Z + WH + t * math.sqrt(N), np.sqrt(N * b2))  # >= √N ||b|| = ||b 1ᵀ||_F
+        Z = xp.sqrt(2.0 * N * f / w_lo)  # >= ||WH + b1ᵀ − T||_F
+        Bn = xp.minimum(Z + WH + t * math.sqrt(N), xp.sqrt(N * b2))  # >= √N ||b|| = ||b 1ᵀ||_F
         A = WH + Bn + t * math.sqrt(N)  # >= || |W||H| + |b|1ᵀ + |T| ||_F
         data = w_hi * (Z * g_z * A + 2 * (g_z * A) ** 2) / N
         m = max(K * N, d * N, K * d, K) + 10
     else:
-        Z = np.sqrt(2.0 * K * f)  # >= ||W M + b1ᵀ − I||_F, as n||R_m||²/(2N) <= f
+        Z = xp.sqrt(2.0 * K * f)  # >= ||W M + b1ᵀ − I||_F, as n||R_m||²/(2N) <= f
         WM = WH / math.sqrt(n)  # >= ||W||_F ||M||_F
-        Bk = np.minimum(Z + WM + math.sqrt(K), np.sqrt(K * b2))  # >= √K ||b||
+        Bk = xp.minimum(Z + WM + math.sqrt(K), xp.sqrt(K * b2))  # >= √K ||b||
         A = WM + Bk + math.sqrt(K)
         g_s = _gamma(2 * d + K * d + 2, u) + 4.2 * u_in  # tr(W G Wᵀ) relative to ||W||² tr G
         data = n * (Z * g_z * A + 2 * (g_z * A) ** 2) / N + g_s * WG / (2 * N)
@@ -157,7 +168,7 @@ def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: fl
 
 
 def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None, sq_norm=None,
-                   dot_input_roundoff: float = 0.0) -> np.ndarray:
+                   dot_input_roundoff: float = 0.0, xp=np) -> np.ndarray:
     """An upper bound on |f_computed − f| when f is evaluated in floating point by ncflow's objective:
     :func:`ncflow.maths.objective.objective` / ``value_and_gradient`` (``space="full"``) or
     :func:`ncflow.maths.collapsed.objective` / ``value_and_grad_norm`` (``space="collapsed"``);
@@ -175,6 +186,7 @@ def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None,
         dot_input_roundoff: the relative rounding of matrix-product INPUTS, 0 for true products in
             the dtype; 2**-11 where float32 products run in TF32 (JAX's default precision on
             NVIDIA GPUs since Ampere), 2**-8 for bfloat16 passes.
+        xp: numpy (default) or jax.numpy (traceable: the wide plan's stop loop).
 
     Returns:
         float64 array of the broadcast shape; +inf where the bound is uninformative, where f is
@@ -209,18 +221,19 @@ def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None,
                           field="dot_input_roundoff")
     u = float(np.finfo(np.dtype(problem.dtype if dtype is None else dtype)).eps)
     spaces = [space] if space is not None else ["full"] + (["collapsed"] if problem.loss == "mse" else [])
-    f = np.asarray(f, dtype=np.float64)
-    finite = np.isfinite(f) & (f >= 0)  # f < 0: not a sum of nonnegative parts (e.g. G not PSD)
-    f = np.where(finite, f, 0.0)
-    sq = None if sq_norm is None else np.asarray(sq_norm, dtype=np.float64) * (1.0 + 1e-3)
+    f = xp.asarray(f, dtype=_float(xp))
+    finite = xp.isfinite(f) & (f >= 0)  # f < 0: not a sum of nonnegative parts (e.g. G not PSD)
+    f = xp.where(finite, f, 0.0)
+    sq = None if sq_norm is None else xp.asarray(sq_norm, dtype=_float(xp)) * (1.0 + 1e-3)
 
     def bound(x):
-        return np.maximum.reduce([_rounding_at(problem, x, s, u, dot_input_roundoff, sq) for s in spaces])
+        return functools.reduce(xp.maximum, [_rounding_at(problem, x, s, u, dot_input_roundoff, sq, xp)
+                                             for s in spaces])
 
     with np.errstate(invalid="ignore", over="ignore"):
         b0 = bound(f)
         out = bound(f + 2.0 * b0)
-    return np.where(finite & ~np.isnan(out), out, np.inf)
+    return xp.where(finite & ~xp.isnan(out), out, math.inf)
 
 
 def _as_gap(gap) -> np.ndarray:
@@ -234,7 +247,7 @@ def _as_gap(gap) -> np.ndarray:
 
 
 def certified(problem: Problem, f, lr, f_star, gap, margin: float = 0.1, *, space: str | None = None,
-              sq_norm=None, dot_input_roundoff: float = 0.0) -> np.ndarray:
+              sq_norm=None, dot_input_roundoff: float = 0.0, xp=np) -> np.ndarray:
     """Where the early certificate of THEORY.md §8 holds, elementwise over lanes:
 
         (H1) f + r < f* + (1 − margin)·gap    and    (H2) 0 < lr·L(f + r) < 2,
@@ -257,17 +270,20 @@ def certified(problem: Problem, f, lr, f_star, gap, margin: float = 0.1, *, spac
     """
     if not (isinstance(margin, (int, float, np.floating)) and 0.0 <= margin < 1.0):
         raise ConfigError(f"margin must be in [0, 1), got {margin!r}", field="margin")
-    g = _as_gap(gap)
-    if np.any(g < 0):
-        raise ConfigError(f"gap must be >= 0 (f_sad − f*) or None/NaN, got min {np.nanmin(g)!r}", field="gap")
-    f = np.asarray(f, dtype=np.float64)
-    lr = np.asarray(lr, dtype=np.float64)
-    f_star = np.asarray(f_star, dtype=np.float64)
-    f_up = f + rounding_bound(problem, f, space=space, sq_norm=sq_norm, dot_input_roundoff=dot_input_roundoff)
+    if xp is np:
+        g = _as_gap(gap)
+        if np.any(g < 0):
+            raise ConfigError(f"gap must be >= 0 (f_sad − f*) or None/NaN, got min {np.nanmin(g)!r}", field="gap")
+    else:  # traced: an array of gaps (NaN = none), checked where it was built
+        g = xp.asarray(gap, dtype=_float(xp))
+    fl = _float(xp)
+    f, lr, f_star = (xp.asarray(v, dtype=fl) for v in (f, lr, f_star))
+    f_up = f + rounding_bound(problem, f, space=space, sq_norm=sq_norm, dot_input_roundoff=dot_input_roundoff,
+                              xp=xp)
     with np.errstate(invalid="ignore", over="ignore"):
         h1 = f_up < f_star + (1.0 - margin) * g
-        h2 = (lr > 0) & (lr * hessian_bound(problem, f_up) < 2.0)
-    ok = h1 & h2 & np.isfinite(f) & ~np.isnan(g) & np.isfinite(f_star)
+        h2 = (lr > 0) & (lr * hessian_bound(problem, f_up, xp) < 2.0)
+    ok = h1 & h2 & xp.isfinite(f) & ~xp.isnan(g) & xp.isfinite(f_star)
     coef_shapes = (np.shape(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b"))
     shape = np.broadcast_shapes(ok.shape, *coef_shapes)
-    return np.broadcast_to(ok, shape).copy()
+    return xp.broadcast_to(ok, shape).copy()

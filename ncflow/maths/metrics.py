@@ -111,6 +111,17 @@ def _safe_normalize(X):
     return jnp.where(nrm > 0, X / jnp.where(nrm > 0, nrm, 1.0), jnp.zeros_like(X))
 
 
+def _thin_svd(A: Float[Array, "d K"]):
+    """Left singular vectors (d, min(d, K)) and singular values (min(d, K),) of ``A``."""
+    d, K = A.shape
+    if d > K:
+        Q, R = jnp.linalg.qr(A)
+        Ur, s, _ = jnp.linalg.svd(R)
+        return Q @ Ur, s
+    U, s, _ = jnp.linalg.svd(A, full_matrices=False)
+    return U, s
+
+
 def _etf_target(K: int, dtype) -> Float[Array, "K K"]:
     return (jnp.eye(K, dtype=dtype) - 1.0 / K) / np.sqrt(K - 1)
 
@@ -126,8 +137,10 @@ def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
         N = jnp.sum(counts)
         muG = M @ counts / N
     Hbar = M - muG[:, None]
-    # Σ_B = (Hbar/√K)(Hbar/√K)ᵀ; pseudo-inverse through the thin SVD of Hbar/√K.
-    U, s, _ = jnp.linalg.svd(Hbar / np.sqrt(K), full_matrices=False)
+    # Σ_B = (Hbar/√K)(Hbar/√K)ᵀ; pseudo-inverse through the thin SVD of Hbar/√K — for d > K through
+    # its K×K triangular factor (QR first, then the K×K SVD: the same singular values and vectors at
+    # O(dK²) and a small, batch-friendly SVD on accelerators, where large batched SVDs are slow).
+    U, s = _thin_svd(Hbar / np.sqrt(K))
     cutoff = jnp.max(s) * max(d, K) * jnp.finfo(dtype).eps * 10
     keep = s > cutoff
     inv_s2 = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)

@@ -23,6 +23,11 @@ from ncflow.maths import imbalanced as _im
 from ncflow.maths.objective import Params
 from ncflow.problem import Problem, ProblemError
 
+#: the largest K for which :func:`predict` builds the dense K×K Gram and outputs by default; above
+#: it the prediction holds their closed form (``gram_form``) only, so K = 100,000 answers in
+#: milliseconds (the dense matrices: ``predict(problem, dense=True)``)
+DENSE_MAX_K = 2048
+
 GEOMETRIES = ("simplex_etf", "orthogonal_frame", "etf_with_mean", "zero", "rank_limited",
               "not_attained", "not_unique", "general")
 
@@ -58,6 +63,10 @@ class Prediction:
         gram: predicted ``W Wᵀ`` (K, K) where it is unique, else None (rank-limited, λ = 0 cases).
         spectrum: predicted nonzero eigenvalues of ``W Wᵀ``, shape (rank,), descending.
         outputs: predicted class-mean outputs ``W μ_k + b`` as columns, (K, K), or None.
+        gram_form: ``(a, b)`` with ``W Wᵀ = a (I − 11ᵀ/K) + b 11ᵀ/K`` wherever the Gram is unique
+            (every such geometry has this form), else None: the Gram without a K×K matrix. With
+            K > :data:`DENSE_MAX_K` (and ``dense`` not asked for) ``gram`` and ``outputs`` are None
+            and this is the Gram.
         bias_vector: b* (K,) (None bias-free); with class sizes its entries differ (b* = p in (A)).
         w_norms, h_norms: per-class ||w_k|| and ||μ_k|| (K,), None where not determined.
         gram_h, cross: predicted MᵀM and W M (K, K) of the class means, None where not unique.
@@ -76,6 +85,7 @@ class Prediction:
     gram: np.ndarray | None
     spectrum: np.ndarray
     outputs: np.ndarray | None
+    gram_form: tuple[float, float] | None = None
     bias_vector: np.ndarray | None = None
     w_norms: np.ndarray | None = None
     h_norms: np.ndarray | None = None
@@ -86,18 +96,33 @@ class Prediction:
     class_sizes: np.ndarray | None = None
     general: bool = False
 
+    @property
+    def gram_unique(self) -> bool:
+        """Whether the theory fixes a unique Gram ``W Wᵀ`` (dense or as ``gram_form``)."""
+        return self.gram is not None or self.gram_form is not None
+
+    def gram_matrix(self, K: int) -> np.ndarray | None:
+        """The Gram (K, K) as a dense matrix (from ``gram_form`` when it was not built), or None."""
+        if self.gram is not None:
+            return self.gram
+        if self.gram_form is None:
+            return None
+        a, b = self.gram_form
+        return a * (np.eye(K) - 1.0 / K) + b / K
+
     def arrays(self, K: int, dtype) -> "PredictionArrays":
         """The prediction as arrays (vmappable across problems of one shape)."""
         spec = np.zeros(K)
         spec[: self.spectrum.size] = self.spectrum
-        gram = np.zeros((K, K)) if self.gram is None else self.gram
+        gram = self.gram_matrix(K)
+        gram = np.zeros((K, K)) if gram is None else gram
         return PredictionArrays(
             objective=jnp.asarray(self.objective, dtype),
             gram=jnp.asarray(gram, dtype),
             spectrum=jnp.asarray(spec, dtype),
             bias=jnp.asarray(self.bias_vector if self.bias_vector is not None else
                              np.full(K, 0.0 if self.bias is None else self.bias), dtype),
-            gram_unique=jnp.asarray(self.gram is not None),
+            gram_unique=jnp.asarray(self.gram_unique),
             geometry_known=jnp.asarray(self.w_norm is not None),
             gram_h=jnp.asarray(np.zeros((K, K)) if self.gram_h is None else self.gram_h, dtype),
             cross=jnp.asarray(np.zeros((K, K)) if self.cross is None else self.cross, dtype),
@@ -116,7 +141,7 @@ class Prediction:
             sizes = None if self.class_sizes is None else [int(v) for v in self.class_sizes]
             out.update(class_sizes=sizes, w_norms=lst(self.w_norms), h_norms=lst(self.h_norms),
                        gram_w=lst(self.gram), gram_h=lst(self.gram_h), cross=lst(self.cross),
-                       spectrum=lst(self.spectrum), gram_unique=self.gram is not None,
+                       spectrum=lst(self.spectrum), gram_unique=self.gram_unique,
                        merged=[list(g) for g in self.merged], vanished=list(self.vanished))
         return out
 
@@ -134,12 +159,17 @@ def _centered_basis(K: int) -> np.ndarray:
     return B[:, 1:]
 
 
-def _direction_values(problem: Problem) -> tuple[np.ndarray, np.ndarray, float | None, float]:
+def _direction_values(problem: Problem, dense: bool = True) -> tuple[np.ndarray | None, np.ndarray, float | None,
+                                                                     float]:
     """Class directions U (K, s), singular values z (s,), bias entry b*, and f* of the optimum.
 
     The directions are a deterministic choice; every other global minimizer is a rotation
-    (and, when rank-limited, another choice of s of the equivalent class directions).
+    (and, when rank-limited, another choice of s of the equivalent class directions). With
+    ``dense=False`` U is None (no K×K basis is built; z, b* and f* are the same).
     """
+    def centered(K):
+        return _centered_basis(K) if dense else None
+
     K, d, n = problem.K, problem.d, problem.n
     lw, lh, lb = _scalars(problem)
     c = problem.c
@@ -155,22 +185,23 @@ def _direction_values(problem: Problem) -> tuple[np.ndarray, np.ndarray, float |
             f = alpha * M**2 * (K - 1) / (2 * (alpha + K - 1))
             return np.zeros((K, 0)), np.zeros(0), b, f
         f = (K - 1) * (c / K) * (M - eps / 2)
-        return _centered_basis(K), np.full(K - 1, sq_n * delta), b, f
+        return centered(K), np.full(K - 1, sq_n * delta), b, f
     if not problem.bias:
         s = 0 if c >= 1 else min(d, K)
         f = 0.5 - s * (1 - c) ** 2 / (2 * K)
-        return np.eye(K)[:, :s], np.full(s, sq_n * (1 - c)), None, f
+        return (np.eye(K)[:, :s] if dense else None), np.full(s, sq_n * (1 - c)), None, f
     b0 = 1.0 / (K * (1 + lb))
     f_zero = (K - 1) / (2 * K) + lb / (2 * K * (1 + lb))
     if c >= 1:
         return np.zeros((K, 0)), np.zeros(0), b0, f_zero
     if lb > 0 and lb > c / (1 - c) and d >= K:
-        U = np.concatenate([_centered_basis(K), np.ones((K, 1)) / math.sqrt(K)], axis=1)
+        U = np.concatenate([_centered_basis(K), np.ones((K, 1)) / math.sqrt(K)], axis=1) if dense else None
         z = np.concatenate([np.full(K - 1, sq_n * (1 - c)), [sq_n * (1 - c - c / lb)]])
         f = (K - 1) * c * (2 - c) / (2 * K) + (c - c**2 / 2 - c**2 / (2 * lb)) / K
         return U, z, c / (K * lb), f
     s = min(d, K - 1)
-    return _centered_basis(K)[:, :s], np.full(s, sq_n * (1 - c)), b0, f_zero - s * (1 - c) ** 2 / (2 * K)
+    return (_centered_basis(K)[:, :s] if dense else None), np.full(s, sq_n * (1 - c)), b0, \
+        f_zero - s * (1 - c) ** 2 / (2 * K)
 
 
 def _predict_general(problem: Problem) -> Prediction:
@@ -198,14 +229,18 @@ def _predict_general(problem: Problem) -> Prediction:
                       general=True)
 
 
-def predict(problem: Problem) -> Prediction:
+def predict(problem: Problem, dense: bool | None = None) -> Prediction:
     """The theory's prediction for ``problem``'s global minimum (THEORY.md §2; §7 for class sizes
-    or targets, through :mod:`ncflow.maths.imbalanced`)."""
+    or targets, through :mod:`ncflow.maths.imbalanced`, always dense).
+
+    ``dense``: build the K×K ``gram`` and ``outputs`` (None: only when K <= :data:`DENSE_MAX_K`;
+    the scalars, the spectrum and ``gram_form`` are always there, in O(K) work and memory)."""
     if problem.general:
         return _predict_general(problem)
     K, d, n = problem.K, problem.d, problem.n
     lw, lh, _ = _scalars(problem)
-    U, z, b, f = _direction_values(problem)
+    dense = K <= DENSE_MAX_K if dense is None else bool(dense)
+    U, z, b, f = _direction_values(problem, dense)
     s = z.shape[0]
     if s == 0:
         geometry = "zero"
@@ -222,13 +257,15 @@ def predict(problem: Problem) -> Prediction:
     spectrum = np.sort(z * wscale)[::-1]  # eigenvalues of W Wᵀ = U diag(z sqrt(λ_H/λ_W)) Uᵀ
     w_norm = math.sqrt(float(np.sum(spectrum)) / K)
     h_norm = math.sqrt(float(np.sum(z / wscale)) / (n * K)) if s else 0.0
-    gram = outputs = gram_h = cross = None
-    if geometry != "rank_limited":
-        gram = (U * (z * wscale)) @ U.T if s else np.zeros((K, K))
-        outputs = (U * (z / math.sqrt(n))) @ U.T + (0.0 if b is None else b)
-        gram_h = (U * (z / (wscale * n))) @ U.T if s else np.zeros((K, K))  # μ_k = H y_k / n
-        cross = outputs - (0.0 if b is None else b)
-    return Prediction(problem.c, geometry, f, s, w_norm, h_norm, b, gram, spectrum, outputs,
+    gram = outputs = form = gram_h = cross = None
+    if geometry != "rank_limited":  # unique: a (I − 11ᵀ/K) + b 11ᵀ/K (s = 0, K − 1 centred, or K)
+        form = (float(z[0] * wscale), float(z[-1] * wscale) if s == K else 0.0) if s else (0.0, 0.0)
+        if dense:
+            gram = (U * (z * wscale)) @ U.T if s else np.zeros((K, K))
+            outputs = (U * (z / math.sqrt(n))) @ U.T + (0.0 if b is None else b)
+            gram_h = (U * (z / (wscale * n))) @ U.T if s else np.zeros((K, K))  # μ_k = H y_k / n
+            cross = outputs - (0.0 if b is None else b)
+    return Prediction(problem.c, geometry, f, s, w_norm, h_norm, b, gram, spectrum, outputs, form,
                       bias_vector=None if b is None else np.full(K, b), w_norms=np.full(K, w_norm),
                       h_norms=np.full(K, h_norm), gram_h=gram_h, cross=cross, class_sizes=np.full(K, float(n)),
                       vanished=tuple(range(K)) if s == 0 else ())

@@ -161,6 +161,8 @@ def _grid_values(key: str, spec) -> list:
             rng = "positive numbers" if kind == "geomspace" else "finite numbers"
             raise SweepError(f"{where}.{kind} must be [start, stop, num] with {rng} and an integer num >= 1, "
                              f"got {args!r}")
+        if args[2] > MAX_POINTS:
+            raise SweepError(f"{where}.{kind} asks for {args[2]} values; a sweep holds at most {MAX_POINTS} points")
         fn = np.geomspace if kind == "geomspace" else np.linspace
         values = [float(v) for v in fn(args[0], args[1], args[2])]
     elif isinstance(spec, list):
@@ -169,13 +171,19 @@ def _grid_values(key: str, spec) -> list:
         raise SweepError(f"{where} must be a non-empty list of values, got {_show(spec)}")
     if not values:
         raise SweepError(f"{where} must be a non-empty list of values, got []")
+    if len(values) > MAX_POINTS:
+        raise SweepError(f"{where} has {len(values)} values; a sweep holds at most {MAX_POINTS} points")
     out = [_check_value(key, v, f"{where}[{i}]") for i, v in enumerate(values)]
-    seen = []
+    seen = set()  # == semantics as before (1 == 1.0 == True), in O(values)
     for i, v in enumerate(out):
         if v in seen:
             raise SweepError(f"{where}[{i}] repeats the value {_show(values[i])}; grid values must be distinct")
-        seen.append(v)
+        seen.add(v)
     return out
+
+
+#: the most points a sweep may hold (grid sizes are checked before the grid is expanded)
+MAX_POINTS = 100_000
 
 
 def _check_keys(raw: Mapping, extras: Mapping) -> None:
@@ -239,6 +247,11 @@ def parse_config(raw: Mapping) -> SweepConfig:
     given = set(raw.get("problem", {})) | set(raw.get("solver", {})) | set(grid)
 
     keys = list(grid)
+    size = math.prod(len(v) for v in grid.values())
+    if size > MAX_POINTS:  # known before anything is expanded
+        raise SweepError(f"grid: {size} points ({' x '.join(f'{len(v)} {k}' for k, v in grid.items())}), more than "
+                         f"the {MAX_POINTS} a sweep may hold (each point is validated and planned up front, "
+                         "~0.5 ms each); split it into several sweeps")
     points = []
     for index, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
         swept = dict(zip(keys, combo))
@@ -296,9 +309,10 @@ def _class_sizes(s: dict, name, k_given: bool) -> dict:
 def point_config(s: Mapping, progress: bool | None = False):
     """The engine :class:`~ncflow.Config` of a point's settings (``ncflow run`` with the same
     settings uses exactly this config)."""
-    from ncflow.config import Config
+    from ncflow.config import Config, cap_chunk
 
-    return Config(progress=progress, **{k: v for k, v in s.items() if k not in PROBLEM_SPECS and k not in SIZE_SPECS})
+    solver = {k: v for k, v in s.items() if k not in PROBLEM_SPECS and k not in SIZE_SPECS}
+    return cap_chunk(Config(progress=progress, **solver))
 
 
 def _representation(problem, config):

@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import os
 import time
 from typing import Callable, Mapping
@@ -90,6 +91,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ncflow import io as _io
+from ncflow.batch.history import own_rows
 from ncflow.outcomes import LABELS
 from ncflow.sweep.config import (  # noqa: F401
     LANE_KEYS,
@@ -142,10 +144,18 @@ def check_out_dir(cfg: SweepConfig, out_dir: str) -> dict | None:
 
 
 def remove_stale_temporaries(out_dir: str) -> int:
-    """Delete the temporary files (``.<name>.<random>.tmp``, see :mod:`ncflow.io`) that a killed
-    writer left under ``out_dir``; returns how many. Call only while holding the sweep's lock."""
+    """Delete the temporary files (``.<name>.<random>.tmp``) and the staging directories of a
+    point's save (``.<index>.ncflow-tmp-<pid>-<random>``, see :mod:`ncflow.io`) that a killed writer
+    left under ``out_dir``; returns how many. Call only while holding the sweep's lock."""
+    import shutil
+
     removed = 0
-    for root, _, names in os.walk(out_dir):
+    for root, dirs, names in os.walk(out_dir):
+        for name in list(dirs):
+            if _io.is_stage_name(name) is not None:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                dirs.remove(name)
+                removed += 1
         for name in names:
             if name.startswith(".") and name.endswith(".tmp"):
                 try:
@@ -154,6 +164,28 @@ def remove_stale_temporaries(out_dir: str) -> int:
                 except FileNotFoundError:
                     pass
     return removed
+
+
+def repair_points(cfg: SweepConfig, out_dir: str, say: Callable[[str], None]) -> list[int]:
+    """Mark incomplete (delete the completion mark of) every point whose ``summary.json`` or
+    ``runs.csv`` cannot be read, e.g. truncated by a disk that filled up or a copy cut short, so
+    that the resume runs it again; one line per point through ``say``. Returns their indices.
+    Call only while holding the sweep's lock."""
+    bad = []
+    for p in cfg.points:
+        pdir = cfg.point_dir(out_dir, p.index)
+        if not is_complete(pdir):
+            continue
+        try:
+            s = _io.read_json(os.path.join(pdir, "summary.json"))
+            if not isinstance(s, dict) or "outcomes" not in s or "theory" not in s:
+                raise ValueError("not a result summary")
+            _io.read_table_csv(os.path.join(pdir, "runs.csv"))
+        except (OSError, ValueError) as e:
+            say(f"point {p.index}: its files are unreadable ({type(e).__name__}); running it again")
+            os.remove(os.path.join(pdir, "summary.json"))
+            bad.append(p.index)
+    return bad
 
 
 def is_complete(point_dir: str) -> bool:
@@ -258,15 +290,16 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
         memory_limit_bytes: split shape groups to fit this (None: 80% of available memory).
         devices: devices to shard each batch over (None: every device), as in ``simulate_points``.
 
+    In a multi-process job (``jax.distributed`` initialized, ``jax.process_count() > 1``) every
+    process calls this with the same config: process 0 reads and writes ``out_dir`` (it need not
+    exist elsewhere), decides which points each batch runs and sends that list to the others; every
+    process then runs the same batches over every process's devices, and only process 0 writes.
+    The other processes return a report with status "worker" and no summary.
+
     Returns a :class:`SweepReport`. Raises :class:`SweepError` for a bad config or directory,
-    before anything is written.
+    before anything is written (on every process of a multi-process job).
     """
     import jax
-
-    from ncflow.batch.loop import Point, simulate_points
-    from ncflow.batch.memory import available_memory_bytes
-    from ncflow.errors import ConfigError
-    from ncflow.result import versions
 
     t0 = time.perf_counter()
     if resume not in RESUME_MODES:
@@ -278,10 +311,78 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
     else:
         cfg = load_config(config, overrides)
     out_dir = os.fspath(out_dir)
-    check_out_dir(cfg, out_dir)
     if any(p.problem.dtype == "float64" for p in cfg.points) and not jax.config.read("jax_enable_x64"):
         raise SweepError('problem.dtype = "float64" needs jax_enable_x64: set '
                          'jax.config.update("jax_enable_x64", True) before JAX starts (the CLI does)')
+    args = (cfg, out_dir, resume, progress, log, memory_limit_bytes, devices, t0)
+    if jax.process_count() == 1:
+        return _lead(*args, share=lambda work: None)
+    if jax.process_index() != 0:
+        return _follow(cfg, out_dir, progress, devices, t0)
+    shared = []
+
+    def share(work):
+        _broadcast_json({"batches": work})
+        shared.append(True)
+
+    try:
+        return _lead(*args, share=share)
+    except BaseException as e:
+        if not shared:  # the others wait for the work list: tell them why there is none
+            _broadcast_json({"error": f"process 0: {e}" if str(e) else f"process 0: {type(e).__name__}"})
+        raise
+
+
+def _points_of(run) -> list:
+    from ncflow.batch.loop import Point
+
+    return [Point(problem=p.problem, runs=p.settings["runs"], lr=p.lr, init_scale=float(p.settings["init_scale"]),
+                  seed=p.settings["seed"]) for p in run]
+
+
+def _broadcast_json(payload: dict | None) -> dict:
+    """``payload`` of process 0 on every process (others pass None): JSON bytes sent through
+    ``multihost_utils.broadcast_one_to_all`` (its length first)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    data = json.dumps(payload).encode() if jax.process_index() == 0 else b""
+    n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int32)))
+    buf = np.frombuffer(data, np.uint8) if data else np.zeros(n, np.uint8)
+    buf = np.asarray(multihost_utils.broadcast_one_to_all(buf), np.uint8)
+    return json.loads(buf.tobytes().decode())
+
+
+def _follow(cfg: SweepConfig, out_dir: str, progress, devices, t0: float) -> SweepReport:
+    """A process other than 0 of a multi-process sweep: run the batches process 0 decided."""
+    from ncflow.batch.loop import simulate_points
+    from ncflow.errors import ConfigError
+
+    work = _broadcast_json(None)
+    if "error" in work:
+        raise SweepError(work["error"])
+    for bi, idxs in enumerate(work["batches"]):
+        if not idxs:
+            continue
+        run = [cfg.points[i] for i in idxs]
+        try:
+            simulate_points(_points_of(run), point_config(run[0].settings, progress=False), devices=devices)
+        except ConfigError as e:
+            raise SweepError(f"batch {bi + 1} (points {run[0].index}..{run[-1].index}): {e}") from None
+    return SweepReport(out_dir=out_dir, points=len(cfg.points), ran=[], skipped=[], recomputed=[], status="worker",
+                       summary={}, wall_s=time.perf_counter() - t0)
+
+
+def _lead(cfg: SweepConfig, out_dir: str, resume: str, progress, log, memory_limit_bytes, devices, t0: float, *,
+          share: Callable[[list], None]) -> SweepReport:
+    """Process 0 (or the only process) of a sweep: the directory, the plan, the batches, the files.
+    ``share(work)`` receives, once the plan is known, the point indices every batch runs."""
+    from ncflow.batch.loop import simulate_points
+    from ncflow.batch.memory import available_memory_bytes
+    from ncflow.errors import ConfigError
+    from ncflow.result import versions
+
+    check_out_dir(cfg, out_dir)
     say = log or (lambda _msg: None)
     limit = memory_limit_bytes
     if limit is None:
@@ -294,20 +395,25 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
     with _Lock(out_dir):
         old = check_out_dir(cfg, out_dir)  # again, under the lock
         remove_stale_temporaries(out_dir)
+        if old is not None:
+            repair_points(cfg, out_dir, say)
         plan = _plan(cfg, old, limit)
         manifest = _new_manifest(cfg, old, plan, versions())
         wall_before = manifest["wall_s"]
         _write_manifest(out_dir, manifest, cfg, wall_before, t0)
         os.makedirs(os.path.join(out_dir, "points"), exist_ok=True)
-        ran, skipped, recomputed, rows = [], [], [], {}
-        for bi, batch in enumerate(plan):
+        runs_of = []  # per batch: its members, the points to write, the points to run
+        for batch in plan:
             members = [cfg.points[i] for i in batch["points"]]
             todo = [p for p in members if not is_complete(cfg.point_dir(out_dir, p.index))]
+            runs_of.append((members, todo, (members if resume == "exact" else todo) if todo else []))
+        share([[p.index for p in run] for _, _, run in runs_of])
+        ran, skipped, recomputed, rows = [], [], [], {}
+        for bi, (members, todo, run) in enumerate(runs_of):
             done = [p for p in members if p not in todo]
             skipped += [p.index for p in done]
             if not todo:
                 continue
-            run = members if resume == "exact" else todo
             recomputed += [p.index for p in run if p not in todo]
             s = run[0].settings
             extra = "".join(f" {k}={v}" for k, v in run[0].swept.items() if k not in LANE_KEYS + ("K", "d", "n"))
@@ -315,10 +421,8 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
                 f"{len(todo)} point(s) to write, {sum(p.settings['runs'] for p in run)} runs"
                 + (f" ({len(done)} complete point(s) {'re-run for exactness' if resume == 'exact' else 'skipped'})"
                    if done else ""))
-            points = [Point(problem=p.problem, runs=p.settings["runs"], lr=p.lr,
-                            init_scale=float(p.settings["init_scale"]), seed=p.settings["seed"]) for p in run]
             try:
-                results = simulate_points(points, point_config(s, progress=progress), devices=devices)
+                results = simulate_points(_points_of(run), point_config(s, progress=progress), devices=devices)
             except ConfigError as e:
                 raise SweepError(f"batch {bi + 1} (points {run[0].index}..{run[-1].index}): {e}") from None
             for p, res in zip(run, results):
@@ -328,6 +432,9 @@ def run_sweep(config, out_dir: str | os.PathLike, *, resume: str = "missing", pr
                 os.makedirs(pdir, exist_ok=True)
                 _io.write_json(os.path.join(pdir, "point.json"),
                                {"point": p.index, "swept": p.swept, "lr_used": p.lr, "config_hash": cfg.hash})
+                if res.history is not None:  # the point's own rows, whatever its batch-mates (resume = uninterrupted)
+                    res = dataclasses.replace(res, history=own_rows(res.history, res.per_run["steps"], s["chunk"],
+                                                                    s["max_steps"]))
                 res.save(pdir, overwrite=True)  # summary.json last: the completion mark
                 ran.append(p.index)
             write_summary(cfg, out_dir, rows)

@@ -1,0 +1,187 @@
+"""Device benchmark: ncflow on whatever accelerator JAX sees (the CPU when there is none) against a
+plain ``jit(vmap(scan))`` of the same one-run step over all runs at once, in one process.
+
+For each problem (the default K=10, d=10, n=100 and K=10, d=64, n=20) and each number of runs:
+
+* **throughput** — ``steps`` fixed GD steps of every run (``early_stop=False``): ncflow (plan auto)
+  and the baseline (ncflow's own starts and one-run collapsed step, ``jit(vmap(lax.scan))``, no
+  stop rule, no host visits) each timed after a warm-up call; run-steps/s of both, their ratio, the
+  share of ncflow's stepping loop spent on the host (``1 − run_s/loop_s``: stop rule, progress,
+  round trips), and the largest relative difference of the runs' final objectives (the same runs);
+* **answer** — the default stop rule (certified) on the largest size: ncflow's wall, stepping and
+  classification times, classification as a share of stepping, and its outcome counts next to the
+  number of the baseline's runs that are below the lowest saddle value (f < f* + 0.9 (f_sad − f*),
+  THEORY §8) after as many steps as ncflow's longest run took: the same count as ncflow's
+  ``global`` when both are right.
+
+Prints one JSON line (and, with ``--table``, a readable table on stderr). Installs nothing, writes
+nothing unless ``--out FILE``. Stops starting new cases once ``--budget-s`` is spent (marked
+"skipped"). Example::
+
+    python benchmarks/device.py                         # 1k/10k/100k runs, 1000 steps
+    python benchmarks/device.py --runs 1000 --steps 300 # a quick CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # float64 stop rule on the device (runs are float32)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import ncflow  # noqa: E402
+from ncflow.batch.programs import clear_cache  # noqa: E402
+from ncflow.dynamics.build import default_lr, dynamics_for  # noqa: E402
+from ncflow.dynamics.starts import initializer, run_key  # noqa: E402
+from ncflow.maths import theory  # noqa: E402
+
+PROBLEMS = {"default": dict(), "K10_d64_n20": dict(K=10, d=64, n=20)}
+
+
+def _args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    ap.add_argument("--steps", type=int, default=1000, help="fixed steps of the throughput section")
+    ap.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    ap.add_argument("--budget-s", type=float, default=270.0, help="start no new case after this many seconds")
+    ap.add_argument("--table", action="store_true", help="also print a readable table on stderr")
+    ap.add_argument("--out", default=None, help="also write the JSON line to this file")
+    return ap.parse_args(argv)
+
+
+def machine() -> dict:
+    """Where the numbers come from: platform, device kind and count, versions, host load."""
+    dev = jax.devices()[0]
+    return {"platform": dev.platform, "device_kind": dev.device_kind, "devices": jax.device_count(),
+            "jax": jax.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "loadavg_1m": os.getloadavg()[0], "host": platform.processor() or platform.machine()}
+
+
+def _starts(problem, dyn, runs: int, seed: int = 0):
+    """ncflow's own starts of runs 0..runs−1 (fold_in(key(seed), i)), as the carried states."""
+    init = initializer(problem, ncflow.Config())
+
+    def one(i):
+        return dyn.from_params(problem, init(problem, run_key(seed, i), 1.0))
+
+    return jax.jit(jax.vmap(one))(jnp.arange(runs, dtype=jnp.uint32))
+
+
+def baseline(problem, dyn, runs: int, steps: int, lr: float) -> dict:
+    """A plain jit(vmap(scan)) of the one-run step: all runs at once, no stop rule, full precision."""
+    x0 = _starts(problem, dyn, runs)
+    lr_ = jnp.asarray(lr, problem.dtype)
+
+    def run_one(x):
+        def body(x, _):
+            return dyn.step(problem, x, lr_), None
+        x, _ = jax.lax.scan(body, x, None, length=steps)
+        return x, dyn.value_and_grad_norm(problem, x)[0]
+
+    with jax.default_matmul_precision("highest"):
+        t0 = time.perf_counter()
+        prog = jax.jit(jax.vmap(run_one)).lower(x0).compile()
+        compile_s = time.perf_counter() - t0
+    jax.block_until_ready(prog(x0))  # warm-up
+    t0 = time.perf_counter()
+    _, f = jax.block_until_ready(prog(x0))
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "compile_s": compile_s, "run_steps_per_s": runs * steps / seconds,
+            "objective": np.asarray(f, np.float64)}
+
+
+def throughput(name: str, runs: int, steps: int) -> dict:
+    problem = ncflow.Problem(**PROBLEMS[name])
+    cfg = ncflow.Config(runs=runs, max_steps=steps, early_stop=False, progress=False)
+    ncflow.simulate(problem, cfg)  # warm-up: compiles every program of this shape
+    r = ncflow.simulate(problem, cfg)
+    dyn = dynamics_for(problem, cfg)
+    b = baseline(problem, dyn, runs, steps, float(default_lr(problem, cfg)))
+    t = r.timing
+    f = r.per_run["objective"]
+    return {
+        "problem": name, "runs": runs, "steps": steps, "plan": t["plan"], "engine": r.representation,
+        "ncflow_run_steps_per_s": t["run_steps_per_s"], "ncflow_loop_s": t["loop_s"], "ncflow_run_s": t["run_s"],
+        "host_share": 1.0 - t["run_s"] / t["loop_s"] if t["loop_s"] > 0 else 0.0,
+        "ncflow_classify_s": t["classify_s"], "ncflow_wall_s": t["wall_s"],
+        "baseline_run_steps_per_s": b["run_steps_per_s"], "baseline_s": b["seconds"],
+        "ratio_vs_baseline": t["run_steps_per_s"] / b["run_steps_per_s"],
+        "max_rel_objective_diff": float(np.max(np.abs(f - b["objective"]) / np.abs(b["objective"]))),
+    }
+
+
+def answer(name: str, runs: int) -> dict:
+    problem = ncflow.Problem(**PROBLEMS[name])
+    cfg = ncflow.Config(runs=runs, progress=False)
+    ncflow.simulate(problem, ncflow.Config(runs=runs, progress=False, max_steps=200))  # warm-up (compiles)
+    r = ncflow.simulate(problem, cfg)
+    t = r.timing
+    counts = {k: int(v) for k, v in zip(*np.unique(r.per_run["outcome"], return_counts=True))}
+    steps = int(np.max(r.per_run["steps"]))
+    dyn = dynamics_for(problem, cfg)
+    b = baseline(problem, dyn, runs, steps, float(default_lr(problem, cfg)))
+    f_star = theory.predict(problem).objective
+    below = int(np.sum(b["objective"] < f_star + 0.9 * _saddle_gap(problem)))  # (H1) with ncflow's margin
+    return {
+        "problem": name, "runs": runs, "plan": t["plan"], "outcomes": counts,
+        "baseline_below_saddle_after_same_steps": below, "max_steps_taken": steps,
+        "median_steps": float(np.median(r.per_run["steps"])), "wall_s": t["wall_s"], "run_s": t["run_s"],
+        "loop_s": t["loop_s"], "host_share": 1.0 - t["run_s"] / t["loop_s"] if t["loop_s"] > 0 else 0.0,
+        "classify_s": t["classify_s"], "classify_share_of_stepping": t["classify_s"] / max(t["run_s"], 1e-9),
+        "run_steps_per_s": t["run_steps_per_s"], "compile_s": t["compile_s"],
+    }
+
+
+def _saddle_gap(problem) -> float:
+    from ncflow.maths.certificate import saddle_gap
+
+    g = saddle_gap(problem)
+    return float("inf") if g is None else g
+
+
+def main(argv=None) -> int:
+    a = _args(argv)
+    t_start = time.perf_counter()
+    out = {"benchmark": "device", "machine": machine(), "throughput": [], "answer": []}
+
+    def budget_left() -> bool:
+        return time.perf_counter() - t_start < a.budget_s
+
+    for name in a.problems:
+        for runs in a.runs:
+            if not budget_left():
+                out["throughput"].append({"problem": name, "runs": runs, "skipped": "budget"})
+                continue
+            out["throughput"].append(throughput(name, runs, a.steps))
+            clear_cache()
+    for name in a.problems:
+        if not budget_left():
+            out["answer"].append({"problem": name, "runs": max(a.runs), "skipped": "budget"})
+            continue
+        out["answer"].append(answer(name, max(a.runs)))
+        clear_cache()
+    out["wall_s"] = time.perf_counter() - t_start
+    line = json.dumps(out, default=float)
+    print(line)
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write(line + "\n")
+    if a.table:
+        for row in out["throughput"]:
+            print(json.dumps(row, default=float), file=sys.stderr)
+        for row in out["answer"]:
+            print(json.dumps(row, default=float), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
