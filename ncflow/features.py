@@ -20,10 +20,18 @@ W̃ = W with rows centred, P = (I − 11ᵀ/K)/√(K−1):
 * NC3 = ‖W̃H̄/‖W̃H̄‖_F − P‖_F;  NC4 = ‖W μ_G + b‖ (the paper's code);
 * ``within_between`` = tr Σ_W / tr Σ_B.
 
+* ``nc1_weighted``: NC1 with the n_k-weighted Σ_B = Σ_k (n_k/N)(μ_k − μ_G)(μ_k − μ_G)ᵀ (THEORY §7);
+* ``gram_w_dist``, ``gram_h_dist``, ``cross_dist``: normalized Frobenius distances
+  ‖X/‖X‖_F − X*/‖X*‖_F‖_F of W Wᵀ, MᵀM and W M to the UFM optimum's (scale-free, so a network
+  trained with other λ's is compared by shape only).
+
 For balanced classes these equal :func:`ncflow.metrics.nc_metrics`. The UFM side is the theory's
-global optimum for the same K and d, n = round(N/K), and the given λ's: its metrics follow from
-the predicted Gram W Wᵀ and self-duality μ_k = √(λ_W/(nλ_H)) w_k (null where the theory fixes
-no unique Gram: rank-limited d < K−1, or a λ of 0).
+global optimum for the same K and d and the given λ's: with equal class sizes n = N/K (THEORY §2),
+its metrics from the predicted Gram W Wᵀ and self-duality μ_k = √(λ_W/(nλ_H)) w_k; with unequal
+sizes the imbalanced optimum of THEORY §7 with the file's class sizes n_k (NC2/NC3 against the
+simplex ETF are then not 0 even at the optimum; the distances above are), up to K = 2048 classes
+(beyond, the balanced optimum with n = round(N/K), and no distances). Null where the theory
+fixes no unique Gram (rank-limited d, or a λ of 0).
 """
 
 from __future__ import annotations
@@ -226,9 +234,10 @@ def features_metrics(H, labels, W=None, b=None, K: int | None = None) -> dict:
     nc1 = float(np.sum(np.einsum("dj,de,ej->j", U[:, keep], Sw, U[:, keep]) / s[keep] ** 2) / K)
     trW, trB = float(np.trace(Sw)), float(np.sum(Hbar**2) / K)
     ratio = trW / trB if trB > 0 else (math.inf if trW > 0 else 0.0)
+    sizes = np.bincount(labels, minlength=K)
     out = {"nc1": nc1, "nc2": None, "nc3": None, "nc4": None, "nc2_uncentered": None,
            "within_between": ratio, "w_norm": None, "mean_norm": math.sqrt(trB),
-           "class_sizes": np.bincount(labels, minlength=K).tolist()}
+           "nc1_weighted": _nc1(Hbar * np.sqrt(sizes / N), Sw, K), "class_sizes": sizes.tolist()}
     if W is not None:
         W = np.asarray(W, np.float64)
         bb = np.zeros(K) if b is None else np.asarray(b, np.float64)
@@ -247,6 +256,20 @@ def features_metrics(H, labels, W=None, b=None, K: int | None = None) -> dict:
         out.update(nc2=nc2, nc3=nc3, nc4=float(np.linalg.norm(W @ muG + bb)), nc2_uncentered=nc2u,
                    w_norm=float(np.sqrt(np.sum(W * W) / K)))
     return out
+
+
+def _nc1(X: np.ndarray, Sw: np.ndarray, K: int) -> float:
+    """tr(Σ_W Σ_B^†)/K with Σ_B = X Xᵀ."""
+    U, s, _ = np.linalg.svd(X, full_matrices=False)
+    cutoff = (s.max() if s.size else 0.0) * max(X.shape) * np.finfo(np.float64).eps * 10
+    keep = s > cutoff
+    return float(np.sum(np.einsum("dj,de,ej->j", U[:, keep], Sw, U[:, keep]) / s[keep] ** 2) / K)
+
+
+def _ndist(X, P) -> float | None:
+    if X is None or P is None:
+        return None
+    return float(np.linalg.norm(_normalize(np.asarray(X, np.float64)) - _normalize(np.asarray(P, np.float64))))
 
 
 #: above this many classes the metrics use d×d products instead of K×K matrices
@@ -269,10 +292,13 @@ def predicted_metrics(problem) -> dict:
 
     pred = predict(problem)
     out = {"nc1": None, "nc2": None, "nc3": None, "nc4": None, "nc2_uncentered": None,
-           "within_between": None, "w_norm": pred.w_norm, "mean_norm": pred.h_norm}
+           "within_between": None, "w_norm": pred.w_norm, "mean_norm": pred.h_norm, "nc1_weighted": None,
+           "gram_w_dist": None, "gram_h_dist": None, "cross_dist": None}
     if not pred.gram_unique:
         return out
     K = problem.K
+    if problem.general:
+        return {**out, **_predicted_general(problem, pred)}
     if pred.gram is None:  # large K: from the closed form a (I − 11ᵀ/K) + b 11ᵀ/K, no K×K matrix
         return _predicted_from_form(out, problem, pred)
     G = np.asarray(pred.gram, np.float64)
@@ -283,8 +309,24 @@ def predicted_metrics(problem) -> dict:
     nc2 = float(np.linalg.norm(_normalize(C @ G @ C) - P))
     b = np.zeros(K) if pred.bias is None else np.full(K, pred.bias)
     out.update(nc1=0.0, nc2=nc2, nc3=nc2, nc4=float(np.linalg.norm(kappa * G @ np.ones(K) / K + b)),
-               nc2_uncentered=float(np.linalg.norm(_normalize(G) - P)), within_between=0.0)
+               nc2_uncentered=float(np.linalg.norm(_normalize(G) - P)), within_between=0.0, nc1_weighted=0.0,
+               gram_w_dist=0.0, gram_h_dist=0.0 if pred.gram_h is not None else None,
+               cross_dist=0.0 if pred.cross is not None else None)
     return out
+
+
+def _predicted_general(problem, pred) -> dict:
+    """Metrics of the THEORY §7 optimum from its W Wᵀ, MᵀM and W M: μ_G = M p, H̄ = M (I − p1ᵀ)."""
+    K = problem.K
+    p = problem.sizes / problem.N
+    G, GH, X = (np.asarray(a, np.float64) for a in (pred.gram, pred.gram_h, pred.cross))
+    C, P, Cp = np.eye(K) - 1.0 / K, _etf(K), np.eye(K) - np.outer(p, np.ones(K))
+    b = np.zeros(K) if pred.bias_vector is None else pred.bias_vector
+    HbHb = Cp.T @ GH @ Cp
+    return dict(nc1=0.0, nc1_weighted=0.0, within_between=0.0, nc2=float(np.linalg.norm(_normalize(C @ G @ C) - P)),
+                nc3=float(np.linalg.norm(_normalize(C @ X @ Cp) - P)), nc4=float(np.linalg.norm(X @ p + b)),
+                nc2_uncentered=float(np.linalg.norm(_normalize(G) - P)), mean_norm=math.sqrt(np.trace(HbHb) / K),
+                gram_w_dist=0.0, gram_h_dist=0.0, cross_dist=0.0)
 
 
 def _predicted_from_form(out: dict, problem, pred) -> dict:
@@ -310,12 +352,25 @@ def compare(feats: Features, lambda_w: float = 5e-4, lambda_h: float = 5e-4, lam
     from ncflow.problem import Problem, ProblemError
 
     m = features_metrics(feats.H, feats.labels, feats.W, feats.b, K=feats.K)
-    n = max(1, int(round(feats.N / feats.K)))
+    sizes = tuple(int(v) for v in m["class_sizes"])
+    kw = dict(K=feats.K, d=feats.d, lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b if bias else 0.0,
+              bias=bias, dtype="float64")
     try:
-        problem = Problem(K=feats.K, d=feats.d, n=n, lambda_w=lambda_w, lambda_h=lambda_h,
-                          lambda_b=lambda_b if bias else 0.0, bias=bias, dtype="float64")
+        if len(set(sizes)) > 1 and feats.K <= DENSE_MAX_K:  # unequal class sizes: the optimum of THEORY §7
+            problem = Problem(class_sizes=sizes, **kw)
+        else:  # equal sizes, or too many classes for the dense §7 theory: n = round(N/K)
+            problem = Problem(n=max(1, int(round(feats.N / feats.K))), **kw)
     except ProblemError as e:
         raise FeaturesError(f"UFM comparison: {e}") from None
+    pred = predict(problem)
+    if feats.K <= DENSE_MAX_K:
+        M = class_means(feats.H, feats.labels, feats.K)
+        W = None if feats.W is None else np.asarray(feats.W, np.float64)
+        m.update(gram_w_dist=None if W is None or pred.gram is None else _ndist(W @ W.T, pred.gram),
+                 gram_h_dist=_ndist(M.T @ M, pred.gram_h),
+                 cross_dist=None if W is None else _ndist(W @ M, pred.cross))
+    else:
+        m.update(gram_w_dist=None, gram_h_dist=None, cross_dist=None)
     return {
         "K": feats.K, "d": feats.d, "N": feats.N, "class_sizes": m.pop("class_sizes"),
         "has_W": feats.W is not None, "has_b": feats.b is not None,
@@ -327,7 +382,9 @@ def compare(feats: Features, lambda_w: float = 5e-4, lambda_h: float = 5e-4, lam
 
 _ROWS = (("nc1", "NC1  tr(Σ_W Σ_B†)/K"), ("nc2", "NC2  (centered W)"), ("nc2_uncentered", "NC2  (uncentered W)"),
          ("nc3", "NC3  W–H̄ alignment"), ("nc4", "NC4  ‖W μ_G + b‖"), ("within_between", "tr Σ_W / tr Σ_B"),
-         ("w_norm", "‖w_k‖ (rms)"), ("mean_norm", "‖μ_k − μ_G‖ (rms)"))
+         ("w_norm", "‖w_k‖ (rms)"), ("mean_norm", "‖μ_k − μ_G‖ (rms)"),
+         ("nc1_weighted", "NC1  (n_k-weighted Σ_B)"), ("gram_w_dist", "W Wᵀ vs UFM (normalized)"),
+         ("gram_h_dist", "MᵀM vs UFM (normalized)"), ("cross_dist", "W M vs UFM (normalized)"))
 
 
 def format_report(report: dict, name: str = "features") -> str:
@@ -342,7 +399,8 @@ def format_report(report: dict, name: str = "features") -> str:
         lines.append(f"  class sizes min {int(sizes.min())}  median {np.median(sizes):g}  max {int(sizes.max())}")
     if not report["has_W"]:
         lines.append("  no W in the file: NC2, NC3, NC4 need the classifier weights")
-    head = (f"UFM optimum (n={p['n']}, λ_W={p['lambda_w']:g}, λ_H={p['lambda_h']:g}, "
+    size = f"n_k={','.join(map(str, p['class_sizes']))}" if "class_sizes" in p else f"n={p['n']}"
+    head = (f"UFM optimum ({size}, λ_W={p['lambda_w']:g}, λ_H={p['lambda_h']:g}, "
             f"c={u['theory']['c']:.3g}, {u['theory']['geometry']})")
     width = max(len(r[1]) for r in _ROWS)
     lines.append("")

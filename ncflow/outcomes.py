@@ -3,7 +3,9 @@
 Labels (in this order, codes 0–4):
 
 * ``global``: stationary (||∇f|| <= gtol), |f − f*| <= gap_tol and the Gram of W matches the
-  predicted geometry (ETF / orthogonal frame / zero / rank-limited spectrum) within geom_tol — or
+  predicted geometry (ETF / orthogonal frame / zero / rank-limited spectrum) within geom_tol (with
+  class sizes or targets, THEORY §7: W Wᵀ, MᵀM and W M against the predicted matrices, or the
+  spectrum of W Wᵀ where the Gram is not unique) — or
   certified by the early certificate of THEORY §8 (stop rule "certified": the run's LIMIT is a
   global minimizer; its state at the stop is not stationary, see ``certified_step``);
 * ``saddle``: stationary, not global, and Lanczos on Hessian-vector products finds a Ritz value
@@ -101,6 +103,41 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
                       strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])), own_gtol=float(own))
 
 
+def class_fates(W: np.ndarray, M: np.ndarray, tol: float, scale: tuple[float, float] | None = None) -> tuple[str, str]:
+    """Which classes merged and which vanished in ONE run's final state (THEORY §7 minority
+    collapse): ``W (K, d)``, class means ``M (d, K)``. Class k vanished when ||w_k||² and ||μ_k||² are
+    at most ``tol`` times the largest; classes i, j merged when ||w_i − w_j||² and ||μ_i − μ_j||² are
+    (and neither vanished). ``scale``: the predicted largest ||w_k||² and ||μ_k||², used where they
+    exceed the run's own (1 where the prediction is the zero solution, so that a run that converged
+    to zero up to rounding has every class vanished). Returns ``("2,3;5,6", "4")``: merged groups
+    separated by ";", vanished classes by ","; empty strings for none."""
+    W, M = np.asarray(W, np.float64), np.asarray(M, np.float64)
+    K = W.shape[0]
+    w2, m2 = np.sum(W * W, axis=1), np.sum(M * M, axis=0)
+    pw, pm = scale if scale is not None else (0.0, 0.0)
+    if scale is not None and pw == 0.0:
+        pw = pm = 1.0
+    sw, sm = max(float(w2.max()), pw, 1e-300), max(float(m2.max()), pm, 1e-300)
+    vanished = [k for k in range(K) if w2[k] <= tol * sw and m2[k] <= tol * sm]
+    alive = [k for k in range(K) if k not in vanished]
+    groups: list[list[int]] = []
+    for k in alive:
+        for g in groups:
+            i = g[0]
+            if np.sum((W[i] - W[k]) ** 2) <= tol * sw and np.sum((M[:, i] - M[:, k]) ** 2) <= tol * sm:
+                g.append(k)
+                break
+        else:
+            groups.append([k])
+    merged = ";".join(",".join(map(str, g)) for g in groups if len(g) > 1)
+    return merged, ",".join(map(str, vanished))
+
+
+def fates_text(merged: tuple, vanished: tuple) -> tuple[str, str]:
+    """A prediction's merged groups and vanished classes in the per-run format of :func:`class_fates`."""
+    return ";".join(",".join(map(str, g)) for g in merged), ",".join(map(str, vanished))
+
+
 def classify(f, gnorm, dist, tols, status, hessian_extremes):
     """Label every run (see the module doc).
 
@@ -125,7 +162,8 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes):
     diverged = ~finite | (status == DIVERGED)
     certified = ~diverged & (status == CERTIFIED)  # THEORY §8: the limit is global, the state need not be stationary
     stationary = ~diverged & ~certified & (gnorm <= gtol)
-    is_global = certified | (stationary & (np.abs(dist.gap) <= gap_tol) & (dist.gram_error <= geom_tol))
+    geometry_ok = (dist.gram_error <= geom_tol) & (dist.gram_h_error <= geom_tol) & (dist.cross_error <= geom_tol)
+    is_global = certified | (stationary & (np.abs(dist.gap) <= gap_tol) & geometry_ok)
     cand = np.nonzero(stationary & ~is_global)[0]
     min_eig = np.full(len(f), np.nan)
     max_eig = np.full(len(f), np.nan)

@@ -9,6 +9,7 @@ compiled program. Validation runs once, when a user builds a problem.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import numpy as np
@@ -18,7 +19,7 @@ from ncflow.settings import DTYPES, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_
 
 BIAS_MODES = ("unregularized", "regularized", "none")
 
-__all__ = ["BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError"]
+__all__ = ["BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError", "RowBasis"]
 
 #: coefficients that apply only under some other setting (alpha, target_scale: rescaled-mse)
 _CONDITIONAL = tuple(k for k in PROBLEM if SETTINGS[k].applies is not None)
@@ -27,6 +28,58 @@ _CONDITIONAL = tuple(k for k in PROBLEM if SETTINGS[k].applies is not None)
 def _default(name: str, static: bool = False):
     d = SETTINGS[name].field_default
     return eqx.field(static=True, default=d) if static else d
+
+
+class RowBasis(NamedTuple):
+    """A target matrix in row-space coordinates (THEORY §7; built by the engine, per lane): Q (N, r)
+    an orthonormal basis of the rows of [T; 1ᵀ; L] (L the one-hot labels, if any), ``TQ = T Q``
+    (K, r), ``q = Qᵀ 1`` (r,), ``LQ = Qᵀ Lᵀ`` (r, K) (zeros without labels), ``counts`` n_k (K,)
+    (zeros without labels), ``N`` (), and ``Q`` itself (used only to collapse a start). Columns
+    past a lane's own r are zero, which keeps them exactly zero in the state."""
+
+    TQ: np.ndarray
+    q: np.ndarray
+    LQ: np.ndarray
+    counts: np.ndarray
+    N: np.ndarray
+    Q: np.ndarray
+
+
+def _check_targets(T):
+    if hasattr(T, "aval") and not hasattr(T, "__array__"):  # a tracer inside the engine
+        return T
+    try:
+        a = np.asarray(T)
+    except Exception:
+        raise ProblemError(f"targets must be a real (K, N) array, got {type(T).__name__}", field="targets") from None
+    if a.ndim == 3:  # the engine's per-lane targets
+        return T
+    if a.ndim != 2 or a.shape[1] < 1 or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ProblemError(f"targets must be a real (K, N) array with K >= 2 and N >= 1, got shape {a.shape} "
+                           f"dtype {a.dtype}", field="targets")
+    if a.shape[1] > INT32_MAX:
+        raise ProblemError(f"targets must have N < 2^31 columns, got {a.shape[1]}", field="targets")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ProblemError("targets must be finite (no NaN or inf entries)", field="targets")
+    return a
+
+
+def _check_labels(y, K: int):
+    if hasattr(y, "aval") and not hasattr(y, "__array__"):
+        return y
+    a = np.asarray(y)
+    if a.ndim == 2:  # per-lane
+        return y
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise ProblemError(f"labels must be a 1-D integer array with entries in [0, {K - 1}], got shape {a.shape} "
+                           f"dtype {a.dtype}", field="labels")
+    if a.size and (a.min() < 0 or a.max() >= K):
+        raise ProblemError(f"labels must have entries in [0, {K - 1}], got min {a.min()} max {a.max()}",
+                           field="labels")
+    if np.any(np.bincount(a, minlength=K) == 0):
+        raise ProblemError(f"labels must contain every class 0..{K - 1} at least once", field="labels")
+    return a.astype(np.int64)
 
 
 class Problem(eqx.Module):
@@ -45,6 +98,19 @@ class Problem(eqx.Module):
         alpha, target_scale: α > 0 and M > 0 of the rescaled MSE; with loss "mse" they must keep
             their default 1 (a value given where it does not apply is refused).
         dtype: "float32" (default: needs no ``jax_enable_x64``) or "float64".
+        class_sizes: per-class sample counts ``(n_1, ..., n_K)`` (THEORY §7), each in [1, 2^24] with
+            N = Σ n_k < 2^31; None (default) = n for every class. Given, it sets K (a K that
+            disagrees with it is refused unless K is left at its default) and ``n`` is unused.
+            Columns of H stay class-major: class 1's n_1 columns, then class 2's, ...
+        targets: an arbitrary real target matrix T, shape (K, N), finite (soft labels, label
+            smoothing, regression); None (default) = one-hot labels. Given, it sets K and N.
+        labels: optional per-sample class labels (N,) in [0, K) of a ``targets`` problem, used by the
+            NC metrics only (every class must occur); without them a ``targets`` problem whose
+            ``class_sizes`` are given takes class-major labels.
+        columns: engine-internal, leave it None: the number of H columns a batch's init draws when
+            its lanes have different class sizes (the largest N of the batch).
+        row_basis: engine-internal, leave it None: a ``targets`` problem in the row-space
+            coordinates of the collapsed engine (:class:`~ncflow.problem.RowBasis`), set per lane.
 
     Coefficient fields may also hold arrays of shape (runs,) when a batch of problems is
     vmapped; sizes, flags and dtype are static and shared by the whole batch. Python and numpy
@@ -62,13 +128,35 @@ class Problem(eqx.Module):
     alpha: float = _default("alpha")
     target_scale: float = _default("target_scale")
     dtype: str = _default("dtype", static=True)
+    class_sizes: tuple | None = None
+    targets: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    columns: int | None = eqx.field(static=True, default=None)
+    row_basis: RowBasis | None = None
 
     def __post_init__(self):
         for name in PROBLEM:  # each field by the table (arrays of coefficients stay arrays)
             setattr(self, name, SETTINGS[name].check(getattr(self, name)))
+        if self.targets is not None:
+            self.targets = _check_targets(self.targets)
+            self.K = self._k_from("targets", self.targets.shape[-2])
+        if self.class_sizes is not None and np.ndim(self.class_sizes) == 1:
+            self.K = self._k_from("class_sizes", len(self.class_sizes))
+        if self.labels is not None:
+            self.labels = _check_labels(self.labels, self.K)
+
+    def _k_from(self, field: str, k: int) -> int:
+        if self.K != k and self.K != SETTINGS["K"].default:
+            raise ProblemError(f"{field} gives K = {k} classes but K = {self.K} was given", field=field)
+        if not 2 <= k <= SETTINGS["K"].high:
+            raise ProblemError(f"{field} must have between 2 and {SETTINGS['K'].high} classes (rows), got {k}",
+                               field=field)
+        return k
 
     def __check_init__(self):
-        if self.n * self.K > INT32_MAX:
+        if self.general:
+            self._check_general()
+        elif self.n * self.K > INT32_MAX:
             raise ProblemError(f"n must be at most {INT32_MAX // self.K} for K = {self.K} (N = n K must stay "
                                f"below 2^31), got {self.n}", field="n")
         if not self.bias and np.any(np.asarray(self.lambda_b) != 0):
@@ -77,11 +165,75 @@ class Problem(eqx.Module):
         given = [k for k in _CONDITIONAL if np.any(np.asarray(getattr(self, k)) != SETTINGS[k].default)]
         check_applies({"loss": self.loss, "bias": self.bias}, given)
 
+    def _check_general(self):
+        if self.loss != "mse":
+            raise ProblemError("class_sizes and targets need loss 'mse' (the rescaled MSE is balanced one-hot only)",
+                               field="class_sizes" if self.targets is None else "targets")
+        batched = self.columns is not None
+        if self.class_sizes is not None and not batched and sum(self.class_sizes) > INT32_MAX:
+            raise ProblemError(f"class_sizes must sum to at most {INT32_MAX} (N < 2^31), got {sum(self.class_sizes)}",
+                               field="class_sizes")
+        if self.targets is None or batched:
+            return
+        N = self.targets.shape[-1]
+        if self.labels is not None and self.labels.shape[-1] != N:
+            raise ProblemError(f"labels must have one entry per column of targets (N = {N}), got "
+                               f"{self.labels.shape[-1]}", field="labels")
+        if self.class_sizes is not None:
+            if sum(self.class_sizes) != N:
+                raise ProblemError(f"class_sizes must sum to the N = {N} columns of targets, got "
+                                   f"{sum(self.class_sizes)}", field="class_sizes")
+            if self.labels is not None and tuple(np.bincount(self.labels, minlength=self.K)) != self.class_sizes:
+                raise ProblemError("class_sizes must equal the class counts of labels", field="class_sizes")
+
     # ----------------------------------------------------------------- derived values
     @property
+    def general(self) -> bool:
+        """Whether the problem has per-class sizes or a target matrix (THEORY §7), not the
+        balanced one-hot problem of §1–§6."""
+        return self.class_sizes is not None or self.targets is not None or self.row_basis is not None
+
+    @property
     def N(self) -> int:
-        """Total number of samples, n K."""
+        """Total number of samples: n K (balanced), Σ n_k, or the columns of ``targets``. In a
+        batch whose lanes have different class sizes it is the number of columns the init draws
+        (``columns``); the engine's maths then takes each lane's own N from its sizes."""
+        if self.targets is not None:
+            return int(self.targets.shape[-1])
+        if self.row_basis is not None:
+            return self.columns
+        if self.class_sizes is not None:
+            if self.columns is not None:
+                return self.columns
+            return int(sum(self.class_sizes))
         return self.n * self.K
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Per-class sample counts (K,) as float64: n_k, n for every class, or the label counts of
+        a ``targets`` problem (zeros without labels or sizes)."""
+        if self.class_sizes is not None:
+            return np.asarray(self.class_sizes, np.float64)
+        if self.targets is not None:
+            if self.labels is None:
+                return np.zeros(self.K)
+            return np.bincount(np.asarray(self.labels), minlength=self.K).astype(np.float64)
+        return np.full(self.K, float(self.n))
+
+    def label_vector(self) -> np.ndarray | None:
+        """Per-sample class labels (N,) (class-major for one-hot problems), or None for a targets
+        problem without labels or sizes."""
+        if self.labels is not None:
+            return np.asarray(self.labels)
+        if self.targets is not None and self.class_sizes is None:
+            return None
+        return np.repeat(np.arange(self.K), self.sizes.astype(np.int64))
+
+    def target_matrix(self) -> np.ndarray:
+        """The target T (K, N) as float64: ``targets``, or the one-hot labels."""
+        if self.targets is not None:
+            return np.asarray(self.targets, np.float64)
+        return np.eye(self.K)[:, self.label_vector()]
 
     @property
     def bias_mode(self) -> str:
@@ -92,11 +244,13 @@ class Problem(eqx.Module):
 
     @property
     def c(self) -> float:
-        """The constant c = K sqrt(n λ_W λ_H) that governs the landscape (THEORY.md §1)."""
+        """The constant c = K sqrt(n λ_W λ_H) that governs the landscape (THEORY.md §1); with class
+        sizes or targets, the value at the mean class size n = N/K."""
         lw, lh = float(self.lambda_w), float(self.lambda_h)
-        prod = self.n * lw * lh
+        n = self.n if not self.general else self.N / self.K
+        prod = n * lw * lh
         if lw > 0 and lh > 0 and prod < 2.2250738585072014e-308:  # the product underflows: factor by factor
-            return self.K * math.sqrt(self.n) * math.sqrt(lw) * math.sqrt(lh)
+            return self.K * math.sqrt(n) * math.sqrt(lw) * math.sqrt(lh)
         return self.K * math.sqrt(prod)
 
     @property
@@ -112,4 +266,6 @@ class Problem(eqx.Module):
             "lambda_b": float(self.lambda_b), "bias": self.bias_mode, "loss": self.loss,
             "alpha": float(self.alpha), "target_scale": float(self.target_scale),
             "dtype": self.dtype,
+            **({"class_sizes": list(self.class_sizes)} if self.class_sizes is not None else {}),
+            **({"targets": list(self.targets.shape)} if self.targets is not None else {}),
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ncflow.errors import ProblemError
-from ncflow.maths import theory
+from ncflow.maths import imbalanced, theory
 from ncflow.problem import Problem
 
 
@@ -19,10 +19,48 @@ def median(a) -> float | None:
     return float(np.median(a)) if a.size else None
 
 
+def _vec(v, digits: int = 6) -> str:
+    return "—" if v is None else "[" + ", ".join(f"{float(x):.{digits}g}" for x in v) + "]"
+
+
+def _general_rows(problem: Problem, pred: theory.Prediction) -> list:
+    """Rows of a THEORY §7 prediction (class sizes or targets)."""
+    o = imbalanced.optimum(problem)
+    sizes = "" if problem.class_sizes is None else " n_k=" + ",".join(map(str, problem.class_sizes))
+    target = "" if problem.targets is None else f" targets {problem.K}×{problem.N}"
+    rows = [
+        ("problem", f"K={problem.K} d={problem.d}{sizes}{target} N={problem.N} λ_W={float(problem.lambda_w):g} "
+                    f"λ_H={float(problem.lambda_h):g} bias={problem.bias_mode}"
+                    + (f" λ_b={float(problem.lambda_b):g}" if problem.bias_mode == "regularized" else "")),
+        ("σ_j of the target", _vec(o.sigma) + f"  (a direction survives iff σ_j > Nτ = {problem.N * o.tau:.6g})"),
+        ("geometry", pred.geometry + ("" if pred.gram is not None or pred.geometry == "zero"
+                                      else "  (Gram not unique: d cuts a tied eigenspace)")),
+        ("active directions s", str(pred.rank)),
+        ("f*", f"{pred.objective:.10g}"),
+        ("‖w_k‖", _vec(pred.w_norms)),
+        ("‖μ_k‖", _vec(pred.h_norms)),
+        ("b*", _vec(pred.bias_vector)),
+        ("merged classes", ", ".join("{" + ",".join(map(str, g)) + "}" for g in pred.merged) or "none"),
+        ("vanished classes", ", ".join(map(str, pred.vanished)) or "none"),
+    ]
+    if o.bias_bound > 0:
+        rows.append(("b* certified to", f"‖b − b*‖ ≤ {o.bias_bound:.2g} (‖∇F‖/λ_b)"))
+    elif o.bias_bound != o.bias_bound:
+        rows.append(("b* certified to", "not certified (d below the surviving directions: best of local roots)"))
+    if (not problem.bias or float(problem.lambda_b) == 0.0) and pred.rank > 0:
+        bound = imbalanced.saddle_curvature_bound(problem, ())
+        rows.append(("saddle λ_min (Hessian)", f"≤ {bound:.6g} (at the origin)"))
+    return rows
+
+
 def format_prediction(problem: Problem, pred: theory.Prediction) -> str:
     """A readable table of the theory's prediction."""
     def fmt(v):
         return "—" if v is None else (f"{v:.10g}" if isinstance(v, float) else str(v))
+    if problem.general:
+        rows = _general_rows(problem, pred)
+        width = max(len(r[0]) for r in rows)
+        return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
     rows = [
         ("problem", f"K={problem.K} d={problem.d} n={problem.n} λ_W={float(problem.lambda_w):g} "
                     f"λ_H={float(problem.lambda_h):g} bias={problem.bias_mode}"
@@ -42,6 +80,30 @@ def format_prediction(problem: Problem, pred: theory.Prediction) -> str:
             pass
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _fates_lines(result) -> list[str]:
+    """THEORY §7: the distances to the predicted MᵀM and W M, and the merged/vanished classes per run
+    against the prediction."""
+    pr = result.per_run
+    pred = result.prediction
+    m = {k: median(pr[k]) for k in ("gram_h_error", "cross_error", "nc1_weighted")}
+    out = [f"Median (state at stop) MᵀM error {m['gram_h_error']:.2e}  W M error {m['cross_error']:.2e}  "
+           f"NC1 (n_k-weighted Σ_B) {m['nc1_weighted']:.2e}"]
+    want_m = "; ".join("{" + ",".join(map(str, g)) + "}" for g in pred.merged) or "none"
+    want_v = ", ".join(map(str, pred.vanished)) or "none"
+    out.append(f"Classes (theory)  merged {want_m}  vanished {want_v}"
+               + ("" if pred.gram is not None else "  (Gram not unique: not compared)"))
+    combos: dict = {}
+    for mg, vn in zip(pr["merged"], pr["vanished"]):
+        key = ("; ".join("{" + g + "}" for g in mg.split(";")) if mg else "none", vn.replace(",", ", ") or "none")
+        combos[key] = combos.get(key, 0) + 1
+    for (mg, vn), count in sorted(combos.items(), key=lambda kv: -kv[1]):
+        out.append(f"  runs {count:>6}  merged {mg}  vanished {vn}")
+    if pred.gram is not None:
+        ok = int(np.sum(np.asarray(pr["classes_as_predicted"], bool)))
+        out.append(f"  as predicted: {ok} of {len(pr['merged'])} runs")
+    return out
 
 
 def budget_hint(result) -> str | None:
@@ -90,6 +152,8 @@ def format_result(result) -> str:
     if all(v is not None for v in m.values()):
         lines.append(f"Median (state at stop) NC1 {m['nc1']:.2e}  NC2 {m['nc2']:.2e}  NC3 {m['nc3']:.2e}  "
                      f"Gram error {m['gram_error']:.2e}")
+    if "merged" in result.per_run:
+        lines += _fates_lines(result)
     hint = budget_hint(result)
     if hint:
         lines.append(hint)

@@ -67,7 +67,8 @@ class Setting:
     Attributes:
         name: the API field (``Problem.K``, ``Config.max_steps``); also the TOML key.
         section: "problem" or "solver" (the TOML table and the error class).
-        kind: "int", "float", "bool" or "choice".
+        kind: "int", "float", "bool", "choice" or "sizes" (a list of integers in [low, high], e.g.
+            class sizes; the text form is comma-separated, ``40,10,2,2``).
         default: the value used when the setting is not given (and applies); None = "auto",
             resolved where it is used (``auto`` says how).
         help: one line for ``--help`` and the docs.
@@ -123,6 +124,8 @@ class Setting:
         """The accepted values in words, e.g. ``an integer in [1, 2147483647]``."""
         if self.kind == "bool":
             text = "true or false (True or False in Python)"
+        elif self.kind == "sizes":
+            text = f"a comma-separated list of at least 2 integers, each in [{self.low}, {self.high}]"
         elif self.kind == "choice":
             text = "one of " + ", ".join(f'"{c}"' for c in self.choices)
         elif self.kind == "int":
@@ -169,6 +172,8 @@ class Setting:
             if isinstance(value, str) and value in self.choices:
                 return str(value)
             raise bad
+        if self.kind == "sizes":
+            return self._check_sizes(value, bad)
         if self.arrays and _is_array(value):
             return self._check_array(value, bad)
         if self.kind == "int":
@@ -206,6 +211,33 @@ class Setting:
         if np.any(np.abs(a) > FLOAT32_MAX):
             raise bad
         return value
+
+    def _check_sizes(self, value, bad: NcflowError):
+        """A tuple of Python ints (from a list, tuple, 1-D integer array or "40,10,2,2"); a 2-D array
+        (the engine's per-lane values, one row per lane) is range-checked and kept."""
+        if self.arrays and _is_array(value) and np.ndim(value) == 2:
+            return self._check_array(value, bad)
+        if isinstance(value, str):
+            try:
+                value = [int(t) for t in value.split(",")]
+            except ValueError:
+                raise bad from None
+        if _is_array(value):
+            if np.ndim(value) != 1:
+                raise bad
+            value = list(np.asarray(value))
+        if not isinstance(value, (list, tuple)) or len(value) < 2:
+            raise bad
+        out = []
+        for v in value:
+            if isinstance(v, (bool, np.bool_)):
+                raise bad
+            if isinstance(v, (float, np.floating)) and float(v).is_integer():
+                v = int(v)
+            if not isinstance(v, (int, np.integer)) or not (self.low <= int(v) <= self.high):
+                raise bad
+            out.append(int(v))
+        return tuple(out)
 
     def applies_to(self, values: Mapping[str, Any]) -> bool:
         """Whether the setting is used under ``values`` (missing settings take their defaults)."""
@@ -246,6 +278,9 @@ _TABLE = (
        flag="--target-scale", lane=True, arrays=True),
     _p("dtype", "choice", "float32", "floating-point type of the runs (float64 needs jax_enable_x64)",
        choices=DTYPES, flag="--dtype", commands=("run", "sweep")),
+    _p("class_sizes", "sizes", None, "per-class sample counts n_1,...,n_K (imbalanced classes; sets K; N = Σ n_k "
+       "< 2^31; default: n for every class)", low=1, high=2**24, unset=True, flag="--class-sizes", lane=True,
+       arrays=True, toml=False),
     # ------------------------------------------------------------------ [solver]
     _s("runs", "int", 1000, "number of random starts R", low=1, high=INT32_MAX, flag="--runs", short="-R",
        lane=True),

@@ -96,7 +96,7 @@ def test_unbalanced_classes_and_features_layout(tmp_path):
     assert m["nc1"] == pytest.approx(_reference_nc1(feats.H, feats.labels, K), rel=1e-10)
     assert m["nc2"] is None and m["nc3"] is None and m["nc4"] is None
     rep = compare(feats)
-    assert rep["ufm"]["problem"]["n"] == round(22 / 3)
+    assert rep["ufm"]["problem"]["class_sizes"] == sizes  # THEORY §7: the imbalanced optimum, not n = N/K
     assert rep["class_sizes"] == sizes
 
 

@@ -27,7 +27,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
-NOTEBOOKS = ("quickstart", "theory_check", "phase_diagrams", "convergence_rates")
+NOTEBOOKS = ("quickstart", "theory_check", "phase_diagrams", "convergence_rates", "imbalance")
 CELL_TIMEOUT = 600
 
 

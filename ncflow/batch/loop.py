@@ -45,8 +45,8 @@ from ncflow.config import Config
 from ncflow.dynamics.build import default_lr, dynamics_for
 from ncflow.errors import ConfigError
 from ncflow.maths import theory
-from ncflow.outcomes import classify, default_tolerances
-from ncflow.problem import Problem
+from ncflow.outcomes import class_fates, classify, default_tolerances, fates_text
+from ncflow.problem import Problem, RowBasis
 from ncflow.progress import Progress
 from ncflow.result import Result
 
@@ -68,18 +68,29 @@ class Point:
 
 
 def _check_points(points: Sequence[Point]) -> Problem:
+    """The batch's base problem (its static part). Points with class sizes (THEORY §7) share one
+    batch whatever their sizes; where the sizes differ the base's ``columns`` is the largest N (what
+    the init draws; each lane's maths uses its own sizes)."""
     base = points[0].problem
-    shape = (base.K, base.d, base.n, base.bias, base.loss, base.dtype)
+    shape = _shape(base)
     for p in points[1:]:
-        q = p.problem
-        if (q.K, q.d, q.n, q.bias, q.loss, q.dtype) != shape:
-            raise ConfigError("points of one batch must share K, d, n, bias, loss and dtype")
+        if _shape(p.problem) != shape:
+            raise ConfigError("points of one batch must share K, d, n, bias, loss and dtype (and class sizes or "
+                              "targets either all or none; targets of one shape)")
     if base.dtype == "float64" and not jax.config.read("jax_enable_x64"):
         raise ConfigError("dtype float64 needs jax_enable_x64 (set it before JAX starts; the CLI does)")
+    if base.class_sizes is not None and base.targets is None:
+        if len({p.problem.class_sizes for p in points}) > 1:
+            base = dataclasses.replace(base, columns=max(p.problem.N for p in points))
     return base
 
 
-def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds):
+def _shape(q: Problem) -> tuple:
+    data = (q.class_sizes is not None, None if q.targets is None else q.targets.shape, q.labels is not None)
+    return (q.K, q.d, q.n if not q.general else None, q.bias, q.loss, q.dtype) + data
+
+
+def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds, space: str = "full"):
     """The device-side lanes (state still missing) and the per-lane (seed, run index) pairs the
     init program derives each run's key from, and the init scales."""
     dt = base.dtype
@@ -88,6 +99,8 @@ def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds
     run_of = np.concatenate([np.arange(p.runs) for p in points])
     run = np.where(real, run_of[np.maximum(lanes.batch, 0)], 0)
     coeffs = {f: np.asarray([float(getattr(p.problem, f)) for p in points], dt)[pt] for f in COEFF_FIELDS}
+    if base.general:  # THEORY §7: class sizes, targets and labels are per-lane values too
+        coeffs.update(_data_lanes(points, base, pt, space))
     prob = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt, **coeffs)
     prob_b = jax.tree_util.tree_map(layout.put, prob)  # unflattening does not re-validate
     lr = layout.put(np.asarray([p.lr for p in points], dt)[pt])
@@ -98,6 +111,39 @@ def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds
     pred_b = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(v) for v in a]), *pred_arrays)
     pred_b = jax.tree_util.tree_map(lambda a: layout.put(a[pt]), pred_b)
     return DeviceLanes(x=None, problem=prob_b, lr=lr, pred=pred_b), seed_run, scales
+
+
+def _data_lanes(points, base: Problem, pt: np.ndarray, space: str) -> dict:
+    """Per-lane class sizes (lanes, K) of a §7 batch, and ``columns`` (the N the init draws: the
+    largest of the batch). A target matrix: per-lane targets (lanes, K, N) and labels (lanes, N) for
+    the full engine, or its row-space coordinates (:class:`~ncflow.problem.RowBasis`, zero-padded
+    to the batch's largest r) for the collapsed one."""
+    out = {"columns": base.N}
+    if base.class_sizes is not None:
+        out["class_sizes"] = np.asarray([p.problem.sizes for p in points], base.dtype)[pt]
+    if base.targets is None:
+        return out
+    if space == "full":
+        out["targets"] = np.asarray([p.problem.targets for p in points], base.dtype)[pt]
+        if base.labels is not None:
+            out["labels"] = np.asarray([p.problem.labels for p in points], np.int32)[pt]
+        return out
+    from ncflow.maths.imbalanced import basis
+
+    bases = [basis(p.problem) for p in points]
+    r = max(b.TQ.shape[1] for b in bases)
+
+    def pad(a, axis):
+        width = [(0, 0)] * a.ndim
+        width[axis] = (0, r - a.shape[axis])
+        return np.pad(a, width)
+
+    K = base.K
+    rows = [RowBasis(pad(b.TQ, 1), pad(b.q, 0), pad(b.LQ if b.LQ is not None else np.zeros((b.TQ.shape[1], K)), 0),
+                     b.counts, np.float64(b.N), pad(b.Q, 1)) for b in bases]
+    stacked = jax.tree_util.tree_map(lambda *a: np.stack(a).astype(base.dtype)[pt], *rows)
+    out["row_basis"] = stacked
+    return out
 
 
 def _compaction_order(lanes: LaneTable, layout: Layout) -> np.ndarray | None:
@@ -136,7 +182,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     point_of = np.concatenate([np.full(p.runs, i) for i, p in enumerate(points)])  # batch index -> point
     lanes = LaneTable.build(layout.lane_batch_index()[layout.local_lanes()], point_of, points, tols,
                             [pr.objective for pr in preds], [certify.point_gap(p.problem, config) for p in points])
-    dev, seed_run, scales = _device_lanes(points, base, lanes, layout, preds)
+    dev, seed_run, scales = _device_lanes(points, base, lanes, layout, preds, dyn.space.name)
 
     progs = Programs(base, dyn, StartSpec.of(config), config.chunk, layout, plan)
     cols_abstract = _abstract_columns(lanes) if plan.wide else None
@@ -369,6 +415,8 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
             "certified_step": final["certified_step"][sel], "certified_margin": final["certified_margin"][sel],
             **{k: v[sel] for k, v in final["extra"].items()},
         }
+        if p.problem.general:
+            per_run.update(_general_columns(p.problem, preds[i], tols[i], final, sel))
         share = len(sel) / R
         run_steps = int(final["steps"][sel].sum())
         run_s = timing["run_s"] * share
@@ -388,6 +436,30 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
             representation=dyn.name, device=str(layout.mesh.devices.flat[0].device_kind), to_params=dyn.to_params,
         ))
     return out
+
+
+def _general_columns(problem: Problem, pred, tol, final, sel) -> dict:
+    """Per-run columns of a THEORY §7 point: the n_k-weighted NC1, the distances of MᵀM and W M to
+    the prediction, which classes merged and vanished, and whether that is what the theory predicts."""
+    nc, dist, x = final["nc"], final["dist"], final["x"]
+    W = np.asarray(x.W)[sel]
+    out = {"nc1_weighted": nc.nc1_weighted[sel], "gram_h_error": dist.gram_h_error[sel],
+           "cross_error": dist.cross_error[sel]}
+    if problem.label_vector() is None:  # a target matrix without labels: no classes
+        return out
+    if hasattr(x, "M"):
+        M = np.asarray(x.M)[sel]
+    else:  # full: class means of H (columns of a class by its labels)
+        Y = np.eye(problem.K)[:, problem.label_vector()]
+        M = np.asarray(x.H)[sel] @ Y.T / Y.sum(axis=1)
+    scale = (float(np.max(pred.w_norms, initial=0.0)) ** 2 if pred.w_norms is not None else 0.0,
+             float(np.max(pred.h_norms, initial=0.0)) ** 2 if pred.h_norms is not None else 0.0)
+    fates = [class_fates(W[r], M[r], max(tol.geom_tol, 1e-6), scale) for r in range(len(sel))]
+    want = fates_text(pred.merged, pred.vanished)
+    return {**out, "merged": np.asarray([m for m, _ in fates]),
+            "vanished": np.asarray([v for _, v in fates]),
+            "classes_as_predicted": np.asarray([f == want for f in fates]) if pred.gram is not None
+            else np.full(len(sel), np.nan)}
 
 
 def _local(arr: jax.Array, layout: Layout) -> np.ndarray:

@@ -73,11 +73,12 @@ def flag_of(field: str | None) -> str | None:
     return s.flag if s is not None else None
 
 
-def flag_message(err) -> str:
+def flag_message(err, extra: dict | None = None) -> str:
     """The message of an API error with the setting called by its flag (``--max-steps must be
-    ...``), from the error's ``.field``; other errors and plain strings are returned unchanged."""
+    ...``), from the error's ``.field`` (``extra``: flags of fields outside the table); other
+    errors and plain strings are returned unchanged."""
     if isinstance(err, NcflowError):
-        return err.named(flag_of(err.field))
+        return err.named(flag_of(err.field) or (extra or {}).get(err.field))
     return str(err)
 
 
@@ -119,7 +120,7 @@ def _add_setting(group, s: Setting) -> None:
                        metavar=metavar, help=f"{text} (default: {s.default_text()}{rng})")
 
 
-def _add_section(p: argparse.ArgumentParser, section: str, command: str):
+def _add_section(p: argparse.ArgumentParser, section: str, command: str) -> argparse._ArgumentGroup:
     g = p.add_argument_group(section)
     for name in (PROBLEM if section == "problem" else SOLVER):
         s = SETTINGS[name]
@@ -130,8 +131,61 @@ def _add_section(p: argparse.ArgumentParser, section: str, command: str):
 
 
 def add_problem_flags(p: argparse.ArgumentParser, command: str) -> None:
-    """The problem flags of ``command`` ("theory", "run" or "sweep"), generated from the table."""
-    _add_section(p, "problem", command)
+    """The problem flags of ``command`` ("theory", "run" or "sweep"), generated from the table, and
+    the shorthands that build class sizes or targets (THEORY §7): ``--majority R --ratio ρ`` (R
+    classes of round(ρ n) samples, the other K − R of n = ``--per-class``), and on theory and run
+    ``--targets FILE.npy`` (a K × N array) with optional ``--labels FILE.npy`` (N class indices)."""
+    g = _add_section(p, "problem", command)
+    g.add_argument("--majority", type=int_at_least(1), default=None, metavar="R",
+                   help="two-level class sizes: the first R classes have round(ratio × n) samples, the other "
+                        "K − R have n (--per-class); needs --ratio")
+    g.add_argument("--ratio", type=float_in(1.0), default=None, metavar="RHO",
+                   help="two-level class sizes: majority/minority size ratio ρ >= 1 (with --majority)")
+    if command in ("theory", "run"):
+        g.add_argument("--targets", default=None, metavar="FILE.npy",
+                       help="an arbitrary real target matrix T (K × N, .npy): soft labels, label smoothing, regression")
+        g.add_argument("--labels", default=None, metavar="FILE.npy",
+                       help="per-sample class labels (N integers in [0, K), .npy) of --targets, for the NC metrics")
+
+
+def two_level_sizes(K: int, n: int, majority: int, ratio: float) -> tuple:
+    """The class sizes of the two-level shorthand: ``majority`` classes of round(ratio n), then
+    K − majority of n."""
+    return (max(1, round(ratio * n)),) * majority + (n,) * (K - majority)
+
+
+def _load_array(path: str, flag: str):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one line naming the flag
+        raise UsageError(f"{flag}: cannot read {path!r} as a .npy array ({type(e).__name__}: {e})") from None
+
+
+def _data_values(args, values: dict) -> dict:
+    """Class sizes, targets and labels from the shorthand flags, checked; ``values`` updated."""
+    given = getattr(args, GIVEN, frozenset())
+    majority, ratio = getattr(args, "majority", None), getattr(args, "ratio", None)
+    targets, labels = getattr(args, "targets", None), getattr(args, "labels", None)
+    if (majority is None) != (ratio is None):
+        raise UsageError("--majority and --ratio must be given together (the two-level class sizes)")
+    if majority is not None:
+        if values.get("class_sizes") is not None:
+            raise UsageError("--majority/--ratio cannot be combined with --class-sizes")
+        K = values["K"]
+        if majority >= K:
+            raise UsageError(f"--majority must be an integer in [1, {K - 1}] (K = {K} classes), got {majority}")
+        values["class_sizes"] = two_level_sizes(K, values["n"], majority, ratio)
+    elif values.get("class_sizes") is not None and "n" in given:
+        raise UsageError("--per-class cannot be combined with --class-sizes (the sizes give every class's n_k)")
+    if labels is not None and targets is None:
+        raise UsageError("--labels needs --targets (one-hot problems take their labels from the class sizes)")
+    if targets is not None:
+        values["targets"] = _load_array(targets, "--targets")
+        if labels is not None:
+            values["labels"] = _load_array(labels, "--labels")
+    return values
 
 
 def add_solver_flags(p: argparse.ArgumentParser, command: str = "run") -> None:
@@ -180,10 +234,11 @@ def problem_from_args(args):
     if not values["bias"] and values["lambda_b"] != 0.0:
         raise UsageError("--lambda-b cannot be combined with --no-bias (there is no bias to regularize)")
     _refuse_inapplicable(args, values)
+    values = _data_values(args, values)
     try:
         return Problem(**values)
     except NcflowError as e:
-        raise UsageError(flag_message(e)) from None
+        raise UsageError(flag_message(e, {"targets": "--targets", "labels": "--labels"})) from None
 
 
 def add_output_flags(p: argparse.ArgumentParser, table_format: bool = False) -> None:

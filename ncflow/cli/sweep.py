@@ -32,7 +32,11 @@ from ncflow.cli.common import (
 
 def _overrides(args) -> dict:
     """{TOML key: value} of every problem/solver flag given on the command line ("auto" for None)."""
-    return {k: "auto" if v is None else v for k, v in given_settings(args).items()}
+    out = {k: "auto" if v is None else v for k, v in given_settings(args).items()}
+    for k in ("majority", "ratio"):  # the two-level class sizes (THEORY §7)
+        if getattr(args, k, None) is not None:
+            out[k] = getattr(args, k)
+    return out
 
 
 def _stderr(msg: str) -> None:

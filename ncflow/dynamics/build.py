@@ -146,7 +146,11 @@ def dynamics_for(problem: Problem, config) -> Dynamics:
 
 def validate_for_problem(problem: Problem, config) -> None:
     """The checks that need the (base) problem: init saddle's ``active`` must name a saddle,
-    ``0 <= active <= max_active − 1``, of a family with closed-form critical points."""
+    ``0 <= active <= max_active − 1``, of a family with closed-form critical points. Class sizes or
+    targets (THEORY §7) take the gaussian and small starts only."""
+    if problem.general and config.init in ("orthogonal", "saddle"):
+        raise ConfigError(f"init: {config.init} is not available with class sizes or targets; use gaussian or small",
+                          field="init")
     if config.init != "saddle":
         return
     top = theory.max_active(problem)

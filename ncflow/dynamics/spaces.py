@@ -119,8 +119,7 @@ class CollapsedSpace(StateSpace):
         return _c.value_and_grad_norm(problem, x)[0]
 
     def sq_norm(self, problem, x):
-        # ||H||² = n Σ_k ||μ_k||² + tr G
-        return jnp.sum(x.W * x.W) + problem.n * jnp.sum(x.M * x.M) + jnp.trace(x.G) + jnp.sum(x.b * x.b)
+        return _c.sq_norm(problem, x)  # ||H||² = Σ_k n_k ||μ_k||² + tr G
 
     def stats(self, problem, x):
         return _c.class_stats(problem, x)
@@ -146,9 +145,14 @@ def choose(problem: Problem, engine: str = "auto") -> StateSpace:
     """The state space for ``engine`` ("auto", "full" or "collapsed").
 
     "auto" takes the collapsed one for the MSE loss when its flop count is below ``CROSSOVER``
-    (0.5) times the full step's — the measured crossover, recorded in benchmarks/README.md.
+    (0.5) times the full step's — the measured crossover, recorded in benchmarks/README.md — and
+    always for a batch whose lanes have different class sizes.
     """
+    mixed = problem.class_sizes is not None and problem.columns is not None  # lanes of different sizes
     if engine == "full":
+        if mixed:
+            raise ConfigError("engine 'full' needs every point of a batch to have the same class sizes (H has N "
+                              "columns); use 'collapsed' or 'auto'", field="engine")
         return FULL
     if engine == "collapsed":
         if problem.loss != "mse":
@@ -156,6 +160,8 @@ def choose(problem: Problem, engine: str = "auto") -> StateSpace:
         return COLLAPSED
     if engine != "auto":
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if mixed:
+        return COLLAPSED
     if problem.loss == "mse" and COLLAPSED.flops_per_step(problem) < CROSSOVER * FULL.flops_per_step(problem):
         return COLLAPSED
     return FULL

@@ -22,13 +22,16 @@ def run_key(master_seed: int, run_index):
 def gaussian(problem: Problem, key, scale) -> Params:
     """Gaussian start: entries of ``W (K, d)`` and ``H (d, N)`` are N(0, scale²/d), ``b = 0``.
 
-    ``scale = 0`` gives the exact origin (a strict saddle when c < 1).
+    ``scale = 0`` gives the exact origin (a strict saddle when c < 1). With class sizes or targets
+    (THEORY §7) H is filled column by column, so its first N columns do not depend on how many
+    columns a batch draws (``columns``: the largest N of a batch whose lanes differ in size).
     """
     K, d, N = problem.K, problem.d, problem.N
     dt = problem.dtype
     std = jnp.asarray(scale, dt) / jnp.sqrt(jnp.asarray(d, dt))
     z = std * jax.random.normal(key, (K * d + d * N,), dt)  # one draw: W's entries, then H's
-    return Params(z[: K * d].reshape(K, d), z[K * d:].reshape(d, N), jnp.zeros((K,), dt))
+    H = z[K * d:].reshape(N, d).T if problem.general else z[K * d:].reshape(d, N)
+    return Params(z[: K * d].reshape(K, d), H, jnp.zeros((K,), dt))
 
 
 def initializer(problem: Problem, config):

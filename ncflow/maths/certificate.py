@@ -82,7 +82,7 @@ def saddle_gaps(problem: Problem) -> np.ndarray:
     if problem.bias and d <= K:  # (C) without a proof, whatever c
         gap = np.where(lb > 0, np.nan, gap)
     gap = np.where((lw == 0) | (lh == 0), np.nan, gap)
-    if problem.loss != "mse":
+    if problem.loss != "mse" or problem.general:  # §7 (class sizes, targets): no early call yet
         gap = np.full_like(gap, np.nan)
     return np.asarray(gap, dtype=np.float64)
 

@@ -8,6 +8,21 @@ Write each feature as ``h_{k,i} = μ_k + e_{k,i}`` with ``Σ_i e_{k,i} = 0``. Fu
 
 at O(K d²) work per step instead of O(K d N). The loss, ||H||², the full gradient norm and the
 NC metrics all follow from this state. Written for ONE run; vmap outside.
+
+Any target matrix T (THEORY §7; ``problem.row_basis`` set by the engine, per lane): with Q (N, r) an
+orthonormal basis of the rows of [T; 1ᵀ; L], write H = C Qᵀ + E with E Q = 0 and carry
+``W, C (d, r), G = E Eᵀ, b`` in the same ``Collapsed`` tuple (its ``M`` field holds C):
+``R_c = W C + b qᵀ − T_Q``, ``∇_W = (R_c Cᵀ + W G)/N + λ_W W``, ``C ← C − η(Wᵀ R_c/N + λ_H C)``,
+``∇_b = R_c q/N + λ_b b``, ``G ← A G Aᵀ``; cost O(K d² + K d r), independent of N. The class means
+are ``C Qᵀ l_k / n_k`` (exact, as the labels' rows are in span Q) and the within-class scatter is
+``C Cᵀ + G − M D Mᵀ``.
+
+Class sizes (THEORY §7; ``problem.class_sizes``, per-lane values inside the engine): the same state,
+per-sample GD on H (NOT n_k-weighted steps on μ_k). With D = diag(n_k) and N = Σ n_k:
+``∇_W = (R_m D Mᵀ + W G)/N + λ_W W``, step on μ_k = ``Wᵀ r_k/N + λ_H μ_k``, ``∇_b = R_m n/N + λ_b b``,
+``G ← A G Aᵀ`` as before; f = [Σ_k n_k ||r_k||² + tr(W G Wᵀ)]/(2N) + λ_W/2 ||W||² +
+λ_H/2 (Σ_k n_k ||μ_k||² + tr G) + λ_b/2 ||b||². A balanced problem (``class_sizes`` None) takes the
+code path of §4 unchanged, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ from jaxtyping import Array, Float
 
 from ncflow.maths.metrics import ClassStats
 from ncflow.maths.metrics import class_stats as _class_stats
-from ncflow.maths.objective import Params, coeff
+from ncflow.maths.objective import Params, coeff, sizes
 from ncflow.problem import Problem
 
 
@@ -34,8 +49,13 @@ class Collapsed(NamedTuple):
 
 
 def collapse(problem: Problem, params: Params) -> Collapsed:
-    """The collapsed state of a full point: class means and within-class scatter of H."""
-    return Collapsed(*_class_stats(problem, params))
+    """The collapsed state of a full point: class means and within-class scatter of H (targets:
+    C = H Q and G = H Hᵀ − C Cᵀ)."""
+    if problem.row_basis is not None:
+        Cq = params.H @ problem.row_basis.Q
+        E = params.H - Cq @ problem.row_basis.Q.T
+        return Collapsed(params.W, Cq, E @ E.T, params.b)
+    return Collapsed(*_class_stats(problem, params)[:4])
 
 
 def expand(problem: Problem, x: Collapsed) -> Params:
@@ -47,6 +67,19 @@ def expand(problem: Problem, x: Collapsed) -> Params:
     invariant under that mixing, so they are exact on the rebuilt point. Needs N − K ≥ rank(G)
     (true whenever G came from a real H); otherwise the excess is dropped.
     """
+    if problem.row_basis is not None:
+        rb = problem.row_basis
+        P = np.asarray(rb.Q)
+        P = P[:, np.linalg.norm(P, axis=0) > 0]  # a lane's own columns (the rest is zero padding)
+        U, sv, _ = np.linalg.svd(np.eye(P.shape[0]) - P @ P.T)
+        Phi = U[:, sv > 0.5]  # orthonormal columns spanning the complement of span Q
+        evals, evecs = jnp.linalg.eigh(x.G)
+        root = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
+        m = min(problem.d, Phi.shape[1])
+        E = root[:, problem.d - m:] @ jnp.asarray(Phi[:, :m].T, x.G.dtype)
+        return Params(x.W, x.M @ jnp.asarray(P.T, x.M.dtype) + E, x.b)
+    if problem.general:
+        return _expand_sizes(problem, x)
     d, K, n = problem.d, problem.K, problem.n
     N = K * n
     # Orthonormal basis of the within-class space: per class, the Helmert-like complement of 1_n.
@@ -65,37 +98,110 @@ def expand(problem: Problem, x: Collapsed) -> Params:
     return Params(x.W, H, x.b)
 
 
+def _expand_sizes(problem: Problem, x: Collapsed) -> Params:
+    """:func:`expand` with class sizes (concrete): per class, the complement of 1_{n_k}."""
+    d = problem.d
+    blocks = []
+    for nk in problem.class_sizes:
+        B = np.linalg.qr(np.concatenate([np.ones((nk, 1)), np.eye(nk)[:, : nk - 1]], axis=1))[0][:, 1:]
+        blocks.append(B)
+    N = sum(problem.class_sizes)
+    Phi = np.zeros((N, sum(b.shape[1] for b in blocks)))
+    r = c = 0
+    for B in blocks:
+        Phi[r: r + B.shape[0], c: c + B.shape[1]] = B
+        r, c = r + B.shape[0], c + B.shape[1]
+    evals, evecs = jnp.linalg.eigh(x.G)
+    root = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
+    m = min(d, Phi.shape[1])
+    E = root[:, d - m:] @ jnp.asarray(Phi[:, :m].T, x.G.dtype)
+    H = jnp.repeat(x.M, np.asarray(problem.class_sizes), axis=1, total_repeat_length=N) + E
+    return Params(x.W, H, x.b)
+
+
 def class_stats(problem: Problem, x: Collapsed) -> ClassStats:
-    """The collapsed state is already class statistics."""
-    del problem
-    return ClassStats(x.W, x.M, x.G, x.b)
+    """The collapsed state is already class statistics (with the class sizes where given)."""
+    if problem.row_basis is not None:
+        rb = problem.row_basis
+        counts = rb.counts
+        M = (x.M @ rb.LQ) / jnp.maximum(counts, 1.0)
+        Gw = x.M @ x.M.T + x.G - (M * counts) @ M.T
+        has = jnp.sum(counts) > 0  # without labels: no classes (M = 0, the whole H Hᵀ as scatter)
+        return ClassStats(x.W, jnp.where(has, M, 0.0), jnp.where(has, Gw, x.M @ x.M.T + x.G), x.b,
+                          jnp.where(has, counts, jnp.ones_like(counts)))
+    return ClassStats(x.W, x.M, x.G, x.b, sizes(problem) if problem.class_sizes is not None else None)
+
+
+def _weights(problem: Problem):
+    """(n, N): n (a Python int, balanced) or the per-class n_k (K,), and N."""
+    if problem.row_basis is not None:
+        return None, problem.row_basis.N
+    if problem.class_sizes is None:
+        return problem.n, problem.N
+    n = sizes(problem)
+    return n, jnp.sum(n)
+
+
+def sq_norm(problem: Problem, x: Collapsed):
+    """||W||² + ||H||² + ||b||² with ||H||² = Σ_k n_k ||μ_k||² + tr G (targets: ||C||² + tr G)."""
+    h2 = _wsq(_weights(problem)[0], x.M)
+    return jnp.sum(x.W * x.W) + h2 + jnp.trace(x.G) + jnp.sum(x.b * x.b)
+
+
+def _wsq(n, A):
+    """Σ_k n_k ||a_k||² over the columns a_k of A (balanced: n ||A||², exactly as before; n None:
+    ||A||², the row-space coordinates of a target matrix)."""
+    if n is None:
+        return jnp.sum(A * A)
+    return n * jnp.sum(A * A) if jnp.ndim(n) == 0 else jnp.sum(n * jnp.sum(A * A, axis=0))
+
+
+def _residual(problem: Problem, WM, b):
+    """R_m = W M + b 1ᵀ − I (one-hot) or R_c = W C + b qᵀ − T_Q (row-space coordinates)."""
+    if problem.row_basis is not None:
+        rb = problem.row_basis
+        return WM + b[:, None] * rb.q[None, :] - rb.TQ
+    return WM + b[:, None] - jnp.eye(problem.K, dtype=WM.dtype)
 
 
 def _parts(problem: Problem, x: Collapsed):
     W, M, G, b = x
-    n, N = problem.n, problem.N
-    T = jnp.eye(problem.K, dtype=W.dtype)
-    Rm = W @ M + b[:, None] - T  # class-mean residual (K, K)
+    n, N = _weights(problem)
+    Rm = _residual(problem, W @ M, b)  # class-mean residual (K, K), or R_c (K, r)
     X = W @ G  # (K, d), shared by ∇W, the loss and the G update
     S = X @ W.T  # W G Wᵀ (K, K)
     lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
-    gW = (n * (Rm @ M.T) + X) / N + lw * W
+    gW = (_RDM(n, Rm, M) + X) / N + lw * W
     gM = (W.T @ Rm) / N + lh * M  # the step applied to each class mean
     if problem.bias:
-        gb = n * jnp.sum(Rm, axis=1) / N + coeff(problem, "lambda_b") * b
+        gb = _Rn(problem, n, Rm) / N + coeff(problem, "lambda_b") * b
     else:
         gb = jnp.zeros_like(b)
     return Rm, X, S, gW, gM, gb
 
 
+def _RDM(n, Rm, M):
+    """R_m D Mᵀ (balanced: n R_m Mᵀ, exactly as before; targets: R_c Cᵀ)."""
+    if n is None:
+        return Rm @ M.T
+    return n * (Rm @ M.T) if jnp.ndim(n) == 0 else (Rm * n) @ M.T
+
+
+def _Rn(problem: Problem, n, Rm):
+    """R_m n (balanced: n Σ_k r_k, exactly as before; targets: R_c q)."""
+    if n is None:
+        return Rm @ problem.row_basis.q
+    return n * jnp.sum(Rm, axis=1) if jnp.ndim(n) == 0 else Rm @ n
+
+
 def objective(problem: Problem, x: Collapsed) -> Float[Array, ""]:
     """f(W, H, b) from the collapsed state: ``(n||R_m||² + tr(W G Wᵀ))/(2N) + regularizers``."""
     W, M, G, b = x
-    n, N = problem.n, problem.N
-    Rm = W @ M + b[:, None] - jnp.eye(problem.K, dtype=W.dtype)
-    f = (n * jnp.sum(Rm * Rm) + jnp.sum((W @ G) * W)) / (2 * N)
+    n, N = _weights(problem)
+    Rm = _residual(problem, W @ M, b)
+    f = (_wsq(n, Rm) + jnp.sum((W @ G) * W)) / (2 * N)
     f = f + 0.5 * coeff(problem, "lambda_w") * jnp.sum(W * W)
-    f = f + 0.5 * coeff(problem, "lambda_h") * (n * jnp.sum(M * M) + jnp.trace(G))
+    f = f + 0.5 * coeff(problem, "lambda_h") * (_wsq(n, M) + jnp.trace(G))
     if problem.bias:
         f = f + 0.5 * coeff(problem, "lambda_b") * jnp.sum(b * b)
     return f
@@ -108,15 +214,15 @@ def value_and_grad_norm(problem: Problem, x: Collapsed) -> tuple[Float[Array, ""
     ``λ_H² tr G + 2λ_H tr(WGWᵀ)/N + tr(WGWᵀ WWᵀ)/N²``.
     """
     W, M, G, b = x
-    n, N = problem.n, problem.N
+    n, N = _weights(problem)
     Rm, X, S, gW, gM, gb = _parts(problem, x)
     lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
     trG, trS = jnp.trace(G), jnp.trace(S)
-    f = (n * jnp.sum(Rm * Rm) + trS) / (2 * N) + 0.5 * lw * jnp.sum(W * W) + 0.5 * lh * (n * jnp.sum(M * M) + trG)
+    f = (_wsq(n, Rm) + trS) / (2 * N) + 0.5 * lw * jnp.sum(W * W) + 0.5 * lh * (_wsq(n, M) + trG)
     if problem.bias:
         f = f + 0.5 * coeff(problem, "lambda_b") * jnp.sum(b * b)
     dev = lh * lh * trG + 2 * lh * trS / N + jnp.sum(S * (W @ W.T)) / N**2
-    g2 = jnp.sum(gW * gW) + n * jnp.sum(gM * gM) + jnp.maximum(dev, 0.0) + jnp.sum(gb * gb)
+    g2 = jnp.sum(gW * gW) + _wsq(n, gM) + jnp.maximum(dev, 0.0) + jnp.sum(gb * gb)
     return f, jnp.sqrt(g2)
 
 
@@ -129,19 +235,22 @@ def gd_step(problem: Problem, x: Collapsed, lr) -> Collapsed:
     about 4Kd² + 8K²d flops. ``lr = 0`` leaves the state exactly unchanged.
     """
     W, M, G, b = x
-    K, n, N = problem.K, problem.n, problem.N
+    K = problem.K
+    n, N = _weights(problem)
     lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
     WMG = W @ jnp.concatenate([M, G], axis=1)  # (K, K + d)
-    Rm = WMG[:, :K] + b[:, None] - jnp.eye(K, dtype=W.dtype)
-    X = WMG[:, K:]
+    r = M.shape[1]  # K, or the row-space dimension of a target matrix
+    Rm = WMG[:, :r] + b[:, None] - jnp.eye(K, dtype=W.dtype) if problem.row_basis is None else \
+        _residual(problem, WMG[:, :r], b)
+    X = WMG[:, r:]
     S = X @ W.T
     a = 1.0 - lr * lh
     s = lr / N
     Z = (-a * s) * X + (0.5 * s * s) * (S @ W)
     WtRZ = W.T @ jnp.concatenate([Rm, Z], axis=1)  # (d, K + d)
-    WtZ = WtRZ[:, K:]
-    gW = (n * (Rm @ M.T) + X) / N + lw * W
-    gM = WtRZ[:, :K] / N + lh * M
+    WtZ = WtRZ[:, r:]
+    gW = (_RDM(n, Rm, M) + X) / N + lw * W
+    gM = WtRZ[:, :r] / N + lh * M
     G_new = (a * a) * G + WtZ + WtZ.T
-    b_new = b - lr * (n * jnp.sum(Rm, axis=1) / N + coeff(problem, "lambda_b") * b) if problem.bias else b
+    b_new = b - lr * (_Rn(problem, n, Rm) / N + coeff(problem, "lambda_b") * b) if problem.bias else b
     return Collapsed(W - lr * gW, M - lr * gM, G_new, b_new)

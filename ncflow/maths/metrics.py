@@ -6,6 +6,14 @@ the same code serves the full engine (via :func:`class_stats`) and the collapsed
 
 Conventions (the paper's code): ``Σ_W = G / N``, ``Σ_B = H̄ H̄ᵀ / K`` with ``H̄ = M − μ_G``,
 ``W̃`` = W with its rows centred, ``P = (I − 11ᵀ/K)/sqrt(K−1)``.
+Class sizes (THEORY §7; the stats carry ``counts`` n_k): μ_G is the sample-weighted mean
+``M n / N`` (what the bias acts on), Σ_W = G/N, Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ (the
+paper-code convention) and ``nc1_weighted`` the same NC1 with the n_k-weighted
+Σ_B = Σ_k (n_k/N)(μ_k − μ_G)(μ_k − μ_G)ᵀ. NC2/NC3 still compare with the simplex ETF (they are not 0
+at an imbalanced optimum); the distances to the PREDICTED W Wᵀ, MᵀM and W M
+(:func:`optimum_distance`: ``gram_error``, ``gram_h_error``, ``cross_error``) are the measures that
+vanish there. NC4 = ||W μ_G + b|| is ||p|| at the (A) optimum. Balanced stats (``counts`` None) keep
+the plain means and no ``nc1_weighted``.
 Degenerate points (these never return NaN):
 - NC1 = tr(Σ_W Σ_B^†)/K uses a pseudo-inverse with relative cut-off; where Σ_B = 0 exactly
   (the zero solution) there is no between-class spread to compare with, and NC1 is defined as 0.
@@ -23,18 +31,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ncflow.maths.objective import Params, coeff
+from ncflow.maths.objective import Params, coeff, labels
 from ncflow.maths.theory import PredictionArrays
 from ncflow.problem import Problem
 
 
 class ClassStats(NamedTuple):
-    """Class statistics of one run: ``W (K, d)``, means ``M (d, K)``, scatter ``G (d, d)``, ``b (K,)``."""
+    """Class statistics of one run: ``W (K, d)``, means ``M (d, K)``, scatter ``G (d, d)``, ``b (K,)``,
+    and the class sizes ``counts (K,)`` (None: balanced)."""
 
     W: Float[Array, "K d"]
     M: Float[Array, "d K"]
     G: Float[Array, "d d"]
     b: Float[Array, " K"]
+    counts: Float[Array, " K"] | None = None
 
 
 class NCMetrics(NamedTuple):
@@ -46,6 +56,7 @@ class NCMetrics(NamedTuple):
     nc4: Float[Array, ""]
     nc2_uncentered: Float[Array, ""]
     within_between: Float[Array, ""]
+    nc1_weighted: Float[Array, ""]
 
 
 class OptimumDistance(NamedTuple):
@@ -55,7 +66,10 @@ class OptimumDistance(NamedTuple):
     Gram is unique, else the same for the sorted spectra (rank-limited optima); 0 where the
     theory fixes no geometry (λ_W λ_H = 0). ``self_duality``: ||Mᵀ − κ W||_F /
     max(||W||_F, 1) with κ = sqrt(λ_W/(n λ_H)). ``w_norm``, ``h_norm``: RMS ||w_k||, ||μ_k||.
-    ``bias_error``: max_k |b_k − b*| (0 without a bias).
+    ``bias_error``: max_k |b_k − b*| (0 without a bias). ``gram_h_error``, ``cross_error``: the
+    same relative distance of MᵀM and W M to the prediction (0 where it is not unique). With class
+    sizes, ``self_duality`` is the balance residual ||λ_W WᵀW − λ_H HHᵀ||_F / (λ_W ||W||²) (per-class
+    self-duality does not hold in (A) under imbalance).
     """
 
     gap: Float[Array, ""]
@@ -64,15 +78,32 @@ class OptimumDistance(NamedTuple):
     w_norm: Float[Array, ""]
     h_norm: Float[Array, ""]
     bias_error: Float[Array, ""]
+    gram_h_error: Float[Array, ""]
+    cross_error: Float[Array, ""]
 
 
 def class_stats(problem: Problem, params: Params) -> ClassStats:
     """Class means and within-class scatter of ``H (d, N)`` (class-major columns)."""
+    if problem.general:
+        return _general_stats(problem, params)
     d, K, n = problem.d, problem.K, problem.n
     Hk = params.H.reshape(d, K, n)
     M = jnp.mean(Hk, axis=2)
     E = (Hk - M[:, :, None]).reshape(d, K * n)
     return ClassStats(params.W, M, E @ E.T, params.b)
+
+
+def _general_stats(problem: Problem, params: Params) -> ClassStats:
+    """Class statistics with class sizes or labels (columns outside every class are ignored). A
+    target matrix without labels has no classes: M = 0 and G = H Hᵀ (the NC metrics are then 0)."""
+    if problem.targets is not None and problem.labels is None and problem.class_sizes is None:
+        H = params.H
+        return ClassStats(params.W, jnp.zeros((H.shape[0], problem.K), H.dtype), H @ H.T, params.b, None)
+    Y = labels(problem)  # (K, columns)
+    counts = jnp.sum(Y, axis=1)
+    M = (params.H @ Y.T) / jnp.maximum(counts, 1.0)
+    E = (params.H - M @ Y) * jnp.sum(Y, axis=0)[None, :]
+    return ClassStats(params.W, M, E @ E.T, params.b, counts)
 
 
 def _safe_normalize(X):
@@ -97,10 +128,14 @@ def _etf_target(K: int, dtype) -> Float[Array, "K K"]:
 
 def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
     """NC1–NC4, uncentered NC2 and tr Σ_W / tr Σ_B of one run (conventions in the module doc)."""
-    W, M, G, b = stats
+    W, M, G, b, counts = stats
     d, K = M.shape
     dtype = W.dtype
-    muG = jnp.mean(M, axis=1)
+    if counts is None:
+        muG = jnp.mean(M, axis=1)
+    else:
+        N = jnp.sum(counts)
+        muG = M @ counts / N
     Hbar = M - muG[:, None]
     # Σ_B = (Hbar/√K)(Hbar/√K)ᵀ; pseudo-inverse through the thin SVD of Hbar/√K — for d > K through
     # its K×K triangular factor (QR first, then the K×K SVD: the same singular values and vectors at
@@ -111,6 +146,7 @@ def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
     inv_s2 = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
     Sw = G / N
     nc1 = jnp.maximum(jnp.sum(inv_s2 * jnp.einsum("dj,de,ej->j", U, Sw, U)) / K, 0.0)
+    nc1w = nc1 if counts is None else _nc1(Hbar * jnp.sqrt(counts / N), Sw, K)
     P = _etf_target(K, dtype)
     Wc = W - jnp.mean(W, axis=0, keepdims=True)
     nc2 = jnp.sqrt(jnp.sum((_safe_normalize(Wc @ Wc.T) - P) ** 2))
@@ -119,7 +155,17 @@ def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
     nc2u = jnp.sqrt(jnp.sum((_safe_normalize(W @ W.T) - P) ** 2))
     trW, trB = jnp.maximum(jnp.trace(Sw), 0.0), jnp.sum(Hbar * Hbar) / K
     ratio = jnp.where(trB > 0, trW / jnp.where(trB > 0, trB, 1.0), jnp.where(trW > 0, jnp.inf, 0.0))
-    return NCMetrics(nc1, nc2, nc3, nc4, nc2u, ratio)
+    return NCMetrics(nc1, nc2, nc3, nc4, nc2u, ratio, nc1w)
+
+
+def _nc1(X, Sw, K: int):
+    """tr(Σ_W Σ_B^†)/K with Σ_B = X Xᵀ."""
+    d = X.shape[0]
+    U, s, _ = jnp.linalg.svd(X, full_matrices=False)
+    cutoff = jnp.max(s) * max(d, K) * jnp.finfo(X.dtype).eps * 10
+    keep = s > cutoff
+    inv_s2 = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
+    return jnp.maximum(jnp.sum(inv_s2 * jnp.einsum("dj,de,ej->j", U, Sw, U)) / K, 0.0)
 
 
 def optimum_distance(problem: Problem, prediction: PredictionArrays, stats: ClassStats,
@@ -128,7 +174,7 @@ def optimum_distance(problem: Problem, prediction: PredictionArrays, stats: Clas
 
     ``prediction`` is :meth:`Prediction.arrays`, so problems of one shape can be vmapped.
     """
-    W, M, _, b = stats
+    W, M, G, b, counts = stats
     K = problem.K
     WWt = W @ W.T
     gram_scale = jnp.maximum(jnp.sqrt(jnp.sum(prediction.gram**2)), 1.0)
@@ -140,9 +186,20 @@ def optimum_distance(problem: Problem, prediction: PredictionArrays, stats: Clas
     geom_err = jnp.where(prediction.geometry_known, geom_err, 0.0)
     lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
     ok = (lw > 0) & (lh > 0)
-    kappa = jnp.sqrt(jnp.where(ok, lw, 1.0) / (problem.n * jnp.where(ok, lh, 1.0)))
     wf = jnp.sqrt(jnp.sum(W * W))
-    sd = jnp.where(ok, jnp.sqrt(jnp.sum((M.T - kappa * W) ** 2)) / jnp.maximum(wf, 1.0), 0.0)
+    if counts is None:
+        kappa = jnp.sqrt(jnp.where(ok, lw, 1.0) / (problem.n * jnp.where(ok, lh, 1.0)))
+        sd = jnp.where(ok, jnp.sqrt(jnp.sum((M.T - kappa * W) ** 2)) / jnp.maximum(wf, 1.0), 0.0)
+    else:  # the balance λ_W WᵀW = λ_H H Hᵀ of every optimum (H Hᵀ = M D Mᵀ + G), relative to λ_W ||W||²
+        HHt = (M * counts) @ M.T + G
+        sd = jnp.sqrt(jnp.sum((lw * W.T @ W - lh * HHt) ** 2)) / jnp.maximum(lw * wf**2, jnp.finfo(W.dtype).tiny)
+        sd = jnp.where(ok, sd, 0.0)
+
+    def rel(X, P):  # relative to the prediction where it is unique, else 0 (balanced problems: not computed)
+        if not problem.general:
+            return jnp.zeros((), W.dtype)
+        err = jnp.sqrt(jnp.sum((X - P) ** 2)) / jnp.maximum(jnp.sqrt(jnp.sum(P**2)), 1.0)
+        return jnp.where(prediction.gram_unique & prediction.geometry_known, err, 0.0)
     bias_err = jnp.max(jnp.abs(b - prediction.bias)) if problem.bias else jnp.zeros((), W.dtype)
     return OptimumDistance(
         gap=value - prediction.objective,
@@ -151,4 +208,6 @@ def optimum_distance(problem: Problem, prediction: PredictionArrays, stats: Clas
         w_norm=jnp.sqrt(jnp.sum(W * W) / K),
         h_norm=jnp.sqrt(jnp.sum(M * M) / K),
         bias_error=bias_err,
+        gram_h_error=rel(M.T @ M, prediction.gram_h),
+        cross_error=rel(W @ M, prediction.cross),
     )

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ncflow.problem import Problem
@@ -31,9 +32,43 @@ def coeff(problem: Problem, name: str) -> Float[Array, ""]:
     return jnp.asarray(getattr(problem, name), dtype=problem.dtype)
 
 
+def sizes(problem: Problem) -> Float[Array, " K"]:
+    """Per-class sample counts n_k (K,) in the problem's dtype (traced inside the engine, where
+    they are per-lane values)."""
+    if problem.class_sizes is None:
+        return jnp.asarray(problem.sizes, problem.dtype)
+    return jnp.asarray(problem.class_sizes, dtype=problem.dtype)
+
+
+def _static_sizes(problem: Problem) -> bool:
+    cs = problem.class_sizes
+    return isinstance(cs, tuple) and all(isinstance(v, int) for v in cs) and problem.columns is None
+
+
+def sample_count(problem: Problem):
+    """N: a Python int for balanced problems and concrete sizes, the traced Σ n_k for per-lane
+    sizes inside the engine."""
+    if problem.class_sizes is None or problem.targets is not None or _static_sizes(problem):
+        return problem.N
+    return jnp.sum(sizes(problem))
+
+
 def labels(problem: Problem) -> Float[Array, "K N"]:
-    """One-hot labels ``Y = I_K ⊗ 1_nᵀ`` (class-major), shape ``(K, N)``."""
-    return jnp.repeat(jnp.eye(problem.K, dtype=problem.dtype), problem.n, axis=1)
+    """One-hot labels ``Y (K, N)``, class-major: ``I_K ⊗ 1_nᵀ`` (balanced), class k's n_k columns
+    after class k−1's (class sizes; traced sizes work too: column j is in class k iff
+    Σ_{i<k} n_i <= j < Σ_{i<=k} n_i, and columns past Σ n_k belong to no class), or the labels of a
+    ``targets`` problem."""
+    dt = problem.dtype
+    if not problem.general:
+        return jnp.repeat(jnp.eye(problem.K, dtype=dt), problem.n, axis=1)
+    if problem.labels is not None:
+        return jax.nn.one_hot(jnp.asarray(problem.labels), problem.K, dtype=dt).T
+    if _static_sizes(problem):
+        return jnp.asarray(np.eye(problem.K)[:, problem.label_vector()], dt)
+    n = sizes(problem)
+    end = jnp.cumsum(n)
+    j = jnp.arange(problem.N, dtype=dt)[None, :]
+    return ((j >= (end - n)[:, None]) & (j < end[:, None])).astype(dt)
 
 
 def targets_and_weights(problem: Problem) -> tuple[Float[Array, "K N"], Float[Array, "K N"] | None]:
@@ -42,6 +77,8 @@ def targets_and_weights(problem: Problem) -> tuple[Float[Array, "K N"], Float[Ar
     Plain MSE: ``T = Y``. Rescaled MSE: ``T = M Y`` and ``Ω = 1 + (α − 1) Y``, so that the
     per-sample loss is ``α (z_y − M)² + Σ_{j≠y} z_j²``.
     """
+    if problem.targets is not None:
+        return jnp.asarray(problem.targets, problem.dtype), None
     Y = labels(problem)
     if problem.loss == "mse":
         return Y, None
@@ -62,7 +99,7 @@ def residual(problem: Problem, params: Params) -> Float[Array, "K N"]:
     Z = params.W @ params.H + _bias(problem, params)[:, None] - T
     if Omega is not None:
         Z = Omega * Z
-    return Z / problem.N
+    return Z / sample_count(problem)
 
 
 def objective(problem: Problem, params: Params) -> Float[Array, ""]:
@@ -70,7 +107,7 @@ def objective(problem: Problem, params: Params) -> Float[Array, ""]:
     T, Omega = targets_and_weights(problem)
     Z = params.W @ params.H + _bias(problem, params)[:, None] - T
     sq = Z * Z if Omega is None else Omega * Z * Z
-    f = 0.5 * jnp.sum(sq) / problem.N
+    f = 0.5 * jnp.sum(sq) / sample_count(problem)
     f = f + 0.5 * coeff(problem, "lambda_w") * jnp.sum(params.W**2)
     f = f + 0.5 * coeff(problem, "lambda_h") * jnp.sum(params.H**2)
     if problem.bias:
@@ -96,8 +133,9 @@ def value_and_gradient(problem: Problem, params: Params) -> tuple[Float[Array, "
     Z = params.W @ params.H + _bias(problem, params)[:, None] - T
     WZ = Z if Omega is None else Omega * Z
     lw, lh = coeff(problem, "lambda_w"), coeff(problem, "lambda_h")
-    f = 0.5 * jnp.sum(Z * WZ) / problem.N + 0.5 * lw * jnp.sum(params.W**2) + 0.5 * lh * jnp.sum(params.H**2)
-    R = WZ / problem.N
+    N = sample_count(problem)
+    f = 0.5 * jnp.sum(Z * WZ) / N + 0.5 * lw * jnp.sum(params.W**2) + 0.5 * lh * jnp.sum(params.H**2)
+    R = WZ / N
     gW = R @ params.H.T + lw * params.W
     gH = params.W.T @ R + lh * params.H
     if problem.bias:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ncflow.maths import imbalanced as _im
 from ncflow.maths.objective import Params
 from ncflow.problem import Problem, ProblemError
 
@@ -28,19 +29,21 @@ from ncflow.problem import Problem, ProblemError
 DENSE_MAX_K = 2048
 
 GEOMETRIES = ("simplex_etf", "orthogonal_frame", "etf_with_mean", "zero", "rank_limited",
-              "not_attained", "not_unique")
+              "not_attained", "not_unique", "general")
 
 
 class PredictionArrays(NamedTuple):
-    """A :class:`Prediction` as arrays: f* (), Gram (K, K), spectrum (K,) zero-padded, b* (),
+    """A :class:`Prediction` as arrays: f* (), Gram (K, K), spectrum (K,) zero-padded, b* (K,),
     whether the Gram is unique, and whether any geometry is determined at all."""
 
     objective: Float[Array, ""]
     gram: Float[Array, "K K"]
     spectrum: Float[Array, " K"]
-    bias: Float[Array, ""]
+    bias: Float[Array, " K"]
     gram_unique: Array
     geometry_known: Array
+    gram_h: Float[Array, "K K"]
+    cross: Float[Array, "K K"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,12 @@ class Prediction:
             (every such geometry has this form), else None: the Gram without a K×K matrix. With
             K > :data:`DENSE_MAX_K` (and ``dense`` not asked for) ``gram`` and ``outputs`` are None
             and this is the Gram.
+        bias_vector: b* (K,) (None bias-free); with class sizes its entries differ (b* = p in (A)).
+        w_norms, h_norms: per-class ||w_k|| and ||μ_k|| (K,), None where not determined.
+        gram_h, cross: predicted MᵀM and W M (K, K) of the class means, None where not unique.
+        merged: groups of >= 2 classes whose w_k and μ_k coincide (nonzero); vanished: classes with
+            w_k = μ_k = 0 (THEORY §7: minority collapse). Empty for balanced problems above c = 1.
+        class_sizes: n_k (K,).
     """
 
     c: float
@@ -77,6 +86,15 @@ class Prediction:
     spectrum: np.ndarray
     outputs: np.ndarray | None
     gram_form: tuple[float, float] | None = None
+    bias_vector: np.ndarray | None = None
+    w_norms: np.ndarray | None = None
+    h_norms: np.ndarray | None = None
+    gram_h: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    merged: tuple = ()
+    vanished: tuple = ()
+    class_sizes: np.ndarray | None = None
+    general: bool = False
 
     @property
     def gram_unique(self) -> bool:
@@ -102,17 +120,30 @@ class Prediction:
             objective=jnp.asarray(self.objective, dtype),
             gram=jnp.asarray(gram, dtype),
             spectrum=jnp.asarray(spec, dtype),
-            bias=jnp.asarray(0.0 if self.bias is None else self.bias, dtype),
+            bias=jnp.asarray(self.bias_vector if self.bias_vector is not None else
+                             np.full(K, 0.0 if self.bias is None else self.bias), dtype),
             gram_unique=jnp.asarray(self.gram_unique),
             geometry_known=jnp.asarray(self.w_norm is not None),
+            gram_h=jnp.asarray(np.zeros((K, K)) if self.gram_h is None else self.gram_h, dtype),
+            cross=jnp.asarray(np.zeros((K, K)) if self.cross is None else self.cross, dtype),
         )
 
     def to_json(self) -> dict:
-        """JSON-ready summary with the keys of ``ncflow theory --json``."""
-        return {
+        """JSON-ready summary with the keys of ``ncflow theory --json``. With class sizes or targets
+        (THEORY §7) ``bias`` is the list b* (or null), and per-class ``w_norms``/``h_norms``,
+        ``gram_w`` (K×K), ``merged`` and ``vanished`` are added."""
+        out = {
             "c": self.c, "geometry": self.geometry, "objective": self.objective,
             "rank": self.rank, "w_norm": self.w_norm, "h_norm": self.h_norm, "bias": self.bias,
         }
+        if self.general:
+            lst = lambda a: None if a is None else np.asarray(a, float).tolist()  # noqa: E731
+            sizes = None if self.class_sizes is None else [int(v) for v in self.class_sizes]
+            out.update(class_sizes=sizes, w_norms=lst(self.w_norms), h_norms=lst(self.h_norms),
+                       gram_w=lst(self.gram), gram_h=lst(self.gram_h), cross=lst(self.cross),
+                       spectrum=lst(self.spectrum), gram_unique=self.gram_unique,
+                       merged=[list(g) for g in self.merged], vanished=list(self.vanished))
+        return out
 
 
 def _scalars(problem: Problem) -> tuple[float, float, float]:
@@ -173,11 +204,39 @@ def _direction_values(problem: Problem, dense: bool = True) -> tuple[np.ndarray 
         f_zero - s * (1 - c) ** 2 / (2 * K)
 
 
+def _predict_general(problem: Problem) -> Prediction:
+    """THEORY §7: class sizes or a target matrix (:mod:`ncflow.maths.imbalanced`)."""
+    _scalars(problem)
+    o = _im.optimum(problem)
+    spectrum = np.sort(np.clip(np.linalg.eigvalsh(o.gram_w), 0, None))[::-1][: o.kept] if o.determined \
+        else np.zeros(0)
+    geometry = "zero" if o.kept == 0 else ("general" if o.determined else "not_unique")
+    bias = None if o.bias is None else [float(v) for v in o.bias]
+    unique = o.gram_unique and o.determined
+    w_norm = math.sqrt(float(np.mean(o.w_norms**2))) if o.determined else None
+    h_norm = (math.sqrt(float(np.mean(o.h_norms**2))) if o.h_norms is not None else None) if o.determined else None
+    outputs = None
+    if unique and o.cross is not None:
+        outputs = o.cross + (0.0 if o.bias is None else o.bias[:, None])
+    sizes = problem.sizes
+    return Prediction(problem.c, geometry, float(o.objective), o.kept, w_norm, h_norm, bias,
+                      o.gram_w if unique else None, spectrum, outputs,
+                      bias_vector=None if o.bias is None else np.asarray(o.bias),
+                      w_norms=o.w_norms if o.determined else None, h_norms=o.h_norms if o.determined else None,
+                      gram_h=o.gram_h if unique else None, cross=o.cross if unique else None,
+                      merged=o.merged if unique else (), vanished=o.vanished if unique else (),
+                      class_sizes=sizes if problem.class_sizes is not None or problem.labels is not None else None,
+                      general=True)
+
+
 def predict(problem: Problem, dense: bool | None = None) -> Prediction:
-    """The theory's prediction for ``problem``'s global minimum (THEORY.md §2).
+    """The theory's prediction for ``problem``'s global minimum (THEORY.md §2; §7 for class sizes
+    or targets, through :mod:`ncflow.maths.imbalanced`, always dense).
 
     ``dense``: build the K×K ``gram`` and ``outputs`` (None: only when K <= :data:`DENSE_MAX_K`;
     the scalars, the spectrum and ``gram_form`` are always there, in O(K) work and memory)."""
+    if problem.general:
+        return _predict_general(problem)
     K, d, n = problem.K, problem.d, problem.n
     lw, lh, _ = _scalars(problem)
     dense = K <= DENSE_MAX_K if dense is None else bool(dense)
@@ -198,13 +257,18 @@ def predict(problem: Problem, dense: bool | None = None) -> Prediction:
     spectrum = np.sort(z * wscale)[::-1]  # eigenvalues of W Wᵀ = U diag(z sqrt(λ_H/λ_W)) Uᵀ
     w_norm = math.sqrt(float(np.sum(spectrum)) / K)
     h_norm = math.sqrt(float(np.sum(z / wscale)) / (n * K)) if s else 0.0
-    gram = outputs = form = None
+    gram = outputs = form = gram_h = cross = None
     if geometry != "rank_limited":  # unique: a (I − 11ᵀ/K) + b 11ᵀ/K (s = 0, K − 1 centred, or K)
         form = (float(z[0] * wscale), float(z[-1] * wscale) if s == K else 0.0) if s else (0.0, 0.0)
         if dense:
             gram = (U * (z * wscale)) @ U.T if s else np.zeros((K, K))
             outputs = (U * (z / math.sqrt(n))) @ U.T + (0.0 if b is None else b)
-    return Prediction(problem.c, geometry, f, s, w_norm, h_norm, b, gram, spectrum, outputs, form)
+            gram_h = (U * (z / (wscale * n))) @ U.T if s else np.zeros((K, K))  # μ_k = H y_k / n
+            cross = outputs - (0.0 if b is None else b)
+    return Prediction(problem.c, geometry, f, s, w_norm, h_norm, b, gram, spectrum, outputs, form,
+                      bias_vector=None if b is None else np.full(K, b), w_norms=np.full(K, w_norm),
+                      h_norms=np.full(K, h_norm), gram_h=gram_h, cross=cross, class_sizes=np.full(K, float(n)),
+                      vanished=tuple(range(K)) if s == 0 else ())
 
 
 def _random_orthonormal(key, rows: int, cols: int) -> np.ndarray:

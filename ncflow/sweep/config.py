@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ncflow.errors import NcflowError
-from ncflow.settings import LANE_KEYS, SETTINGS, check_applies
+from ncflow.settings import LANE_KEYS, SETTINGS, Setting, check_applies
 
 try:
     import tomllib
@@ -41,12 +41,22 @@ class SweepError(ValueError):
 
 #: [problem] keys: {key: Setting}; each enters the normalized config with its default when not given
 PROBLEM_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "problem" and s.toml}
+#: [problem] keys of THEORY §7 (class sizes and the two-level shorthand ``majority``/``ratio``: R
+#: classes of round(ratio n), the other K − R of n): in the normalized config only where given, so the
+#: hash of a sweep written before they existed does not change; grid keys too
+SIZE_SPECS = {
+    "class_sizes": dataclasses.replace(SETTINGS["class_sizes"], toml=True),
+    "majority": Setting("majority", "problem", "int", None, "two-level class sizes: the first R classes have "
+                        "round(ratio n) samples", low=1, high=2**16, unset=True, flag="--majority"),
+    "ratio": Setting("ratio", "problem", "float", None, "two-level class sizes: majority/minority size ratio",
+                     low=1.0, unset=True, flag="--ratio"),
+}
 #: [solver] keys whose default enters the normalized config (and hash) when not given
 SOLVER_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "solver" and s.toml and s.hashed}
 #: the other [solver] keys (optimizer, momentum, init, ...): in the normalized config only where given,
 #: so that the hash of a sweep written before they existed does not change
 _EXTRA_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "solver" and s.toml and not s.hashed}
-SPECS = {**PROBLEM_SPECS, **SOLVER_SPECS, **_EXTRA_SPECS}
+SPECS = {**PROBLEM_SPECS, **SIZE_SPECS, **SOLVER_SPECS, **_EXTRA_SPECS}
 
 
 def extra_solver_keys() -> dict:
@@ -56,7 +66,7 @@ def extra_solver_keys() -> dict:
 
 
 def _section(key: str) -> str:
-    return SETTINGS[key].section
+    return SPECS[key].section
 
 
 def _check_value(key: str, value, where: str):
@@ -104,7 +114,10 @@ class SweepPoint:
     @property
     def batch_key(self) -> tuple:
         """What points of one batch must share: everything but the per-run lanes."""
-        return tuple(sorted((k, v) for k, v in self.settings.items() if k not in LANE_KEYS))
+        # the full engine's H has N columns: points of one batch share their class sizes there
+        full = self.settings.get("engine") == "full"
+        lanes = tuple(k for k in LANE_KEYS if not (full and k == "class_sizes"))
+        return tuple(sorted((k, v) for k, v in self.settings.items() if k not in lanes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +193,7 @@ def _check_keys(raw: Mapping, extras: Mapping) -> None:
             raise SweepError(f"unknown top-level key {k!r}; allowed: description, [problem], [solver], [grid]")
     if "description" in raw and not isinstance(raw["description"], str):
         raise SweepError("description must be a string")
-    known = {"problem": list(PROBLEM_SPECS), "solver": list(SOLVER_SPECS) + list(extras)}
+    known = {"problem": list(PROBLEM_SPECS) + list(SIZE_SPECS), "solver": list(SOLVER_SPECS) + list(extras)}
     for section, keys in known.items():
         table = raw.get(section, {})
         if not isinstance(table, Mapping):
@@ -220,6 +233,9 @@ def parse_config(raw: Mapping) -> SweepConfig:
     for k, v in raw.get("solver", {}).items():
         if k in extras:
             base["solver"][k] = _check_value(k, v, f"solver.{k}")
+    for k, v in raw.get("problem", {}).items():
+        if k in SIZE_SPECS:
+            base["problem"][k] = _check_value(k, v, f"problem.{k}")
     grid = {k: _grid_values(k, v) for k, v in raw.get("grid", {}).items()}
     for sec in ("problem", "solver"):
         for k in grid:
@@ -249,7 +265,8 @@ def parse_config(raw: Mapping) -> SweepConfig:
             check_applies(s, given)
             if not s["bias"] and s["lambda_b"] != 0.0:
                 raise SweepError(f"{name('lambda_b')} must be 0 when bias = false (there is no bias to regularize)")
-            problem = Problem(**{k: s[k] for k in PROBLEM_SPECS})
+            s = _class_sizes(s, name, "K" in given)
+            problem = Problem(**{k: s[k] for k in PROBLEM_SPECS}, class_sizes=s.get("class_sizes"))
             config = point_config(s)
             _representation(problem, config)
             lr = s["lr"] if s["lr"] is not None else float(_default_lr(problem, config))
@@ -263,12 +280,39 @@ def parse_config(raw: Mapping) -> SweepConfig:
     return SweepConfig(normalized=normalized, hash=digest, points=tuple(points), swept=tuple(keys))
 
 
+def _class_sizes(s: dict, name, k_given: bool) -> dict:
+    """The point's settings with the two-level shorthand (majority, ratio) turned into class_sizes;
+    K is the number of sizes (a K given that disagrees is refused)."""
+    s = dict(s)
+    majority, ratio = s.pop("majority", None), s.pop("ratio", None)
+    if (majority is None) != (ratio is None):
+        raise SweepError(f"{name('majority' if majority is None else 'ratio')} must be given with "
+                         f"{name('ratio' if majority is None else 'majority')} (the two-level class sizes)")
+    if majority is not None:
+        if s.get("class_sizes") is not None:
+            raise SweepError(f"{name('majority')} cannot be combined with {name('class_sizes')}")
+        if majority >= s["K"]:
+            raise SweepError(f"{name('majority')} must be an integer in [1, {s['K'] - 1}] (K = {s['K']}), "
+                             f"got {majority}")
+        n = s["n"]
+        s["class_sizes"] = (max(1, round(ratio * n)),) * majority + (n,) * (s["K"] - majority)
+    if s.get("class_sizes") is not None:
+        if k_given and s["K"] != len(s["class_sizes"]):
+            raise SweepError(f"{name('class_sizes')} gives K = {len(s['class_sizes'])} classes but "
+                             f"{name('K')} = {s['K']}")
+        s["K"] = len(s["class_sizes"])
+    else:
+        s.pop("class_sizes", None)
+    return s
+
+
 def point_config(s: Mapping, progress: bool | None = False):
     """The engine :class:`~ncflow.Config` of a point's settings (``ncflow run`` with the same
     settings uses exactly this config)."""
     from ncflow.config import Config, cap_chunk
 
-    return cap_chunk(Config(progress=progress, **{k: v for k, v in s.items() if k not in PROBLEM_SPECS}))
+    solver = {k: v for k, v in s.items() if k not in PROBLEM_SPECS and k not in SIZE_SPECS}
+    return cap_chunk(Config(progress=progress, **solver))
 
 
 def _representation(problem, config):
