@@ -96,16 +96,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    _fsync_dir(directory)  # make the rename itself durable
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
@@ -189,16 +180,7 @@ def commit_staged(stage: str, target: str | os.PathLike[str], last: str, remove:
     for name in [n for n in names if n != last] + [last]:
         os.replace(os.path.join(stage, name), os.path.join(target, name))
     shutil.rmtree(stage, ignore_errors=True)
-    try:
-        dfd = os.open(target, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    _fsync_dir(target)
 
 
 # --------------------------------------------------------------------------- JSON
@@ -389,3 +371,18 @@ def read_table_parquet(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     pa = _pyarrow()
     table = pa.parquet.read_table(os.fspath(path))
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def _fsync_dir(directory: str) -> None:
+    """fsync a directory, so that renames into it survive a crash (best effort: some file systems
+    refuse to open or sync a directory)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -14,6 +14,9 @@ from helpers import CompileCounter
 os.environ.setdefault("NCFLOW_COMPILE_CACHE", "off")
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_num_cpu_devices", 4)
+# Start the backend now: a test that runs the CLI in-process (its configure_jax sets the CPU device
+# count) can then no longer change the 4 devices, whatever order the tests run in.
+jax.devices()
 
 
 @pytest.fixture

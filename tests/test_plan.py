@@ -36,6 +36,8 @@ CASES = {
                 dict(runs=6, history=True, stop="converged")),
     "bias-free-full": (dict(SMALL, bias=False), dict(runs=8, engine="full")),
     "momentum": (dict(SMALL), dict(runs=6, optimizer="momentum", max_steps=4000)),
+    "class-sizes": (dict(class_sizes=[9, 7, 4, 2], d=5, lambda_w=1e-2, lambda_h=1e-2, dtype="float64"),
+                    dict(runs=8)),
 }
 
 

@@ -53,20 +53,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(tmp_path):
-    """2 processes x 2 CPU devices on 127.0.0.1 (gloo) gather the same result as 1 process."""
-    port = _free_port()
-    common = ncflow_command("run", "-K", "3", "-d", "4", "-n", "2", "--lambda-w", "2e-2", "--lambda-h",
-              "2e-2", "--runs", "23", "--dtype", "float64", "--max-steps", "3000", "--json", "--no-progress")
-    env = subprocess_env()
+def _two_processes(argv_of, env) -> list:
+    """Start processes 1 and 0 of a 2-process job (``argv_of(pid)``), wait for both (240 s at most),
+    assert both exited 0 and return their (stdout, stderr), process 1's first."""
     procs = []
     try:
         for pid in (1, 0):
-            extra = ["--out", str(tmp_path / "multi")] if pid == 0 else []
-            procs.append(subprocess.Popen(
-                common + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                             "--process-id", str(pid), "--cpu-devices", "2"] + extra,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+            procs.append(subprocess.Popen(argv_of(pid), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          env=env))
         outs = [p.communicate(timeout=240) for p in procs]
     finally:
         for p in procs:
@@ -74,6 +68,18 @@ def test_two_processes_equal_one(tmp_path):
                 p.kill()
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
+    return outs
+
+
+def test_two_processes_equal_one(tmp_path):
+    """2 processes x 2 CPU devices on 127.0.0.1 (gloo) gather the same result as 1 process."""
+    port = _free_port()
+    common = ncflow_command("run", "-K", "3", "-d", "4", "-n", "2", "--lambda-w", "2e-2", "--lambda-h",
+              "2e-2", "--runs", "23", "--dtype", "float64", "--max-steps", "3000", "--json", "--no-progress")
+    env = subprocess_env()
+    outs = _two_processes(lambda pid: common + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                                                "--process-id", str(pid), "--cpu-devices", "2"]
+                          + (["--out", str(tmp_path / "multi")] if pid == 0 else []), env)
     worker_out, main_out = outs[0][0], outs[1][0]
     assert worker_out.strip() == ""  # only process 0 prints
     multi = json.loads(main_out)
@@ -96,20 +102,9 @@ def test_two_process_sweep_equals_one(tmp_path):
     port = _free_port()
     env = subprocess_env()
     common = ncflow_command("sweep", str(toml), "--no-progress", "--json")
-    procs = []
-    try:
-        for pid in (1, 0):
-            procs.append(subprocess.Popen(
-                common + ["--out", str(tmp_path / ("multi" if pid == 0 else "ignored")), "--coordinator",
-                          f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(pid), "--cpu-devices", "2"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-        outs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-2000:]
+    outs = _two_processes(lambda pid: common + ["--out", str(tmp_path / ("multi" if pid == 0 else "ignored")),
+                                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                                                "--process-id", str(pid), "--cpu-devices", "2"], env)
     assert outs[0][0].strip() == "" and not (tmp_path / "ignored").exists()  # the worker neither prints nor writes
     multi = json.loads(outs[1][0])
     single = subprocess.run(common + ["--cpu-devices", "1", "--out", str(tmp_path / "single")],

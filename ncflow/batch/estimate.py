@@ -34,7 +34,7 @@ import math
 import numpy as np
 
 from ncflow.batch.history import KEYS, record_chunks
-from ncflow.batch.memory import auto_group, estimate_memory, state_bytes
+from ncflow.batch.memory import auto_group, estimate_memory, host_memory_bytes, state_bytes
 
 #: per CPU core: fixed seconds per run-step (by state space) and flop/s (float32), see the module docstring
 CPU_T0_S = {"collapsed": 3e-6, "full": 1e-5}
@@ -217,17 +217,3 @@ def check_batch(points, config, dyn, layout, plan=None) -> None:
             bad = refusal(dataclasses.replace(est, device_bytes=0), int(0.8 * host_memory_bytes()), what, platform)
     if bad is not None:
         raise ConfigError(bad[1], field=bad[0])
-
-
-def host_memory_bytes() -> int:
-    """MemAvailable of the host (bytes)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))

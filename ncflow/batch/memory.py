@@ -28,8 +28,11 @@ def available_memory_bytes(devices=None) -> int:
             stats = dev.memory_stats() or {}
             if "bytes_limit" in stats:
                 free.append(int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
-    if free:
-        return min(free)
+    return min(free) if free else host_memory_bytes()
+
+
+def host_memory_bytes() -> int:
+    """The host's available memory (MemAvailable, bytes)."""
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:

@@ -119,7 +119,8 @@ def _estimates(cfg) -> list:
 
 
 def _fits(peak: int) -> str:
-    from ncflow.batch.estimate import fmt_bytes, host_memory_bytes
+    from ncflow.batch.estimate import fmt_bytes
+    from ncflow.batch.memory import host_memory_bytes
 
     limit = int(0.8 * host_memory_bytes())
     return "" if peak <= limit else f", more than the {fmt_bytes(limit)} available here: it would be refused"
