@@ -30,27 +30,32 @@ def _random(rng, bias_mode):
     return Problem(**kw)
 
 
-@pytest.mark.parametrize("i", range(12))
-def test_collapsed_equals_full_per_sample_gd(i):
-    """200 steps of the collapsed step from a random full point equal 200 full GD steps (their class
-    statistics), to 1e-12 relative in float64; so do f and the FULL gradient norm."""
-    rng = np.random.default_rng(i)
-    p = _random(rng, ("unregularized", "none", "regularized")[i % 3])
-    k1, k2, k3 = jax.random.split(jax.random.key(i), 3)
+def _full_and_collapsed_gd(p, q, seed: int, steps: int = 200):
+    """``steps`` full GD steps of ``p`` from a random point (W, H ~ N(0, 1), b ~ N(0, 0.09) or 0) and
+    the same number of collapsed steps of ``q`` (``p`` itself, or ``p`` with its row basis) from that
+    point collapsed, at half the default step: ``(final Params, final collapsed state)``."""
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     x = O.Params(jax.random.normal(k1, (p.K, p.d)), jax.random.normal(k2, (p.d, p.N)),
                  0.3 * jax.random.normal(k3, (p.K,)) if p.bias else jnp.zeros(p.K))
-    c = C.collapse(p, x)
     lr = 0.5 * ncflow.theory.default_step_size(p)
 
     @jax.jit
     def run(x, c):
         def body(_, xc):
             x, c = xc
-            g = O.gradient(p, x)
-            return jax.tree_util.tree_map(lambda a, b: a - lr * b, x, g), C.gd_step(p, c, lr)
-        return jax.lax.fori_loop(0, 200, body, (x, c))
+            return jax.tree_util.tree_map(lambda a, g: a - lr * g, x, O.gradient(p, x)), C.gd_step(q, c, lr)
+        return jax.lax.fori_loop(0, steps, body, (x, c))
 
-    x, c = run(x, c)
+    return run(x, C.collapse(q, x))
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_collapsed_equals_full_per_sample_gd(i):
+    """200 steps of the collapsed step from a random full point equal 200 full GD steps (their class
+    statistics), to 1e-12 relative in float64; so do f and the FULL gradient norm."""
+    rng = np.random.default_rng(i)
+    p = _random(rng, ("unregularized", "none", "regularized")[i % 3])
+    x, c = _full_and_collapsed_gd(p, p, i)
     ref = C.collapse(p, x)
     for a, b in zip(c, ref):
         assert float(np.max(rel_diff(np.asarray(a), np.asarray(b)))) <= 1e-12 or \
@@ -144,20 +149,8 @@ def test_collapsed_targets_equal_full_gd(i):
     p = Problem(targets=T, labels=lab if i % 4 else None, d=int(rng.integers(1, K + 3)), lambda_w=0.02,
                 lambda_h=0.03, dtype="float64", **bias_kw)
     q = _with_row_basis(p)
-    k1, k2, k3 = jax.random.split(jax.random.key(i), 3)
-    x = O.Params(jax.random.normal(k1, (p.K, p.d)), jax.random.normal(k2, (p.d, N)),
-                 0.3 * jax.random.normal(k3, (p.K,)) if p.bias else jnp.zeros(p.K))
-    c = C.collapse(q, x)
-    lr = 0.5 * ncflow.theory.default_step_size(p)
-
-    @jax.jit
-    def run(x, c):
-        def body(_, xc):
-            x, c = xc
-            return jax.tree_util.tree_map(lambda a, g: a - lr * g, x, O.gradient(p, x)), C.gd_step(q, c, lr)
-        return jax.lax.fori_loop(0, 200, body, (x, c))
-
-    x, c = run(x, c)
+    assert p.N == N
+    x, c = _full_and_collapsed_gd(p, q, i)
     ref = C.collapse(q, x)
     for a, b in zip(c, ref):
         scale = max(1.0, float(np.max(np.abs(np.asarray(b)))))
