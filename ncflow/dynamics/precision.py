@@ -22,7 +22,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["PRECISIONS", "Precision", "emulated", "round_mantissa", "step_context"]
+__all__ = ["PRECISIONS", "Precision", "emulated", "full_context", "round_mantissa", "step_context", "step_fn"]
 
 
 class Precision(NamedTuple):
@@ -33,16 +33,11 @@ class Precision(NamedTuple):
         jax_name: what ``jax.default_matmul_precision`` is given on an accelerator: "highest", or the
             dot-algorithm preset whose inputs have the precision's width.
         mantissa_bits: explicit mantissa bits of the products' inputs (float32: 23).
-        input_roundoff: the relative rounding of those inputs, 2**-(bits + 1).
     """
 
     name: str
     jax_name: str
     mantissa_bits: int
-
-    @property
-    def input_roundoff(self) -> float:
-        return 0.0 if self.mantissa_bits >= 23 else 2.0 ** -(self.mantissa_bits + 1)
 
     @property
     def reduced(self) -> bool:
