@@ -14,9 +14,10 @@ For each problem (the default K=10, d=10, n=100 and K=10, d=64, n=20) and each n
   THEORY §8) after as many steps as ncflow's longest run took: the same count as ncflow's
   ``global`` when both are right.
 
-Prints one JSON line (and, with ``--table``, a readable table on stderr). Installs nothing, writes
-nothing unless ``--out FILE``. Stops starting new cases once ``--budget-s`` is spent (marked
-"skipped"). Example::
+Prints one JSON line (and, with ``--table``, each case's row on stderr as it finishes; with
+``--out``, the file holds every finished case, so a run stopped by a time limit still leaves its
+rows). Installs nothing, writes nothing unless ``--out FILE``. Stops starting new cases once
+``--budget-s`` is spent (marked "skipped"). Example::
 
     python benchmarks/device.py                         # 1k/10k/100k runs, 1000 steps
     python benchmarks/device.py --runs 1000 --steps 300 # a quick CPU check
@@ -156,30 +157,31 @@ def main(argv=None) -> int:
     def budget_left() -> bool:
         return time.perf_counter() - t_start < a.budget_s
 
+    def record(section: str, row: dict) -> None:
+        """Keep a finished case; with --out, rewrite the file so a killed run still leaves its rows."""
+        out[section].append(row)
+        out["wall_s"] = time.perf_counter() - t_start
+        if a.table:
+            print(json.dumps(row, default=float), file=sys.stderr, flush=True)
+        if a.out:
+            with open(a.out, "w") as fh:
+                fh.write(json.dumps(out, default=float) + "\n")
+
     for name in a.problems:
         for runs in a.runs:
             if not budget_left():
-                out["throughput"].append({"problem": name, "runs": runs, "skipped": "budget"})
+                record("throughput", {"problem": name, "runs": runs, "skipped": "budget"})
                 continue
-            out["throughput"].append(throughput(name, runs, a.steps))
+            record("throughput", throughput(name, runs, a.steps))
             clear_cache()
     for name in a.problems:
         if not budget_left():
-            out["answer"].append({"problem": name, "runs": max(a.runs), "skipped": "budget"})
+            record("answer", {"problem": name, "runs": max(a.runs), "skipped": "budget"})
             continue
-        out["answer"].append(answer(name, max(a.runs)))
+        record("answer", answer(name, max(a.runs)))
         clear_cache()
     out["wall_s"] = time.perf_counter() - t_start
-    line = json.dumps(out, default=float)
-    print(line)
-    if a.out:
-        with open(a.out, "w") as fh:
-            fh.write(line + "\n")
-    if a.table:
-        for row in out["throughput"]:
-            print(json.dumps(row, default=float), file=sys.stderr)
-        for row in out["answer"]:
-            print(json.dumps(row, default=float), file=sys.stderr)
+    print(json.dumps(out, default=float))
     return 0
 
 

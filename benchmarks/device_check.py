@@ -87,6 +87,7 @@ def main() -> int:
            "jax": jax.__version__, "cases": [], "precision": []}
     for name, prob, cfg in cases:
         out["cases"].append(compare(name, prob, cfg, accel, host))
+        print(json.dumps(out["cases"][-1], default=float), file=sys.stderr, flush=True)  # kept if killed later
     out["precision"] = precision_rows(accel)
     out["ok"] = all(r["ok"] for r in out["cases"])
     print(json.dumps(out, default=float))
