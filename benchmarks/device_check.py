@@ -8,10 +8,12 @@ the stop rule made of them. Prints one JSON line; exits 1 if any exact compariso
 Without an accelerator it compares the CPU's wide plan with its cpu plan.
 
     python benchmarks/device_check.py
+    python benchmarks/device_check.py --cases f32_default   # one case (and the precision rows)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -75,7 +77,12 @@ def precision_rows(accel) -> list:
     return rows
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=[c[0] for c in CASES], choices=[c[0] for c in CASES],
+                    help="the comparison cases to run (default: all)")
+    ap.add_argument("--no-precision", action="store_true", help="skip the tf32/bf16 rows")
+    a = ap.parse_args(argv)
     accel = [d for d in jax.devices() if d.platform != "cpu"][:1]
     host = jax.devices("cpu")[:1]
     if not accel:
@@ -83,12 +90,13 @@ def main() -> int:
         cases = [(n, pr, dict(c, plan="wide")) for n, pr, c in CASES]
     else:
         cases = CASES
+    cases = [c for c in cases if c[0] in a.cases]
     out = {"check": "device", "accelerator": str(accel[0].device_kind), "platform": accel[0].platform,
            "jax": jax.__version__, "cases": [], "precision": []}
     for name, prob, cfg in cases:
         out["cases"].append(compare(name, prob, cfg, accel, host))
         print(json.dumps(out["cases"][-1], default=float), file=sys.stderr, flush=True)  # kept if killed later
-    out["precision"] = precision_rows(accel)
+    out["precision"] = [] if a.no_precision else precision_rows(accel)
     out["ok"] = all(r["ok"] for r in out["cases"])
     print(json.dumps(out, default=float))
     return 0 if out["ok"] else 1

@@ -55,9 +55,9 @@ class History:
         self.rows += 1
         self.last_chunk = chunk_i
 
-    def for_runs(self, sel: np.ndarray, f_star: float) -> dict:
-        """The history of batch indices ``sel``: ``step (records,)`` and each key plus ``gap``
-        (objective − f*) of shape (records, len(sel))."""
+    def for_runs(self, sel: np.ndarray | slice, f_star: float) -> dict:
+        """The history of batch indices ``sel`` (an index array, or a slice: then views): ``step
+        (records,)`` and each key plus ``gap`` (objective − f*) of shape (records, runs of sel)."""
         out = {"step": self.steps[: self.rows].copy()}
         out.update({k: v[: self.rows][:, sel] for k, v in self.values.items()})
         out["gap"] = out["objective"] - f_star

@@ -28,7 +28,6 @@ import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -211,7 +210,8 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     final = _classify(progs, config, dev, lanes, layout, tols, point_of)
     classify_s = time.perf_counter() - t_cls
     timing = dict(compile_s=compile_wall, compile_cpu_s=progs.compile_s, run_s=state.run_s, classify_s=classify_s,
-                  wall_s=time.perf_counter() - wall0, devices=layout.n_devices, plan=plan.name, loop_s=loop_s)
+                  states_s=final.pop("states_s"), wall_s=time.perf_counter() - wall0, devices=layout.n_devices,
+                  plan=plan.name, loop_s=loop_s)
     return _results(points, preds, tols, config, dyn, layout, final, history, timing, R)
 
 
@@ -297,16 +297,20 @@ def _wide_loop(progs, config, base, dyn, layout, history, bar, st: _LoopState) -
         dt = time.perf_counter() - t0
         run_s += dt
         chunk_i += did
-        lanes = _host_lanes(cols, layout)
+        record = history is not None and history.wants(chunk_i)
+        # a visit reads only the columns it uses (the whole table once, after the loop)
+        lanes = lanes.replace(**_host_columns(cols, layout, ("status", "steps", "f_prev") if record
+                                              else ("status", "steps")))
         running = layout.allsum(int(lanes.running.sum()))
         _progress(bar, lanes, layout, config.max_steps)
-        if history is not None and history.wants(chunk_i):
+        if record:
             _record(progs, layout, history, _LoopState(dev, lanes, lanes.f_prev, _local(g_dev, layout), chunk_i,
                                                        run_s))
         if running == 0 or did == 0:
             break
         if did == n:  # aim at VISIT_SECONDS of device work per visit
             per_visit = max(1, int(n * min(4.0, VISIT_SECONDS / max(dt, 1e-6))))
+    lanes = LaneTable(**_host_columns(cols, layout, tuple(cols)))
     g = _local(g_dev, layout) if g_dev is not None else st.g
     return _LoopState(dev, lanes, lanes.f_prev, g, chunk_i, run_s)
 
@@ -325,9 +329,10 @@ def _next_record(history, chunk_i: int, max_chunks: int) -> int:
     return min(later) if later else max(max_chunks, chunk_i + 1)
 
 
-def _host_lanes(cols: dict, layout) -> LaneTable:
-    """The lane table of this process from the device columns (host dtypes: float64, int64)."""
-    return LaneTable(**{k: _local(v, layout).astype(_HOST_DTYPES.get(k, np.float64)) for k, v in cols.items()})
+def _host_columns(cols: dict, layout, keys: tuple) -> dict:
+    """Columns ``keys`` of this process's lane table from the device columns, {key: (local lanes,)}
+    in the host dtypes (float64, or the integer type of :data:`_HOST_DTYPES`)."""
+    return {k: _local(cols[k], layout).astype(_HOST_DTYPES.get(k, np.float64)) for k in keys}
 
 
 #: the host dtypes of the integer columns of a LaneTable (every other column is float64)
@@ -361,9 +366,16 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     """Compute the summaries, gather every lane and classify; everything in batch order. On an
     accelerator the summaries are computed where the lanes live (vmapped, sharded) and only their
     scalars travel; on a CPU on the gathered lanes, one after another (see ``Plan.batched_lapack``)."""
+    states_s = 0.0
     if progs.plan.batched_lapack:
+        if jax.process_count() == 1:  # the final states' copy to the host overlaps the summaries
+            for a in jax.tree_util.tree_leaves((dev.x, dev.problem)):
+                if isinstance(a, jax.Array):
+                    a.copy_to_host_async()
         summ = layout.gather(progs.summaries_on_devices(dev.problem, dev.x, dev.pred))
+        t0 = time.perf_counter()
         x_all, prob_all = layout.gather((dev.x, dev.problem))
+        states_s += time.perf_counter() - t0
     else:
         x_all, prob_all, pred_all = layout.gather((dev.x, dev.problem, dev.pred))
         summ = progs.summaries(prob_all, x_all, pred_all)
@@ -371,15 +383,19 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     batch_g = _gather_host(lanes.batch, layout)
     real = np.nonzero(batch_g >= 0)[0]
     by_batch = real[np.argsort(batch_g[real])]  # global lane of batch index 0..R-1
+    if np.array_equal(by_batch, np.arange(len(by_batch))):  # lanes in batch order: views, no copies
+        by_batch = slice(0, len(by_batch))
 
-    def pick(a):
-        return np.asarray(a, np.float64)[by_batch]
+    def pick(a):  # per-lane scalars: writable float64 copies
+        return np.array(a, np.float64)[by_batch]
 
     f, gn = pick(f), pick(gn)
     nc, dist = jax.tree_util.tree_map(pick, nc), jax.tree_util.tree_map(pick, dist)
     extra = {k: pick(v) for k, v in extra.items()}
+    t0 = time.perf_counter()
     x_all = jax.tree_util.tree_map(lambda a: a[by_batch], x_all)
-    prob_all = jax.tree_util.tree_map(lambda a: jnp.asarray(a[by_batch]), prob_all)
+    prob_all = jax.tree_util.tree_map(lambda a: a[by_batch], prob_all)
+    states_s += time.perf_counter() - t0
     steps = _gather_host(lanes.steps, layout)[by_batch]
     status = _gather_host(lanes.status, layout)[by_batch]
     cert_step = _gather_host(lanes.certified_step, layout)[by_batch].astype(np.float64)
@@ -392,7 +408,8 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     outcome, min_eig, max_eig = classify(f, gn, dist, per_run_tols, status, hessian)
     return dict(x=x_all, f=f, gn=gn, nc=nc, dist=dist, extra=extra, steps=steps, status=status,
                 outcome=outcome, min_eig=min_eig, max_eig=max_eig,
-                certified_step=np.where(cert_step >= 0, cert_step, np.nan), certified_margin=cert_margin)
+                certified_step=np.where(cert_step >= 0, cert_step, np.nan), certified_margin=cert_margin,
+                states_s=states_s)
 
 
 def _results(points, preds, tols, config, dyn, layout, final, history, timing, R) -> list[Result]:
@@ -400,7 +417,7 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
     out = []
     offset = 0
     for i, p in enumerate(points):
-        sel = np.arange(offset, offset + p.runs)  # batch indices of this point, in run order
+        sel = slice(offset, offset + p.runs)  # batch indices of this point, in run order (views)
         offset += p.runs
         nc, dist = final["nc"], final["dist"]
         per_run = {
@@ -417,12 +434,13 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
         }
         if p.problem.general:
             per_run.update(_general_columns(p.problem, preds[i], tols[i], final, sel))
-        share = len(sel) / R
+        share = p.runs / R
         run_steps = int(final["steps"][sel].sum())
         run_s = timing["run_s"] * share
         point_timing = {
             "compile_s": timing["compile_s"], "compile_cpu_s": timing["compile_cpu_s"], "run_s": run_s,
-            "classify_s": timing["classify_s"] * share, "wall_s": timing["wall_s"], "run_steps": run_steps,
+            "classify_s": timing["classify_s"] * share, "states_s": timing["states_s"] * share,
+            "wall_s": timing["wall_s"], "run_steps": run_steps,
             "run_steps_per_s": run_steps / run_s if run_s > 0 else 0.0, "devices": timing["devices"],
             "plan": timing["plan"], "loop_s": timing["loop_s"] * share,
         }
@@ -454,12 +472,12 @@ def _general_columns(problem: Problem, pred, tol, final, sel) -> dict:
         M = np.asarray(x.H)[sel] @ Y.T / Y.sum(axis=1)
     scale = (float(np.max(pred.w_norms, initial=0.0)) ** 2 if pred.w_norms is not None else 0.0,
              float(np.max(pred.h_norms, initial=0.0)) ** 2 if pred.h_norms is not None else 0.0)
-    fates = [class_fates(W[r], M[r], max(tol.geom_tol, 1e-6), scale) for r in range(len(sel))]
+    fates = [class_fates(W[r], M[r], max(tol.geom_tol, 1e-6), scale) for r in range(W.shape[0])]
     want = fates_text(pred.merged, pred.vanished)
     return {**out, "merged": np.asarray([m for m, _ in fates]),
             "vanished": np.asarray([v for _, v in fates]),
             "classes_as_predicted": np.asarray([f == want for f in fates]) if pred.gram is not None
-            else np.full(len(sel), np.nan)}
+            else np.full(W.shape[0], np.nan)}
 
 
 def _local(arr: jax.Array, layout: Layout) -> np.ndarray:
