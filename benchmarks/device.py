@@ -56,6 +56,7 @@ def _args(argv=None):
     ap.add_argument("--steps", type=int, default=1000, help="fixed steps of the throughput section")
     ap.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     ap.add_argument("--budget-s", type=float, default=270.0, help="start no new case after this many seconds")
+    ap.add_argument("--sections", nargs="+", default=["throughput", "answer"], choices=["throughput", "answer"])
     ap.add_argument("--table", action="store_true", help="also print a readable table on stderr")
     ap.add_argument("--out", default=None, help="also write the JSON line to this file")
     return ap.parse_args(argv)
@@ -171,14 +172,14 @@ def main(argv=None) -> int:
             with open(a.out, "w") as fh:
                 fh.write(json.dumps(out, default=float) + "\n")
 
-    for name in a.problems:
+    for name in a.problems if "throughput" in a.sections else []:
         for runs in a.runs:
             if not budget_left():
                 record("throughput", {"problem": name, "runs": runs, "skipped": "budget"})
                 continue
             record("throughput", throughput(name, runs, a.steps))
             clear_cache()
-    for name in a.problems:
+    for name in a.problems if "answer" in a.sections else []:
         if not budget_left():
             record("answer", {"problem": name, "runs": max(a.runs), "skipped": "budget"})
             continue

@@ -229,3 +229,28 @@ def test_optimum_distance_gap_and_bias_error():
     # with ∂²f/∂b_k² = 1 and ∇_b f = 0 at the optimum).
     assert float(dist.gap) == pytest.approx(0.3**2 / 2, rel=1e-9)
     assert float(dist.bias_error) == pytest.approx(0.3, rel=1e-12)
+
+
+def test_nc1_from_the_triangular_factor_equals_the_svd_pseudo_inverse():
+    """_nc1 for d > K (the K×K factor R of X = QR, no Q formed) and d <= K (SVD of X) against numpy's
+    SVD pseudo-inverse, on full-rank and centred (rank K−1) X in float64 and float32."""
+    from ncflow.maths.metrics import _nc1
+
+    def ref(X, Sw, K):
+        U, s, _ = np.linalg.svd(X, full_matrices=False)
+        keep = s > s.max() * max(X.shape) * np.finfo(X.dtype).eps * 10
+        return np.sum((np.einsum("dj,de,ej->j", U, Sw, U) / np.where(keep, s, 1.0) ** 2)[keep]) / K
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        d, K = int(rng.choice([3, 11, 64])), int(rng.choice([4, 10]))
+        X = rng.normal(size=(d, K)) * rng.uniform(0.01, 10, size=K)
+        if trial % 2:
+            X = X - X.mean(axis=1, keepdims=True)
+        E = rng.normal(size=(d, 3 * d)) * 1e-3
+        Sw = E @ E.T
+        want = ref(X, Sw, K)
+        got64 = float(_nc1(jnp.asarray(X), jnp.asarray(Sw), K))
+        got32 = float(_nc1(jnp.asarray(X, jnp.float32), jnp.asarray(Sw, jnp.float32), K))
+        np.testing.assert_allclose(got64, want, rtol=1e-10, err_msg=f"trial {trial} d={d} K={K}")
+        np.testing.assert_allclose(got32, want, rtol=1e-3, err_msg=f"trial {trial} d={d} K={K} float32")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -111,17 +112,6 @@ def _safe_normalize(X):
     return jnp.where(nrm > 0, X / jnp.where(nrm > 0, nrm, 1.0), jnp.zeros_like(X))
 
 
-def _thin_svd(A: Float[Array, "d K"]):
-    """Left singular vectors (d, min(d, K)) and singular values (min(d, K),) of ``A``."""
-    d, K = A.shape
-    if d > K:
-        Q, R = jnp.linalg.qr(A)
-        Ur, s, _ = jnp.linalg.svd(R)
-        return Q @ Ur, s
-    U, s, _ = jnp.linalg.svd(A, full_matrices=False)
-    return U, s
-
-
 def _etf_target(K: int, dtype) -> Float[Array, "K K"]:
     return (jnp.eye(K, dtype=dtype) - 1.0 / K) / np.sqrt(K - 1)
 
@@ -137,15 +127,8 @@ def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
         N = jnp.sum(counts)
         muG = M @ counts / N
     Hbar = M - muG[:, None]
-    # Σ_B = (Hbar/√K)(Hbar/√K)ᵀ; pseudo-inverse through the thin SVD of Hbar/√K — for d > K through
-    # its K×K triangular factor (QR first, then the K×K SVD: the same singular values and vectors at
-    # O(dK²) and a small, batch-friendly SVD on accelerators, where large batched SVDs are slow).
-    U, s = _thin_svd(Hbar / np.sqrt(K))
-    cutoff = jnp.max(s) * max(d, K) * jnp.finfo(dtype).eps * 10
-    keep = s > cutoff
-    inv_s2 = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
     Sw = G / N
-    nc1 = jnp.maximum(jnp.sum(inv_s2 * jnp.einsum("dj,de,ej->j", U, Sw, U)) / K, 0.0)
+    nc1 = _nc1(Hbar / np.sqrt(K), Sw, K)  # Σ_B = (Hbar/√K)(Hbar/√K)ᵀ
     nc1w = nc1 if counts is None else _nc1(Hbar * jnp.sqrt(counts / N), Sw, K)
     P = _etf_target(K, dtype)
     Wc = W - jnp.mean(W, axis=0, keepdims=True)
@@ -158,14 +141,28 @@ def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
     return NCMetrics(nc1, nc2, nc3, nc4, nc2u, ratio, nc1w)
 
 
-def _nc1(X, Sw, K: int):
-    """tr(Σ_W Σ_B^†)/K with Σ_B = X Xᵀ."""
+def _nc1(X: Float[Array, "d K"], Sw: Float[Array, "d d"], K: int) -> Float[Array, ""]:
+    """tr(Σ_W Σ_B^†)/K with Σ_B = X Xᵀ: Σ_j u_jᵀ Σ_W u_j / s_j² over the left singular pairs (u_j, s_j)
+    of X above a relative cut-off.
+
+    For d > K the pairs come from the K×K triangular factor R of X = QR: XᵀX = RᵀR, so the SVD
+    R = U_R S Vᵀ gives the singular values S and u_j = X v_j / s_j, without forming Q (only the QR's
+    Householder factorization runs: on GPUs that call is batched, while forming Q loops over the
+    batch and a d×K SVD is not batched either)."""
     d = X.shape[0]
-    U, s, _ = jnp.linalg.svd(X, full_matrices=False)
+    if d > K:
+        R = jax.lax.linalg.qr(X, full_matrices=False)[1]  # (K, K); Q is unused and never computed
+        _, s, Vt = jnp.linalg.svd(R)
+        Y = X @ Vt.T  # columns s_j u_j
+        s2 = jnp.where(s > 0, s, 1.0) ** 2
+        proj = jnp.einsum("dj,de,ej->j", Y, Sw, Y) / s2  # u_jᵀ Σ_W u_j
+    else:
+        U, s, _ = jnp.linalg.svd(X, full_matrices=False)
+        proj = jnp.einsum("dj,de,ej->j", U, Sw, U)
     cutoff = jnp.max(s) * max(d, K) * jnp.finfo(X.dtype).eps * 10
     keep = s > cutoff
     inv_s2 = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
-    return jnp.maximum(jnp.sum(inv_s2 * jnp.einsum("dj,de,ej->j", U, Sw, U)) / K, 0.0)
+    return jnp.maximum(jnp.sum(inv_s2 * proj) / K, 0.0)
 
 
 def optimum_distance(problem: Problem, prediction: PredictionArrays, stats: ClassStats,
