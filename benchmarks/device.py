@@ -10,8 +10,8 @@ For each problem (the default K=10, d=10, n=100 and K=10, d=64, n=20) and each n
   round trips), and the largest relative difference of the runs' final objectives (the same runs);
 * **answer** — the default stop rule (certified) on the largest size: ncflow's wall, stepping and
   classification times, classification as a share of stepping (without and with ``states_s``, the
-  time spent waiting for the final states to reach the host for ``Result.final_state``; the copy
-  overlaps the summaries), and its outcome counts next to the
+  copy of the final states to the host for ``Result.final_state``, timed after the summaries), and
+  its outcome counts next to the
   number of the baseline's runs that are below the lowest saddle value (f < f* + 0.9 (f_sad − f*),
   THEORY §8) after as many steps as ncflow's longest run took: the same count as ncflow's
   ``global`` when both are right.

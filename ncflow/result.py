@@ -70,8 +70,8 @@ class Result:
             ``nc2``, ``nc3`` of shape (records, runs), at log-spaced steps.
         timing: ``compile_s``, ``run_s`` (device work of the stepping loop), ``loop_s`` (the whole
             stepping loop: ``loop_s − run_s`` is the host's share, stop rule and round trips),
-            ``classify_s`` (summaries, Hessian probes and outcomes, including ``states_s``: the wait
-            for the final states to reach the host), ``wall_s``, ``run_steps``, ``run_steps_per_s``,
+            ``classify_s`` (summaries, Hessian probes and outcomes, including ``states_s``: copying
+            the final states to the host), ``wall_s``, ``run_steps``, ``run_steps_per_s``,
             ``plan`` ("cpu"/"wide").
         final_state: the runs' final states, leading axis runs (Params or Collapsed of numpy arrays).
         representation: "full" or "collapsed".

@@ -368,10 +368,8 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     scalars travel; on a CPU on the gathered lanes, one after another (see ``Plan.batched_lapack``)."""
     states_s = 0.0
     if progs.plan.batched_lapack:
-        if jax.process_count() == 1:  # the final states' copy to the host overlaps the summaries
-            for a in jax.tree_util.tree_leaves((dev.x, dev.problem)):
-                if isinstance(a, jax.Array):
-                    a.copy_to_host_async()
+        # the per-lane scalars first, then the final states (for Result.final_state), timed apart:
+        # on an accelerator the states' copy to the host is most of what is left after stepping
         summ = layout.gather(progs.summaries_on_devices(dev.problem, dev.x, dev.pred))
         t0 = time.perf_counter()
         x_all, prob_all = layout.gather((dev.x, dev.problem))
