@@ -163,31 +163,33 @@ class Setting:
             return None
         if self.auto and isinstance(value, str) and value == "auto":
             return None
-        bad = self.error(f"{self.name} must be {self.range_text}, got {value!r}")
+        def bad() -> NcflowError:  # built only when raised: the repr of a large array is slow
+            return self.error(f"{self.name} must be {self.range_text}, got {value!r}")
+
         if self.kind == "bool":
             if isinstance(value, (bool, np.bool_)):
                 return bool(value)
-            raise bad
+            raise bad()
         if self.kind == "choice":
             if isinstance(value, str) and value in self.choices:
                 return str(value)
-            raise bad
+            raise bad()
         if self.kind == "sizes":
             return self._check_sizes(value, bad)
         if self.arrays and _is_array(value):
             return self._check_array(value, bad)
         if self.kind == "int":
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise bad
+                raise bad()
             v = int(value)
             if v < self.low or (self.high is not None and v > self.high):
-                raise bad
+                raise bad()
             return v
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise bad
+            raise bad()
         v = float(value)
         if not self._in_range(np.asarray(v)):
-            raise bad
+            raise bad()
         if abs(v) > FLOAT32_MAX:
             raise self.error(f"{self.name} must be {self.range_text} and at most {FLOAT32_MAX:.4g} (the "
                              f"largest float32), got {value!r}")
@@ -200,19 +202,19 @@ class Setting:
             return False
         return not (self.high is not None and np.any(a >= self.high if self.high_open else a > self.high))
 
-    def _check_array(self, value, bad: NcflowError):
+    def _check_array(self, value, bad):
         try:
             dt = np.dtype(value.dtype)
             a = np.asarray(value, dtype=np.float64)
         except Exception:  # e.g. a tracer: coefficients are validated outside of jit
-            raise bad from None
+            raise bad() from None
         if not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)) or not self._in_range(a):
-            raise bad
+            raise bad()
         if np.any(np.abs(a) > FLOAT32_MAX):
-            raise bad
+            raise bad()
         return value
 
-    def _check_sizes(self, value, bad: NcflowError):
+    def _check_sizes(self, value, bad):
         """A tuple of Python ints (from a list, tuple, 1-D integer array or "40,10,2,2"); a 2-D array
         (the engine's per-lane values, one row per lane) is range-checked and kept."""
         if self.arrays and _is_array(value) and np.ndim(value) == 2:
@@ -221,21 +223,21 @@ class Setting:
             try:
                 value = [int(t) for t in value.split(",")]
             except ValueError:
-                raise bad from None
+                raise bad() from None
         if _is_array(value):
             if np.ndim(value) != 1:
-                raise bad
+                raise bad()
             value = list(np.asarray(value))
         if not isinstance(value, (list, tuple)) or len(value) < 2:
-            raise bad
+            raise bad()
         out = []
         for v in value:
             if isinstance(v, (bool, np.bool_)):
-                raise bad
+                raise bad()
             if isinstance(v, (float, np.floating)) and float(v).is_integer():
                 v = int(v)
             if not isinstance(v, (int, np.integer)) or not (self.low <= int(v) <= self.high):
-                raise bad
+                raise bad()
             out.append(int(v))
         return tuple(out)
 
