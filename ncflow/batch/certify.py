@@ -36,8 +36,8 @@ def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str, sq_norm: np
     not NaN), finite f, (H1) and (H2) at the lanes' own coefficients and step sizes. ``space``
     ("full" or "collapsed") names the formula f was evaluated with and ``sq_norm`` (lanes,) the
     states' ||W||² + ||H||² + ||b||²; both tighten the rounding bound of f. A §7 batch (class sizes or
-    targets, ``base.general``) takes each lane's own N and ||T||_F (``lanes.samples``,
-    ``lanes.target_norm``): its lanes may have different class sizes. ``xp``: numpy (the host, cpu
+    targets, ``base.general``) takes each lane's own N, ||T||_F and data floor (``lanes.samples``,
+    ``lanes.target_norm``, ``lanes.data_floor``): its lanes may have different class sizes. ``xp``: numpy (the host, cpu
     plan) or jax.numpy (traced in the wide plan's device loop: every lane is evaluated and masked,
     since the lanes that need it are not known at trace time)."""
     live = lanes.running & ~xp.isnan(lanes.saddle_gap) & xp.isfinite(f)
@@ -51,7 +51,8 @@ def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str, sq_norm: np
     # part (K, d, bias, loss, dtype, §7 or not, the batch's largest N) is what the bounds read from it
     problem = eqx.tree_at(lambda p: (p.lambda_w, p.lambda_h, p.lambda_b), base,
                           (lanes.lambda_w[idx], lanes.lambda_h[idx], lanes.lambda_b[idx]))
-    data = dict(samples=lanes.samples[idx], target_norm=lanes.target_norm[idx]) if base.general else {}
+    data = dict(samples=lanes.samples[idx], target_norm=lanes.target_norm[idx], floor=lanes.data_floor[idx]) \
+        if base.general else {}
     ok = certificate.certified(problem, f[idx], lanes.lr[idx], lanes.f_star[idx], lanes.saddle_gap[idx],
                                margin=MARGIN, space=space, sq_norm=sq_norm[idx], xp=xp, **data)
     if xp is np:

@@ -46,8 +46,9 @@ class LaneTable:
         lr, lambda_w, lambda_h, lambda_b: the lane's step size and coefficients (what the
             certificate's curvature bound L(f) needs).
         saddle_gap: f_sad − f* of the lane's problem (THEORY §8), NaN where no certificate applies.
-        samples, target_norm: N and ||T||_F of the lane's problem (what the certificate's bounds
-            need per lane: the points of a §7 batch may have different class sizes or targets).
+        samples, target_norm, data_floor: N, ||T||_F and the least data term of the lane's
+            problem (what the certificate's bounds need per lane: the points of a §7 batch may have
+            different class sizes or targets).
         certified_step: the first step at which the certificate held (−1: not yet).
         certified_margin: (f_sad − f)/(f_sad − f*) at that step (NaN: not certified).
     """
@@ -70,6 +71,7 @@ class LaneTable:
     saddle_gap: np.ndarray
     samples: np.ndarray
     target_norm: np.ndarray
+    data_floor: np.ndarray
     certified_step: np.ndarray
     certified_margin: np.ndarray
 
@@ -99,6 +101,7 @@ class LaneTable:
             lambda_b=per_point([float(p.problem.lambda_b) for p in points]),
             saddle_gap=per_point([np.nan if s is None else s for s in saddle_gap]),
             samples=per_point([float(N) for N, _ in norms]), target_norm=per_point([float(t) for _, t in norms]),
+            data_floor=per_point([certificate.data_floor(p.problem) for p in points]),
             certified_step=np.full(n, -1, np.int64), certified_margin=np.full(n, np.nan),
         )
 

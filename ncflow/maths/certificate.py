@@ -32,7 +32,8 @@ from ncflow.errors import ConfigError, ProblemError
 from ncflow.maths import imbalanced as _imbalanced
 from ncflow.problem import Problem
 
-__all__ = ["SPACES", "certified", "data_norms", "hessian_bound", "rounding_bound", "saddle_gap", "saddle_gaps"]
+__all__ = ["SPACES", "certified", "data_floor", "data_norms", "hessian_bound", "rounding_bound", "saddle_gap",
+           "saddle_gaps"]
 
 #: the state spaces whose objective evaluation :func:`rounding_bound` covers (the engines' names)
 SPACES = ("full", "collapsed")
@@ -127,32 +128,47 @@ def saddle_gap(problem: Problem) -> float | None:
     return None if math.isnan(g) else g
 
 
-def hessian_bound(problem: Problem, f, xp=np, *, samples=None) -> np.ndarray:
+def hessian_bound(problem: Problem, f, xp=np, *, samples=None, floor=None) -> np.ndarray:
     """L(f): an upper bound on the largest Hessian eigenvalue of f at every point of the sublevel
     set {f' <= f} (THEORY.md §8), elementwise over ``f`` and the problem's coefficients (scalars or
     arrays that broadcast, e.g. (lanes,)); returns float64 of the broadcast shape.
 
-        L(f) = a·(1[bias] + 2f/(N min(λ_W, λ_H))) + √(a·2f/N) + max(λ_W, λ_H, λ_b),  a = max(α, 1)
+        L(f) = a·(1[bias] + 2(f − D)/(N min(λ_W, λ_H))) + √(a·2f/N) + max(λ_W, λ_H, λ_b),  a = max(α, 1)
 
-    (a = 1 for the MSE loss: THEORY's formula). Proof: the Hessian's quadratic form at direction
-    (dW, dH, db) is (1/N)||Ω^½(dW H + W dH + db 1ᵀ)||² + (2/N)⟨Ω(WH + b1ᵀ − T), dW dH⟩ + the
+    (a = 1 for the MSE loss and D = 0: THEORY's formula). Proof: the Hessian's quadratic form at
+    direction (dW, dH, db) is (1/N)||Ω^½(dW H + W dH + db 1ᵀ)||² + (2/N)⟨Ω(WH + b1ᵀ − T), dW dH⟩ + the
     regularizers; the first term is at most a(1[bias] + (||W||² + ||H||²)/N)||d||² by Cauchy–Schwarz,
-    with ||W||² + ||H||² <= 2f/min(λ_W, λ_H) on the sublevel set; the second at most
-    ||Ω(WH + b1ᵀ − T)||_F ||d||²/N <= √(2aNf)||d||²/N. +inf where min(λ_W, λ_H) = 0.
-    The proof holds for any target T (THEORY §7: class sizes, soft labels, regression).
+    with ||W||² + ||H||² <= 2(f − D)/min(λ_W, λ_H) on the sublevel set, D any lower bound on the data
+    term; the second at most ||Ω(WH + b1ᵀ − T)||_F ||d||²/N <= √(2aNf)||d||²/N. +inf where
+    min(λ_W, λ_H) = 0. The proof holds for any target T (THEORY §7: class sizes, soft labels,
+    regression).
+
     ``xp``: numpy (default) or jax.numpy (traceable; the rescaled loss's α must then be concrete).
     ``samples``: N per lane (broadcasting with ``f``), for a batch whose lanes have different class
-    sizes (default ``problem.N``).
+    sizes (default ``problem.N``). ``floor``: D per lane (default 0), e.g. :func:`data_floor`: the
+    residual no point of rank <= d avoids, which a target with a large unreachable part (regression,
+    d below its rank) would otherwise count as weight norm.
     """
     f = xp.maximum(xp.asarray(f, dtype=_float(xp)), 0.0)
     lw, lh, lb = (_coef(problem, k, xp) for k in ("lambda_w", "lambda_h", "lambda_b"))
     a = max(float(np.max(np.asarray(problem.alpha))), 1.0) if problem.loss != "mse" else 1.0
     N = problem.N if samples is None else xp.asarray(samples, dtype=_float(xp))
+    reg = f if floor is None else xp.maximum(f - xp.asarray(floor, dtype=_float(xp)), 0.0)  # >= the regularizers
     lmin = xp.minimum(lw, lh)
     with np.errstate(divide="ignore", invalid="ignore"):
-        quad = xp.where(lmin > 0, 2.0 * f / (N * xp.where(lmin > 0, lmin, 1.0)), np.inf)
+        quad = xp.where(lmin > 0, 2.0 * reg / (N * xp.where(lmin > 0, lmin, 1.0)), np.inf)
     lmax = xp.maximum(xp.maximum(lw, lh), lb if problem.bias else 0.0)
     return a * (float(problem.bias) + quad) + xp.sqrt(a * 2.0 * f / N) + lmax
+
+
+def data_floor(problem: Problem) -> float:
+    """D: a lower bound on the data term ||WH + b1ᵀ − T||²/(2N) over every point, for
+    :func:`hessian_bound`. §7 problems ((A), (B), scalar coefficients): Σ_{j>d} σ_j²/(2N) over the
+    singular values of the (centred) target (Eckart–Young: W H has rank <= d; in (A) the free bias
+    removes the sample mean). 0 elsewhere (balanced problems keep THEORY's L; (C) has no gap)."""
+    if not problem.general or problem.loss != "mse" or (problem.bias and np.any(np.asarray(problem.lambda_b) != 0)):
+        return 0.0
+    return _imbalanced.data_floor(problem)
 
 
 def _gamma(m: float, u: float) -> float:
@@ -351,15 +367,17 @@ def _as_gap(gap) -> np.ndarray:
 
 
 def certified(problem: Problem, f, lr, f_star, gap, margin: float = 0.1, *, space: str | None = None,
-              sq_norm=None, dot_input_roundoff: float = 0.0, samples=None, target_norm=None, xp=np) -> np.ndarray:
+              sq_norm=None, dot_input_roundoff: float = 0.0, samples=None, target_norm=None, floor=None,
+              xp=np) -> np.ndarray:
     """Where the early certificate of THEORY.md §8 holds, elementwise over lanes:
 
         (H1) f + r < f* + (1 − margin)·gap    and    (H2) 0 < lr·L(f + r) < 2,
 
     r = :func:`rounding_bound` of f in the problem's dtype (``space``, ``sq_norm``,
     ``dot_input_roundoff``, ``samples`` and ``target_norm`` are passed on), L = :func:`hessian_bound`
-    (at ``samples``: each lane's N, for a §7 batch whose lanes have different class sizes). A lane that passes is
-    ``global``: its GD run from this state converges to a global minimizer.
+    (at ``samples``: each lane's N, for a §7 batch whose lanes have different class sizes, and
+    ``floor``: each lane's :func:`data_floor`; both default to the problem's own for a §7 problem).
+    A lane that passes is ``global``: its GD run from this state converges to a global minimizer.
 
     Args:
         problem: sizes, bias mode, loss and dtype; coefficients scalars or (lanes,) arrays.
@@ -385,11 +403,13 @@ def certified(problem: Problem, f, lr, f_star, gap, margin: float = 0.1, *, spac
     f, lr, f_star = (xp.asarray(v, dtype=fl) for v in (f, lr, f_star))
     if problem.general and samples is None:
         samples = data_norms(problem)[0]
+    if problem.general and floor is None:
+        floor = data_floor(problem)
     f_up = f + rounding_bound(problem, f, space=space, sq_norm=sq_norm, dot_input_roundoff=dot_input_roundoff,
                               samples=samples, target_norm=target_norm, xp=xp)
     with np.errstate(invalid="ignore", over="ignore"):
         h1 = f_up < f_star + (1.0 - margin) * g
-        h2 = (lr > 0) & (lr * hessian_bound(problem, f_up, xp, samples=samples) < 2.0)
+        h2 = (lr > 0) & (lr * hessian_bound(problem, f_up, xp, samples=samples, floor=floor) < 2.0)
     ok = h1 & h2 & xp.isfinite(f) & ~xp.isnan(g) & xp.isfinite(f_star)
     coef_shapes = (np.shape(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b"))
     shape = np.broadcast_shapes(ok.shape, *coef_shapes)
