@@ -482,3 +482,24 @@ def test_wide_plan_certifies_s7_lanes_like_the_host_rule(kind):
         for k in ("steps", "outcome", "stop", "certified_step"):
             np.testing.assert_array_equal(b.per_run[k], a.per_run[k], err_msg=k)
         assert np.all(a.per_run["stop"] == "certified")
+
+
+# ----------------------------------------------------------------------------- what a certified §7 run reports
+
+def test_a_certified_s7_run_reports_its_limit_from_theory():
+    """Minorities that merge ([20,20,2,2], λ = 0.036): certified runs stop long before the classes
+    merge; the report gives their limit's NC2/NC3 (equal to the converged runs' states, NC3 != NC2)
+    and says their classes are the theory's instead of comparing the unmerged state."""
+    p = Problem(class_sizes=(20, 20, 2, 2), d=6, lambda_w=0.036, lambda_h=0.036, dtype="float64")
+    kw = dict(runs=4, progress=False, seed=1)
+    a, b = ncflow.simulate(p, stop="certified", **kw), ncflow.simulate(p, stop="converged", **kw)
+    assert np.all(a.per_run["stop"] == "certified") and np.all(b.outcome == "global")
+    assert np.all(a.per_run["steps"] < b.per_run["steps"])
+    lim = a.limit()
+    assert lim == b.limit() and lim["objective"] == a.prediction.objective
+    assert lim["nc2"] == pytest.approx(np.median(b.per_run["nc2"]), abs=1e-8)
+    assert lim["nc3"] == pytest.approx(np.median(b.per_run["nc3"]), abs=1e-8)
+    assert abs(lim["nc3"] - lim["nc2"]) > 0.05
+    text = a.report()
+    assert "their limit's classes are the theory's" in text and "as predicted" not in text
+    assert "as predicted: 4 of 4 runs" in b.report()
