@@ -94,15 +94,23 @@ def _fates_lines(result) -> list[str]:
     want_v = ", ".join(map(str, pred.vanished)) or "none"
     out.append(f"Classes (theory)  merged {want_m}  vanished {want_v}"
                + ("" if pred.gram is not None else "  (Gram not unique: not compared)"))
+    # a run stopped by the certificate (THEORY §8) is not converged: its state's classes have not
+    # merged or vanished yet, while its limit, a global minimizer, has the theory's (unique) Grams
+    certified = np.asarray(pr.get("stop", np.full(len(pr["merged"]), "")), dtype=object) == "certified"
+    if certified.any():
+        out.append(f"  certified {int(certified.sum()):>3}  their limit's classes are the theory's"
+                   + ("" if pred.gram is not None else " (up to the non-unique Gram)")
+                   + "; their state at the stop is not compared")
     combos: dict = {}
-    for mg, vn in zip(pr["merged"], pr["vanished"]):
+    for mg, vn in zip(pr["merged"][~certified], pr["vanished"][~certified]):
         key = ("; ".join("{" + g + "}" for g in mg.split(";")) if mg else "none", vn.replace(",", ", ") or "none")
         combos[key] = combos.get(key, 0) + 1
     for (mg, vn), count in sorted(combos.items(), key=lambda kv: -kv[1]):
         out.append(f"  runs {count:>6}  merged {mg}  vanished {vn}")
-    if pred.gram is not None:
-        ok = int(np.sum(np.asarray(pr["classes_as_predicted"], bool)))
-        out.append(f"  as predicted: {ok} of {len(pr['merged'])} runs")
+    if pred.gram is not None and (~certified).any():
+        ok = int(np.sum(np.asarray(pr["classes_as_predicted"], bool)[~certified]))
+        out.append(f"  as predicted: {ok} of {int((~certified).sum())} runs"
+                   + (" (not stopped by the certificate)" if certified.any() else ""))
     return out
 
 

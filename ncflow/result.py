@@ -161,7 +161,11 @@ class Result:
         """What a certified run converges to, from theory (THEORY §2, in numpy): f*, NC1 = 0
         (every global minimizer collapses within classes), and NC2 = NC3 of the predicted Gram
         ``W Wᵀ`` (self-duality h_k ∝ w_k makes W̃H̄ ∝ W̃W̃ᵀ, so NC3 = NC2); NC2/NC3 are None
-        where the Gram is not unique (rank-limited) or zero. Not the state at the stop."""
+        where the Gram is not unique (rank-limited) or zero. Class sizes or targets (THEORY §7): NC3
+        from the predicted W M with μ_G the sample-weighted mean (h_k ∝ w_k/√n_k: NC3 ≠ NC2), None
+        without classes. Not the state at the stop."""
+        if self.prediction.general:
+            return self._limit_general()
         nc2 = None
         gram = self.prediction.gram
         form = getattr(self.prediction, "gram_form", None)
@@ -175,6 +179,25 @@ class Result:
             if norm > 0:
                 nc2 = float(np.linalg.norm(G / norm - C / np.sqrt(K - 1)))
         return {"objective": float(self.prediction.objective), "nc1": 0.0, "nc2": nc2, "nc3": nc2}
+
+    def _limit_general(self) -> dict:
+        """:meth:`limit` of a §7 problem: NC2 of the predicted W Wᵀ and NC3 of the predicted
+        W̃H̄ = C (W M)(I − p 1ᵀ), C = I − 11ᵀ/K, p = n/N (the conventions of ``maths.metrics``)."""
+        pr, K = self.prediction, self.problem.K
+        C = np.eye(K) - 1.0 / K
+        P = C / np.sqrt(K - 1)
+
+        def nc(X):
+            norm = np.linalg.norm(X)
+            return float(np.linalg.norm(X / norm - P)) if norm > 0 else None
+
+        nc2 = nc3 = None
+        if pr.gram is not None:
+            nc2 = nc(C @ np.asarray(pr.gram, np.float64) @ C)
+        if pr.cross is not None and pr.class_sizes is not None:
+            p = np.asarray(pr.class_sizes, np.float64) / np.sum(pr.class_sizes)
+            nc3 = nc(C @ np.asarray(pr.cross, np.float64) @ (np.eye(K) - np.outer(p, np.ones(K))))
+        return {"objective": float(pr.objective), "nc1": 0.0, "nc2": nc2, "nc3": nc3}
 
     def summary(self) -> dict:
         """The JSON summary (the object ``ncflow run --json`` prints). ``final_objective`` and

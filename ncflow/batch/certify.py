@@ -35,25 +35,29 @@ def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str, sq_norm: np
     """Where the certificate holds, (lanes,) bool: running lanes with a gap (``lanes.saddle_gap``
     not NaN), finite f, (H1) and (H2) at the lanes' own coefficients and step sizes. ``space``
     ("full" or "collapsed") names the formula f was evaluated with and ``sq_norm`` (lanes,) the
-    states' ||W||² + ||H||² + ||b||²; both tighten the rounding bound of f. ``xp``: numpy (the host,
-    cpu plan) or jax.numpy (traced in the wide plan's device loop: every lane is evaluated and
-    masked, since the lanes that need it are not known at trace time)."""
+    states' ||W||² + ||H||² + ||b||²; both tighten the rounding bound of f. A §7 batch (class sizes or
+    targets, ``base.general``) takes each lane's own N, ||T||_F and data floor (``lanes.samples``,
+    ``lanes.target_norm``, ``lanes.data_floor``): its lanes may have different class sizes. ``xp``: numpy (the host, cpu
+    plan) or jax.numpy (traced in the wide plan's device loop: every lane is evaluated and masked,
+    since the lanes that need it are not known at trace time)."""
     live = lanes.running & ~xp.isnan(lanes.saddle_gap) & xp.isfinite(f)
+    idx = slice(None)
     if xp is np:
         out = np.zeros(len(f), bool)
         if not live.any():
             return out
         idx = np.nonzero(live)[0]
-        problem = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=base.dtype,
-                          lambda_w=lanes.lambda_w[idx], lambda_h=lanes.lambda_h[idx], lambda_b=lanes.lambda_b[idx])
-        out[idx] = certificate.certified(problem, f[idx], lanes.lr[idx], lanes.f_star[idx], lanes.saddle_gap[idx],
-                                         margin=MARGIN, space=space, sq_norm=sq_norm[idx])
-        return out
-    # traced: the base problem with the lanes' float64 coefficients as leaves (no re-validation)
+    # the base problem with the lanes' float64 coefficients as leaves (no re-validation); its static
+    # part (K, d, bias, loss, dtype, §7 or not, the batch's largest N) is what the bounds read from it
     problem = eqx.tree_at(lambda p: (p.lambda_w, p.lambda_h, p.lambda_b), base,
-                          (lanes.lambda_w, lanes.lambda_h, lanes.lambda_b))
-    ok = certificate.certified(problem, f, lanes.lr, lanes.f_star, lanes.saddle_gap, margin=MARGIN, space=space,
-                               sq_norm=sq_norm, xp=xp)
+                          (lanes.lambda_w[idx], lanes.lambda_h[idx], lanes.lambda_b[idx]))
+    data = dict(samples=lanes.samples[idx], target_norm=lanes.target_norm[idx], floor=lanes.data_floor[idx]) \
+        if base.general else {}
+    ok = certificate.certified(problem, f[idx], lanes.lr[idx], lanes.f_star[idx], lanes.saddle_gap[idx],
+                               margin=MARGIN, space=space, sq_norm=sq_norm[idx], xp=xp, **data)
+    if xp is np:
+        out[idx] = ok
+        return out
     return live & ok
 
 

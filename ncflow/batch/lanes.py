@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from ncflow.codes import PADDING, RUNNING
+from ncflow.maths import certificate
 
 
 class DeviceLanes(NamedTuple):
@@ -45,6 +46,9 @@ class LaneTable:
         lr, lambda_w, lambda_h, lambda_b: the lane's step size and coefficients (what the
             certificate's curvature bound L(f) needs).
         saddle_gap: f_sad − f* of the lane's problem (THEORY §8), NaN where no certificate applies.
+        samples, target_norm, data_floor: N, ||T||_F and the least data term of the lane's
+            problem (what the certificate's bounds need per lane: the points of a §7 batch may have
+            different class sizes or targets).
         certified_step: the first step at which the certificate held (−1: not yet).
         certified_margin: (f_sad − f)/(f_sad − f*) at that step (NaN: not certified).
     """
@@ -65,6 +69,9 @@ class LaneTable:
     lambda_h: np.ndarray
     lambda_b: np.ndarray
     saddle_gap: np.ndarray
+    samples: np.ndarray
+    target_norm: np.ndarray
+    data_floor: np.ndarray
     certified_step: np.ndarray
     certified_margin: np.ndarray
 
@@ -81,6 +88,7 @@ class LaneTable:
             return np.asarray(values, np.float64)[point]
 
         n = len(batch)
+        norms = [certificate.data_norms(p.problem) for p in points]
         return cls(
             batch=np.asarray(batch, np.int64), point=point,
             status=np.where(real, RUNNING, PADDING).astype(np.int8), steps=np.zeros(n, np.int64),
@@ -92,6 +100,8 @@ class LaneTable:
             lambda_h=per_point([float(p.problem.lambda_h) for p in points]),
             lambda_b=per_point([float(p.problem.lambda_b) for p in points]),
             saddle_gap=per_point([np.nan if s is None else s for s in saddle_gap]),
+            samples=per_point([float(N) for N, _ in norms]), target_norm=per_point([float(t) for _, t in norms]),
+            data_floor=per_point([certificate.data_floor(p.problem) for p in points]),
             certified_step=np.full(n, -1, np.int64), certified_margin=np.full(n, np.nan),
         )
 

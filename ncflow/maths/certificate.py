@@ -25,12 +25,15 @@ from __future__ import annotations
 import functools
 import math
 
+import equinox as eqx
 import numpy as np
 
 from ncflow.errors import ConfigError, ProblemError
+from ncflow.maths import imbalanced as _imbalanced
 from ncflow.problem import Problem
 
-__all__ = ["SPACES", "certified", "hessian_bound", "rounding_bound", "saddle_gap", "saddle_gaps"]
+__all__ = ["SPACES", "certified", "data_floor", "data_norms", "hessian_bound", "rounding_bound", "saddle_gap",
+           "saddle_gaps"]
 
 #: the state spaces whose objective evaluation :func:`rounding_bound` covers (the engines' names)
 SPACES = ("full", "collapsed")
@@ -66,6 +69,15 @@ def saddle_gaps(problem: Problem) -> np.ndarray:
       saddles shown for d >= K+1 only; for d <= K−1 above the threshold the lowest saddle swaps a
       centred direction for the 1-direction and the §8 formula is not its gap); λ_W = 0 or λ_H = 0
       (no attained, isolated optimum).
+
+    Class sizes or a target matrix (THEORY §7, ``problem.general``; the problem's own sizes/targets,
+    coefficients scalars or arrays): (A) and (B), any d, through the §7 landscape — critical values
+    f_S for sets S of alive singular pairs, the lowest non-global one drops the weakest kept alive
+    direction (gap (σ − Nτ)²/(2N)) or, with d below the number of alive directions, swaps the d-th
+    for the (d+1)-th (ties are global); +inf with no alive direction (the zero solution and every
+    minority collapse down to it). (C) λ_b > 0: NaN for every d (THEORY §7 characterizes the critical
+    points of (A) and (B) only; with sizes or targets there is no closed form for f_sad, even for
+    d >= K+1 where strict saddles are shown). λ_W = 0 or λ_H = 0: NaN.
     """
     K, n, d = problem.K, problem.n, problem.d
     lw, lh, lb = (_coef(problem, k) for k in ("lambda_w", "lambda_h", "lambda_b"))
@@ -82,9 +94,28 @@ def saddle_gaps(problem: Problem) -> np.ndarray:
     if problem.bias and d <= K:  # (C) without a proof, whatever c
         gap = np.where(lb > 0, np.nan, gap)
     gap = np.where((lw == 0) | (lh == 0), np.nan, gap)
-    if problem.loss != "mse" or problem.general:  # §7 (class sizes, targets): no early call yet
+    if problem.loss != "mse":
         gap = np.full_like(gap, np.nan)
+    if problem.general:
+        gap = _general_gaps(problem, lw, lh, lb)
     return np.asarray(gap, dtype=np.float64)
+
+
+def _general_gaps(problem: Problem, lw: np.ndarray, lh: np.ndarray, lb: np.ndarray) -> np.ndarray:
+    """:func:`saddle_gaps` of a §7 problem (class sizes or a target matrix), lane by lane: the
+    landscape of THEORY §7 ((A) λ_b = 0 and (B) bias-free, any sizes, any target, any d) through
+    :func:`ncflow.maths.imbalanced.saddle_gap`; NaN for (C) λ_b > 0 and where λ_W λ_H = 0."""
+    if problem.row_basis is not None or np.ndim(problem.class_sizes) > 1 or np.ndim(problem.targets) > 2:
+        raise ProblemError("saddle_gaps needs a problem with its own class sizes or targets, not the engine's "
+                           "per-lane data", field="class_sizes" if problem.targets is None else "targets")
+    out = np.full(lw.shape, np.nan)
+    for i in np.ndindex(lw.shape):
+        w, h, b = float(lw[i]), float(lh[i]), float(lb[i])
+        if w == 0.0 or h == 0.0 or (problem.bias and b != 0.0):  # no attained optimum; (C): no proof
+            continue
+        lane = eqx.tree_at(lambda p: (p.lambda_w, p.lambda_h, p.lambda_b), problem, (w, h, b))
+        out[i] = _imbalanced.saddle_gap(lane)
+    return out
 
 
 def saddle_gap(problem: Problem) -> float | None:
@@ -97,29 +128,47 @@ def saddle_gap(problem: Problem) -> float | None:
     return None if math.isnan(g) else g
 
 
-def hessian_bound(problem: Problem, f, xp=np) -> np.ndarray:
+def hessian_bound(problem: Problem, f, xp=np, *, samples=None, floor=None) -> np.ndarray:
     """L(f): an upper bound on the largest Hessian eigenvalue of f at every point of the sublevel
     set {f' <= f} (THEORY.md §8), elementwise over ``f`` and the problem's coefficients (scalars or
     arrays that broadcast, e.g. (lanes,)); returns float64 of the broadcast shape.
 
-        L(f) = a·(1[bias] + 2f/(N min(λ_W, λ_H))) + √(a·2f/N) + max(λ_W, λ_H, λ_b),  a = max(α, 1)
+        L(f) = a·(1[bias] + 2(f − D)/(N min(λ_W, λ_H))) + √(a·2f/N) + max(λ_W, λ_H, λ_b),  a = max(α, 1)
 
-    (a = 1 for the MSE loss: THEORY's formula). Proof: the Hessian's quadratic form at direction
-    (dW, dH, db) is (1/N)||Ω^½(dW H + W dH + db 1ᵀ)||² + (2/N)⟨Ω(WH + b1ᵀ − T), dW dH⟩ + the
+    (a = 1 for the MSE loss and D = 0: THEORY's formula). Proof: the Hessian's quadratic form at
+    direction (dW, dH, db) is (1/N)||Ω^½(dW H + W dH + db 1ᵀ)||² + (2/N)⟨Ω(WH + b1ᵀ − T), dW dH⟩ + the
     regularizers; the first term is at most a(1[bias] + (||W||² + ||H||²)/N)||d||² by Cauchy–Schwarz,
-    with ||W||² + ||H||² <= 2f/min(λ_W, λ_H) on the sublevel set; the second at most
-    ||Ω(WH + b1ᵀ − T)||_F ||d||²/N <= √(2aNf)||d||²/N. +inf where min(λ_W, λ_H) = 0.
+    with ||W||² + ||H||² <= 2(f − D)/min(λ_W, λ_H) on the sublevel set, D any lower bound on the data
+    term; the second at most ||Ω(WH + b1ᵀ − T)||_F ||d||²/N <= √(2aNf)||d||²/N. +inf where
+    min(λ_W, λ_H) = 0. The proof holds for any target T (THEORY §7: class sizes, soft labels,
+    regression).
+
     ``xp``: numpy (default) or jax.numpy (traceable; the rescaled loss's α must then be concrete).
+    ``samples``: N per lane (broadcasting with ``f``), for a batch whose lanes have different class
+    sizes (default ``problem.N``). ``floor``: D per lane (default 0), e.g. :func:`data_floor`: the
+    residual no point of rank <= d avoids, which a target with a large unreachable part (regression,
+    d below its rank) would otherwise count as weight norm.
     """
     f = xp.maximum(xp.asarray(f, dtype=_float(xp)), 0.0)
     lw, lh, lb = (_coef(problem, k, xp) for k in ("lambda_w", "lambda_h", "lambda_b"))
     a = max(float(np.max(np.asarray(problem.alpha))), 1.0) if problem.loss != "mse" else 1.0
-    N = problem.N
+    N = problem.N if samples is None else xp.asarray(samples, dtype=_float(xp))
+    reg = f if floor is None else xp.maximum(f - xp.asarray(floor, dtype=_float(xp)), 0.0)  # >= the regularizers
     lmin = xp.minimum(lw, lh)
     with np.errstate(divide="ignore", invalid="ignore"):
-        quad = xp.where(lmin > 0, 2.0 * f / (N * xp.where(lmin > 0, lmin, 1.0)), np.inf)
+        quad = xp.where(lmin > 0, 2.0 * reg / (N * xp.where(lmin > 0, lmin, 1.0)), np.inf)
     lmax = xp.maximum(xp.maximum(lw, lh), lb if problem.bias else 0.0)
     return a * (float(problem.bias) + quad) + xp.sqrt(a * 2.0 * f / N) + lmax
+
+
+def data_floor(problem: Problem) -> float:
+    """D: a lower bound on the data term ||WH + b1ᵀ − T||²/(2N) over every point, for
+    :func:`hessian_bound`. §7 problems ((A), (B), scalar coefficients): Σ_{j>d} σ_j²/(2N) over the
+    singular values of the (centred) target (Eckart–Young: W H has rank <= d; in (A) the free bias
+    removes the sample mean). 0 elsewhere (balanced problems keep THEORY's L; (C) has no gap)."""
+    if not problem.general or problem.loss != "mse" or (problem.bias and np.any(np.asarray(problem.lambda_b) != 0)):
+        return 0.0
+    return _imbalanced.data_floor(problem)
 
 
 def _gamma(m: float, u: float) -> float:
@@ -128,9 +177,63 @@ def _gamma(m: float, u: float) -> float:
     return mu / (1.0 - mu) if mu < 0.5 else math.inf
 
 
+def data_norms(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """(N, ||T||_F) of ``problem``'s data as float64: the samples and the Frobenius norm of the
+    target (one-hot: √N; rescaled MSE: M√N; a target matrix: ||T||_F), what the curvature and
+    rounding bounds of a §7 problem need per lane. Also takes the engine's per-lane data (class
+    sizes (lanes, K), targets (lanes, K, N), a :class:`~ncflow.problem.RowBasis`): shape (lanes,)."""
+    if problem.row_basis is not None:
+        rb = problem.row_basis
+        TQ = np.asarray(rb.TQ, np.float64)
+        return np.asarray(rb.N, np.float64), np.sqrt(np.sum(TQ * TQ, axis=(-2, -1)))
+    if problem.targets is not None:
+        T = np.asarray(problem.targets, np.float64)
+        return np.asarray(T.shape[-1], np.float64) + np.zeros(T.shape[:-2]), np.sqrt(np.sum(T * T, axis=(-2, -1)))
+    if problem.class_sizes is not None:
+        N = np.sum(np.asarray(problem.class_sizes, np.float64), axis=-1)
+        return N, np.sqrt(N)
+    N = float(problem.N)
+    t = 1.0 if problem.loss == "mse" else float(np.max(np.abs(np.asarray(problem.target_scale, np.float64))))
+    return np.asarray(N), np.asarray(t * math.sqrt(N))
+
+
+def _rounding_general(problem: Problem, f, space: str, u: float, u_in: float, norms, N, T, xp):
+    """The rounding bound of a §7 problem (class sizes or a target matrix; MSE): :func:`rounding_bound`'s
+    derivation with the lane's own N and ||T||_F (arrays, broadcasting with ``f``).
+
+    Collapsed one-hot: Σ_k n_k ||r_k||² = ||R_m D^½||², and the entrywise error of R_m = W M + b1ᵀ − I
+    is at most γ(|W||M| + |b|1ᵀ + I), so in the weighted norm ||e D^½|| <= γ(||W|| ||M D^½|| + √N||b|| +
+    √N) with ||M D^½||² = Σ n_k||μ_k||² <= ||H||²; collapsed targets: R_c = W C + b qᵀ − T_Q with
+    ||C|| <= ||H||, ||q|| = √N, ||T_Q|| = ||T||. Both are the full form's A = ||W|| ||H|| + √N||b|| +
+    ||T||, with ||Z|| <= √(2Nf) (the weighted data term is at most f), plus tr(W G Wᵀ)'s term. The
+    per-entry γ is γ_{d+4}: a length-d dot product, two additions, and the dtype's rounding of the
+    stored T (T_Q) and q. The relative part counts the terms of the largest sum: full K N, d N, K d;
+    collapsed K r, d r, K d with r = K (one-hot) or r <= 2K + 1 (targets, padded to the batch's r);
+    the +10 covers the few scalar roundings (N and the coefficients stored in the dtype, 1/(2N), λ/2,
+    the sums of the parts)."""
+    K, d = problem.K, problem.d
+    W2, H2, WH, WG, b2 = norms
+    g_z = _gamma(d + 4, u) + 2.1 * u_in  # per entry of the residual, relative to |W||H| + |b| + |T|
+    Z = xp.sqrt(2.0 * N * f)  # >= the (weighted) residual's norm
+    Bn = xp.minimum(Z + WH + T, xp.sqrt(N * b2))  # >= √N ||b||
+    A = WH + Bn + T
+    data = (Z * g_z * A + 2 * (g_z * A) ** 2) / N
+    if space == "full":
+        Nmax = problem.N  # static: the batch's largest N
+        m = max(K * Nmax, d * Nmax, K * d, K) + 10
+    else:
+        r = K if problem.targets is None and problem.row_basis is None else 2 * K + 1
+        g_s = _gamma(2 * d + K * d + 2, u) + 4.2 * u_in  # tr(W G Wᵀ) relative to ||W||² tr G
+        data = data + g_s * WG / (2 * N)
+        m = max(K * r, d * r, K * d, K, d) + 10
+    g = _gamma(m, u)
+    return g * f + (1.0 + g) * data
+
+
 def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: float,
-                 sq_norm: np.ndarray | None, xp=np) -> np.ndarray:
-    """The a-priori rounding bound of one space, for states whose exact objective is ``f``."""
+                 sq_norm: np.ndarray | None, xp=np, data=None) -> np.ndarray:
+    """The a-priori rounding bound of one space, for states whose exact objective is ``f``
+    (``data``: (N, ||T||_F) of a §7 problem's lanes)."""
     K, d, n, N = problem.K, problem.d, problem.n, problem.N
     lw, lh, lb = (_coef(problem, k, xp) for k in ("lambda_w", "lambda_h", "lambda_b"))
     mse = problem.loss == "mse"
@@ -148,6 +251,8 @@ def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: fl
         b2 = xp.where(lb > 0, 2.0 * f / xp.where(lb > 0, lb, 1.0), math.inf) if problem.bias else 0.0 * f
         if sq_norm is not None:
             b2 = xp.minimum(b2, sq_norm)
+    if problem.general:
+        return _rounding_general(problem, f, space, u, u_in, (W2, H2, WH, WG, b2), *data, xp)
     g_z = _gamma(d + 2, u) + 2.1 * u_in  # per-entry error of (W @ H + b − T) relative to |W||H| + |b| + |T|
     if space == "full":
         Z = xp.sqrt(2.0 * N * f / w_lo)  # >= ||WH + b1ᵀ − T||_F
@@ -168,7 +273,7 @@ def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: fl
 
 
 def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None, sq_norm=None,
-                   dot_input_roundoff: float = 0.0, xp=np) -> np.ndarray:
+                   dot_input_roundoff: float = 0.0, samples=None, target_norm=None, xp=np) -> np.ndarray:
     """An upper bound on |f_computed − f| when f is evaluated in floating point by ncflow's objective:
     :func:`ncflow.maths.objective.objective` / ``value_and_gradient`` (``space="full"``) or
     :func:`ncflow.maths.collapsed.objective` / ``value_and_grad_norm`` (``space="collapsed"``);
@@ -186,6 +291,9 @@ def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None,
         dot_input_roundoff: the relative rounding of matrix-product INPUTS, 0 for true products in
             the dtype; 2**-11 where float32 products run in TF32 (JAX's default precision on
             NVIDIA GPUs since Ampere), 2**-8 for bfloat16 passes.
+        samples, target_norm: N and ||T||_F per lane (broadcasting with ``f``) of a §7 problem
+            (class sizes or targets; default :func:`data_norms` of the problem, which needs its
+            data concrete); ignored for balanced problems.
         xp: numpy (default) or jax.numpy (traceable: the wide plan's stop loop).
 
     Returns:
@@ -213,6 +321,11 @@ def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None,
     f̂), which covers the exact f to first order. The full form's m grows like dN: for large
     problems in float32 the bound blocks early calls (evaluate in the collapsed space, or in
     float64 from the state: ``dtype="float64"``).
+
+    Class sizes and targets (THEORY §7): the same argument with the lane's N and ||T||_F (one-hot
+    √N) in A, and the collapsed data term written in the sample-weighted norm (one-hot:
+    Σ_k n_k||r_k||² = ||R_m D^½||²) or in row-space coordinates (targets: ||R_c||², ||q|| = √N,
+    ||T_Q|| = ||T||), which gives the full form's A; see :func:`_rounding_general`.
     """
     if space is not None and space not in SPACES:
         raise ConfigError(f"space must be one of {', '.join(SPACES)} or None, got {space!r}", field="space")
@@ -225,9 +338,16 @@ def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None,
     finite = xp.isfinite(f) & (f >= 0)  # f < 0: not a sum of nonnegative parts (e.g. G not PSD)
     f = xp.where(finite, f, 0.0)
     sq = None if sq_norm is None else xp.asarray(sq_norm, dtype=_float(xp)) * (1.0 + 1e-3)
+    data = None
+    if problem.general:
+        if samples is None or target_norm is None:
+            N0, T0 = data_norms(problem)
+            samples = N0 if samples is None else samples
+            target_norm = T0 if target_norm is None else target_norm
+        data = tuple(xp.asarray(v, dtype=_float(xp)) for v in (samples, target_norm))
 
     def bound(x):
-        return functools.reduce(xp.maximum, [_rounding_at(problem, x, s, u, dot_input_roundoff, sq, xp)
+        return functools.reduce(xp.maximum, [_rounding_at(problem, x, s, u, dot_input_roundoff, sq, xp, data)
                                              for s in spaces])
 
     with np.errstate(invalid="ignore", over="ignore"):
@@ -247,14 +367,17 @@ def _as_gap(gap) -> np.ndarray:
 
 
 def certified(problem: Problem, f, lr, f_star, gap, margin: float = 0.1, *, space: str | None = None,
-              sq_norm=None, dot_input_roundoff: float = 0.0, xp=np) -> np.ndarray:
+              sq_norm=None, dot_input_roundoff: float = 0.0, samples=None, target_norm=None, floor=None,
+              xp=np) -> np.ndarray:
     """Where the early certificate of THEORY.md §8 holds, elementwise over lanes:
 
         (H1) f + r < f* + (1 − margin)·gap    and    (H2) 0 < lr·L(f + r) < 2,
 
-    r = :func:`rounding_bound` of f in the problem's dtype (``space``, ``sq_norm`` and
-    ``dot_input_roundoff`` are passed on), L = :func:`hessian_bound`. A lane that passes is
-    ``global``: its GD run from this state converges to a global minimizer.
+    r = :func:`rounding_bound` of f in the problem's dtype (``space``, ``sq_norm``,
+    ``dot_input_roundoff``, ``samples`` and ``target_norm`` are passed on), L = :func:`hessian_bound`
+    (at ``samples``: each lane's N, for a §7 batch whose lanes have different class sizes, and
+    ``floor``: each lane's :func:`data_floor`; both default to the problem's own for a §7 problem).
+    A lane that passes is ``global``: its GD run from this state converges to a global minimizer.
 
     Args:
         problem: sizes, bias mode, loss and dtype; coefficients scalars or (lanes,) arrays.
@@ -278,11 +401,15 @@ def certified(problem: Problem, f, lr, f_star, gap, margin: float = 0.1, *, spac
         g = xp.asarray(gap, dtype=_float(xp))
     fl = _float(xp)
     f, lr, f_star = (xp.asarray(v, dtype=fl) for v in (f, lr, f_star))
+    if problem.general and samples is None:
+        samples = data_norms(problem)[0]
+    if problem.general and floor is None:
+        floor = data_floor(problem)
     f_up = f + rounding_bound(problem, f, space=space, sq_norm=sq_norm, dot_input_roundoff=dot_input_roundoff,
-                              xp=xp)
+                              samples=samples, target_norm=target_norm, xp=xp)
     with np.errstate(invalid="ignore", over="ignore"):
         h1 = f_up < f_star + (1.0 - margin) * g
-        h2 = (lr > 0) & (lr * hessian_bound(problem, f_up, xp) < 2.0)
+        h2 = (lr > 0) & (lr * hessian_bound(problem, f_up, xp, samples=samples, floor=floor) < 2.0)
     ok = h1 & h2 & xp.isfinite(f) & ~xp.isnan(g) & xp.isfinite(f_star)
     coef_shapes = (np.shape(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b"))
     shape = np.broadcast_shapes(ok.shape, *coef_shapes)

@@ -337,6 +337,15 @@ def alive_strengths(problem) -> np.ndarray:
     return s[s > B.N * tau]
 
 
+def data_floor(problem) -> float:
+    """min over points of ||W H + b1ᵀ − T||²/(2N) ((A), (B)): Σ_{j>d} σ_j²/(2N) over the singular
+    values of the (centred) target, as W H has rank <= d (Eckart–Young)."""
+    B = basis(problem)
+    A = B.TQ - np.outer(B.TQ @ B.q / B.N, B.q) if problem.bias else B.TQ
+    s = np.linalg.svd(A, compute_uv=False)
+    return float(np.sum(s[problem.d:] ** 2) / (2 * B.N))
+
+
 def critical_value(problem, S) -> float:
     """f_S at the critical point keeping the alive directions ``S`` (indices into
     :func:`alive_strengths`), THEORY §7 landscape ((A), (B))."""
@@ -359,16 +368,33 @@ def critical_point(problem, S, R: np.ndarray | None = None):
 
 
 def saddle_curvature_bound(problem, S) -> float:
-    """Upper bound on the smallest Hessian eigenvalue at the critical point ``S``:
-    (λ_W+λ_H)/2 − sqrt(((λ_W−λ_H)/2)² + σ_j²/N²) for the largest missing alive σ_j (+inf when none
-    is missing: no negative curvature is claimed)."""
+    """Upper bound on the smallest Hessian eigenvalue at the critical point ``S`` ((A), (B)), the
+    smaller of two directions' curvatures (+inf when neither is negative: S is global):
+
+    * with a spare feature dimension (|S| < d), the strongest missing alive σ_j added along it:
+      (λ_W+λ_H)/2 − sqrt(((λ_W−λ_H)/2)² + σ_j²/N²) (THEORY §7's bound);
+    * a kept σ_i rotated toward a stronger missing alive σ_j inside i's own feature direction (the
+      only escape when |S| = d, e.g. the swap saddles of a rank-limited d): the smallest eigenvalue
+      of [[a σ_i, −σ_j], [−σ_j, σ_i/a]]/N with a = sqrt(λ_W/λ_H), negative iff σ_j > σ_i.
+
+    THEORY's bound alone does not hold at |S| = d: there is no spare direction to add j along
+    (measured: at the swap saddle of n = [6,6,6,2], d = 1, λ = 0.01, λ_min = −0.045 > −0.112)."""
     B, tau, _, _, s, _ = _unregularized_parts(problem)
-    alive = s[s > B.N * tau]
-    missing = [alive[j] for j in range(alive.size) if j not in set(S)]
-    if not missing:
-        return float("inf")
+    N = B.N
+    alive = s[s > N * tau]
+    kept = set(S)
+    missing = [alive[j] for j in range(alive.size) if j not in kept]
     lw, lh = float(problem.lambda_w), float(problem.lambda_h)
-    return (lw + lh) / 2 - math.sqrt(((lw - lh) / 2) ** 2 + max(missing) ** 2 / B.N**2)
+    out = float("inf")
+    if missing and len(kept) < problem.d:
+        out = (lw + lh) / 2 - math.sqrt(((lw - lh) / 2) ** 2 + max(missing) ** 2 / N**2)
+    if missing and kept:
+        a = math.sqrt(lw / lh)
+        si, sj = min(alive[i] for i in kept), max(missing)
+        if sj > si * (1 + TIE_RTOL):
+            rot = (si * (a + 1 / a) / 2 - math.sqrt((si * (a - 1 / a) / 2) ** 2 + sj**2)) / N
+            out = min(out, rot)
+    return out
 
 
 def saddle_gap(problem) -> float:
