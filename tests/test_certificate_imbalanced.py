@@ -507,3 +507,6 @@ def test_a_certified_s7_run_reports_its_limit_from_theory():
     text = a.report()
     assert "their limit's classes are the theory's" in text and "as predicted" not in text
     assert "as predicted: 4 of 4 runs" in b.report()
+    # per-run columns: the certified state has not merged yet; its limit's classes are the theory's
+    assert np.all(b.per_run["merged"] == "2,3") and not np.any(a.per_run["merged"] == "2,3")
+    assert np.all(a.per_run["classes_as_predicted"]) and np.all(b.per_run["classes_as_predicted"])

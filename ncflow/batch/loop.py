@@ -39,7 +39,7 @@ from ncflow.batch.memory import auto_group
 from ncflow.batch.plan import MAX_CHUNKS_PER_VISIT, VISIT_SECONDS, WIDE_ALIGN
 from ncflow.batch.plan import choose as choose_plan
 from ncflow.batch.programs import Programs, StartSpec
-from ncflow.codes import STOP_REASONS
+from ncflow.codes import CERTIFIED, STOP_REASONS
 from ncflow.config import Config
 from ncflow.dynamics.build import default_lr, dynamics_for
 from ncflow.errors import ConfigError
@@ -456,7 +456,8 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
 
 def _general_columns(problem: Problem, pred, tol, final, sel) -> dict:
     """Per-run columns of a THEORY §7 point: the n_k-weighted NC1, the distances of MᵀM and W M to
-    the prediction, which classes merged and vanished, and whether that is what the theory predicts."""
+    the prediction, which classes merged and vanished (in the state at the stop), and whether that is
+    what the theory predicts (for a run stopped by the certificate: of its limit, by the theorem)."""
     nc, dist, x = final["nc"], final["dist"], final["x"]
     W = np.asarray(x.W)[sel]
     out = {"nc1_weighted": nc.nc1_weighted[sel], "gram_h_error": dist.gram_h_error[sel],
@@ -472,9 +473,12 @@ def _general_columns(problem: Problem, pred, tol, final, sel) -> dict:
              float(np.max(pred.h_norms, initial=0.0)) ** 2 if pred.h_norms is not None else 0.0)
     fates = [class_fates(W[r], M[r], max(tol.geom_tol, 1e-6), scale) for r in range(W.shape[0])]
     want = fates_text(pred.merged, pred.vanished)
+    # a run stopped by the certificate has not merged or vanished yet, but its limit is a global
+    # minimizer, whose classes are the theory's wherever the predicted Gram is unique
+    certified = final["status"][sel] == CERTIFIED
     return {**out, "merged": np.asarray([m for m, _ in fates]),
             "vanished": np.asarray([v for _, v in fates]),
-            "classes_as_predicted": np.asarray([f == want for f in fates]) if pred.gram is not None
+            "classes_as_predicted": np.asarray([f == want for f in fates]) | certified if pred.gram is not None
             else np.full(W.shape[0], np.nan)}
 
 
