@@ -26,7 +26,7 @@ def main() -> int:
         X = X - X.mean(axis=2, keepdims=True)
         E = rng.normal(size=(256, d, 3 * d)) * 1e-3
         Sw = E @ np.swapaxes(E, 1, 2)
-        f = jax.jit(jax.vmap(lambda x, s, K=K: _nc1(x, s, K)))
+        f = jax.jit(jax.vmap(lambda x, s, K=K: _nc1(x, s, K, jnp.float64)))
         acc = np.asarray(f(jnp.asarray(X), jnp.asarray(Sw)))
         host = np.asarray(f(jax.device_put(X, cpu), jax.device_put(Sw, cpu)))
         rel = float(np.max(np.abs(acc - host) / np.abs(host)))

@@ -250,7 +250,7 @@ def test_nc1_from_the_triangular_factor_equals_the_svd_pseudo_inverse():
         E = rng.normal(size=(d, 3 * d)) * 1e-3
         Sw = E @ E.T
         want = ref(X, Sw, K)
-        got64 = float(_nc1(jnp.asarray(X), jnp.asarray(Sw), K))
-        got32 = float(_nc1(jnp.asarray(X, jnp.float32), jnp.asarray(Sw, jnp.float32), K))
+        got64 = float(_nc1(jnp.asarray(X), jnp.asarray(Sw), K, jnp.float64))
+        got32 = float(_nc1(jnp.asarray(X, jnp.float32), jnp.asarray(Sw, jnp.float32), K, jnp.float32))
         np.testing.assert_allclose(got64, want, rtol=1e-10, err_msg=f"trial {trial} d={d} K={K}")
         np.testing.assert_allclose(got32, want, rtol=1e-3, err_msg=f"trial {trial} d={d} K={K} float32")

@@ -128,8 +128,8 @@ def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
         muG = M @ counts / N
     Hbar = M - muG[:, None]
     Sw = G / N
-    nc1 = _nc1(Hbar / np.sqrt(K), Sw, K)  # Σ_B = (Hbar/√K)(Hbar/√K)ᵀ
-    nc1w = nc1 if counts is None else _nc1(Hbar * jnp.sqrt(counts / N), Sw, K)
+    nc1 = _nc1(Hbar / float(np.sqrt(K)), Sw, K, dtype)  # Σ_B = (Hbar/√K)(Hbar/√K)ᵀ
+    nc1w = nc1 if counts is None else _nc1(Hbar * jnp.sqrt(counts / N), Sw, K, dtype)
     P = _etf_target(K, dtype)
     Wc = W - jnp.mean(W, axis=0, keepdims=True)
     nc2 = jnp.sqrt(jnp.sum((_safe_normalize(Wc @ Wc.T) - P) ** 2))
@@ -141,9 +141,10 @@ def nc_metrics(stats: ClassStats, N: int) -> NCMetrics:
     return NCMetrics(nc1, nc2, nc3, nc4, nc2u, ratio, nc1w)
 
 
-def _nc1(X: Float[Array, "d K"], Sw: Float[Array, "d d"], K: int) -> Float[Array, ""]:
+def _nc1(X: Float[Array, "d K"], Sw: Float[Array, "d d"], K: int, dtype) -> Float[Array, ""]:
     """tr(Σ_W Σ_B^†)/K with Σ_B = X Xᵀ: Σ_j u_jᵀ Σ_W u_j / s_j² over the left singular pairs (u_j, s_j)
-    of X above a relative cut-off.
+    of X above a cut-off relative to the largest, set by ``dtype``: the state's dtype (X may have been
+    promoted to float64 while its values carry float32 rounding, which the cut-off must discard).
 
     For d > K the pairs come from the K×K triangular factor R of X = QR: XᵀX = RᵀR, so the SVD
     R = U_R S Vᵀ gives the singular values S and u_j = X v_j / s_j, without forming Q (only the QR's
@@ -159,7 +160,7 @@ def _nc1(X: Float[Array, "d K"], Sw: Float[Array, "d d"], K: int) -> Float[Array
     else:
         U, s, _ = jnp.linalg.svd(X, full_matrices=False)
         proj = jnp.einsum("dj,de,ej->j", U, Sw, U)
-    cutoff = jnp.max(s) * max(d, K) * jnp.finfo(X.dtype).eps * 10
+    cutoff = jnp.max(s) * max(d, K) * jnp.finfo(dtype).eps * 10
     keep = s > cutoff
     inv_s2 = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
     return jnp.maximum(jnp.sum(inv_s2 * proj) / K, 0.0)
