@@ -35,11 +35,12 @@ def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str, sq_norm: np
     """Where the certificate holds, (lanes,) bool: running lanes with a gap (``lanes.saddle_gap``
     not NaN), finite f, (H1) and (H2) at the lanes' own coefficients and step sizes. ``space``
     ("full" or "collapsed") names the formula f was evaluated with and ``sq_norm`` (lanes,) the
-    states' ||W||² + ||H||² + ||b||²; both tighten the rounding bound of f. A §7 batch (class sizes or
-    targets, ``base.general``) takes each lane's own N, ||T||_F and data floor (``lanes.samples``,
-    ``lanes.target_norm``, ``lanes.data_floor``): its lanes may have different class sizes. ``xp``: numpy (the host, cpu
-    plan) or jax.numpy (traced in the wide plan's device loop: every lane is evaluated and masked,
-    since the lanes that need it are not known at trace time)."""
+    states' ||W||² + ||H||² + ||b||²; both tighten the rounding bound of f. A §7 batch (class sizes
+    or targets, ``base.general``) takes each lane's own N, ||T||_F and data floor
+    (``lanes.samples``, ``lanes.target_norm``, ``lanes.data_floor``): its lanes may have different
+    class sizes. ``xp``: numpy (the host, cpu plan) or jax.numpy (traced in the wide plan's device
+    loop: every lane is evaluated and masked, since the lanes that need it are not known at trace
+    time)."""
     live = lanes.running & ~xp.isnan(lanes.saddle_gap) & xp.isfinite(f)
     idx = slice(None)
     if xp is np:
