@@ -197,6 +197,16 @@ def data_norms(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(N), np.asarray(t * math.sqrt(N))
 
 
+def _cancellation(Z, P, T, M, b2, g, xp):
+    """||Z|| ||e|| + 2||e||² with ||e|| <= g·A: the data term's cancellation part, times 2N (see
+    :func:`rounding_bound`). ``Z`` bounds the residual's norm, ``P`` ||W|| ||H||-like (or ||W|| ||M||),
+    ``T`` the target's norm, ``M`` the columns the bias is broadcast over (N, or K collapsed) and
+    ``b2`` ||b||²; A = P + min(Z + P + T, √(M ||b||²)) + T >= || |W||H| + |b|1ᵀ + |T| ||."""
+    B = xp.minimum(Z + P + T, xp.sqrt(M * b2))  # >= √M ||b|| (also when λ_b = 0: b from the residual)
+    A = P + B + T
+    return Z * g * A + 2 * (g * A) ** 2
+
+
 def _rounding_general(problem: Problem, f, space: str, u: float, u_in: float, norms, N, T, xp):
     """The rounding bound of a §7 problem (class sizes or a target matrix; MSE): :func:`rounding_bound`'s
     derivation with the lane's own N and ||T||_F (arrays, broadcasting with ``f``).
@@ -212,12 +222,10 @@ def _rounding_general(problem: Problem, f, space: str, u: float, u_in: float, no
     the +10 covers the few scalar roundings (N and the coefficients stored in the dtype, 1/(2N), λ/2,
     the sums of the parts)."""
     K, d = problem.K, problem.d
-    W2, H2, WH, WG, b2 = norms
+    WH, WG, b2 = norms
     g_z = _gamma(d + 4, u) + 2.1 * u_in  # per entry of the residual, relative to |W||H| + |b| + |T|
     Z = xp.sqrt(2.0 * N * f)  # >= the (weighted) residual's norm
-    Bn = xp.minimum(Z + WH + T, xp.sqrt(N * b2))  # >= √N ||b||
-    A = WH + Bn + T
-    data = (Z * g_z * A + 2 * (g_z * A) ** 2) / N
+    data = _cancellation(Z, WH, T, N, b2, g_z, xp) / N
     if space == "full":
         Nmax = problem.N  # static: the batch's largest N
         m = max(K * Nmax, d * Nmax, K * d, K) + 10
@@ -252,21 +260,17 @@ def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: fl
         if sq_norm is not None:
             b2 = xp.minimum(b2, sq_norm)
     if problem.general:
-        return _rounding_general(problem, f, space, u, u_in, (W2, H2, WH, WG, b2), *data, xp)
+        return _rounding_general(problem, f, space, u, u_in, (WH, WG, b2), *data, xp)
     g_z = _gamma(d + 2, u) + 2.1 * u_in  # per-entry error of (W @ H + b − T) relative to |W||H| + |b| + |T|
     if space == "full":
         Z = xp.sqrt(2.0 * N * f / w_lo)  # >= ||WH + b1ᵀ − T||_F
-        Bn = xp.minimum(Z + WH + t * math.sqrt(N), xp.sqrt(N * b2))  # >= √N ||b|| = ||b 1ᵀ||_F
-        A = WH + Bn + t * math.sqrt(N)  # >= || |W||H| + |b|1ᵀ + |T| ||_F
-        data = w_hi * (Z * g_z * A + 2 * (g_z * A) ** 2) / N
+        data = w_hi * _cancellation(Z, WH, t * math.sqrt(N), N, b2, g_z, xp) / N
         m = max(K * N, d * N, K * d, K) + 10
     else:
         Z = xp.sqrt(2.0 * K * f)  # >= ||W M + b1ᵀ − I||_F, as n||R_m||²/(2N) <= f
         WM = WH / math.sqrt(n)  # >= ||W||_F ||M||_F
-        Bk = xp.minimum(Z + WM + math.sqrt(K), xp.sqrt(K * b2))  # >= √K ||b||
-        A = WM + Bk + math.sqrt(K)
         g_s = _gamma(2 * d + K * d + 2, u) + 4.2 * u_in  # tr(W G Wᵀ) relative to ||W||² tr G
-        data = n * (Z * g_z * A + 2 * (g_z * A) ** 2) / N + g_s * WG / (2 * N)
+        data = n * _cancellation(Z, WM, math.sqrt(K), K, b2, g_z, xp) / N + g_s * WG / (2 * N)
         m = max(K * K, d * K, K) + 10
     g = _gamma(m, u)
     return g * f + (1.0 + g) * data
