@@ -18,6 +18,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ncflow.errors import ConfigError
+
 AXIS = "runs"
 
 
@@ -98,18 +100,27 @@ class Layout:
         return int(np.sum(multihost_utils.process_allgather(np.asarray([value]))))
 
 
+def runs_mesh(devices: Sequence | Mesh | None = None) -> Mesh:
+    """The 1-D mesh (axis ``"runs"``) of ``devices``: a list (ordered by process, then id), a Mesh
+    (flattened), or None for every device of every process. An empty list is a ConfigError."""
+    if isinstance(devices, Mesh):
+        return devices if devices.axis_names == (AXIS,) else Mesh(devices.devices.reshape(-1), (AXIS,))
+    devs = list(devices) if devices is not None else jax.devices()
+    if not devs:
+        raise ConfigError("devices: an empty device list; give at least one device or None (every device)",
+                          field="devices")
+    devs = sorted(devs, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(devs, dtype=object), (AXIS,))
+
+
 def make_layout(runs: int, group: int | None, devices: Sequence | Mesh | None = None, align: int = 32) -> Layout:
-    """Layout of ``runs`` over ``devices`` (a list, a 1-D Mesh, or None for every device).
+    """Layout of ``runs`` over ``devices`` (a list, a 1-D Mesh, or None for every device; see
+    :func:`runs_mesh`).
 
     Lanes per device are the runs per device rounded up to a multiple of ``group`` (plan cpu), or,
     with ``group=None`` (plan wide: one group of all lanes of a device), to a multiple of ``align``.
     """
-    if isinstance(devices, Mesh):
-        mesh = devices if devices.axis_names == (AXIS,) else Mesh(devices.devices.reshape(-1), (AXIS,))
-    else:
-        devs = list(devices) if devices is not None else jax.devices()
-        devs = sorted(devs, key=lambda d: (d.process_index, d.id))
-        mesh = Mesh(np.asarray(devs, dtype=object), (AXIS,))
+    mesh = runs_mesh(devices)
     D = mesh.devices.size
     q = math.ceil(runs / D)
     if group is None:

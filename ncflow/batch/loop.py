@@ -29,12 +29,11 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from ncflow.batch import certify, estimate, stop
 from ncflow.batch.history import History
 from ncflow.batch.lanes import DeviceLanes, LaneTable
-from ncflow.batch.layout import Layout, make_layout
+from ncflow.batch.layout import Layout, make_layout, runs_mesh
 from ncflow.batch.memory import auto_group
 from ncflow.batch.plan import MAX_CHUNKS_PER_VISIT, VISIT_SECONDS, WIDE_ALIGN
 from ncflow.batch.plan import choose as choose_plan
@@ -171,9 +170,10 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     base = _check_points(points)
     dyn = dynamics_for(base, config)
     R = sum(p.runs for p in points)
-    plan = choose_plan(config, _platform(devices), dyn.space.name)
+    mesh = runs_mesh(devices)
+    plan = choose_plan(config, mesh.devices.flat[0].platform, dyn.space.name)
     group = None if plan.wide else (config.group or auto_group(base, dyn))
-    layout = make_layout(R, group, devices, align=WIDE_ALIGN)
+    layout = make_layout(R, group, mesh, align=WIDE_ALIGN)
     estimate.check_batch(points, config, dyn, layout, plan)  # memory per device and host; float32 values
 
     preds = [theory.predict(p.problem) for p in points]
@@ -344,17 +344,6 @@ def _abstract_columns(lanes: LaneTable) -> dict:
     """The shapes and (canonical) dtypes of the device lane columns, for precompiling."""
     return {k: jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
             for k, v in dataclasses.asdict(lanes).items()}
-
-
-def _platform(devices) -> str:
-    """The platform of the devices a batch runs on (every device of the job when None)."""
-    if isinstance(devices, Mesh):
-        return devices.devices.flat[0].platform
-    devs = list(devices) if devices is not None else jax.devices()
-    if not devs:
-        raise ConfigError("devices: an empty device list; give at least one device or None (every device)",
-                          field="devices")
-    return devs[0].platform
 
 
 def _lanes_order(order: np.ndarray, L: int) -> np.ndarray:
