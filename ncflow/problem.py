@@ -19,7 +19,7 @@ from ncflow.settings import DTYPES, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_
 
 BIAS_MODES = ("unregularized", "regularized", "none")
 
-__all__ = ["BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError", "RowBasis"]
+__all__ = ["BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError", "RowBasis", "two_level_sizes"]
 
 #: coefficients that apply only under some other setting (alpha, target_scale: rescaled-mse)
 _CONDITIONAL = tuple(k for k in PROBLEM if SETTINGS[k].applies is not None)
@@ -269,3 +269,10 @@ class Problem(eqx.Module):
             **({"class_sizes": list(self.class_sizes)} if self.class_sizes is not None else {}),
             **({"targets": list(self.targets.shape)} if self.targets is not None else {}),
         }
+
+
+def two_level_sizes(K: int, n: int, majority: int, ratio: float) -> tuple:
+    """The class sizes of the two-level shorthand (THEORY §7; ``--majority R --ratio ρ`` and the sweep
+    keys ``majority``/``ratio``): ``majority`` classes of round(ratio n) samples (at least 1), then
+    K − majority classes of n. Returns a tuple of K ints."""
+    return (max(1, round(ratio * n)),) * majority + (n,) * (K - majority)

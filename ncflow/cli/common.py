@@ -11,6 +11,7 @@ import os
 import sys
 
 from ncflow.errors import NcflowError
+from ncflow.problem import two_level_sizes
 from ncflow.settings import PROBLEM, SETTINGS, SOLVER, Setting, check_applies
 
 #: {API field: flag} of every setting that has one (generated from the table)
@@ -146,12 +147,6 @@ def add_problem_flags(p: argparse.ArgumentParser, command: str) -> None:
                        help="an arbitrary real target matrix T (K × N, .npy): soft labels, label smoothing, regression")
         g.add_argument("--labels", default=None, metavar="FILE.npy",
                        help="per-sample class labels (N integers in [0, K), .npy) of --targets, for the NC metrics")
-
-
-def two_level_sizes(K: int, n: int, majority: int, ratio: float) -> tuple:
-    """The class sizes of the two-level shorthand: ``majority`` classes of round(ratio n), then
-    K − majority of n."""
-    return (max(1, round(ratio * n)),) * majority + (n,) * (K - majority)
 
 
 def _load_array(path: str, flag: str):

@@ -294,8 +294,9 @@ def _class_sizes(s: dict, name, k_given: bool) -> dict:
         if majority >= s["K"]:
             raise SweepError(f"{name('majority')} must be an integer in [1, {s['K'] - 1}] (K = {s['K']}), "
                              f"got {majority}")
-        n = s["n"]
-        s["class_sizes"] = (max(1, round(ratio * n)),) * majority + (n,) * (s["K"] - majority)
+        from ncflow.problem import two_level_sizes  # local, as in parse_config: importing this module needs no JAX
+
+        s["class_sizes"] = two_level_sizes(s["K"], s["n"], majority, ratio)
     if s.get("class_sizes") is not None:
         if k_given and s["K"] != len(s["class_sizes"]):
             raise SweepError(f"{name('class_sizes')} gives K = {len(s['class_sizes'])} classes but "
