@@ -294,7 +294,7 @@ def _class_sizes(s: dict, name, k_given: bool) -> dict:
         if majority >= s["K"]:
             raise SweepError(f"{name('majority')} must be an integer in [1, {s['K'] - 1}] (K = {s['K']}), "
                              f"got {majority}")
-        from ncflow.problem import two_level_sizes  # local, as in parse_config: importing this module needs no JAX
+        from ncflow.problem import two_level_sizes  # local, like parse_config's Problem import
 
         s["class_sizes"] = two_level_sizes(s["K"], s["n"], majority, ratio)
     if s.get("class_sizes") is not None:
