@@ -18,7 +18,7 @@ from ncflow.batch.layout import make_layout
 from ncflow.batch.memory import available_memory_bytes, estimate_memory
 from ncflow.config import Config
 from ncflow.dynamics.build import dynamics_for
-from ncflow.dynamics.precision import PRECISIONS, emulated, round_mantissa
+from ncflow.dynamics.precision import PRECISIONS, elementwise_products, emulated, round_mantissa, step_fn
 from ncflow.errors import ConfigError
 from ncflow.problem import Problem
 
@@ -143,6 +143,66 @@ def test_emulated_rounds_the_inputs_of_every_matrix_product():
     want = round_mantissa(A, 7) @ round_mantissa(B, 7) + A
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
     assert np.abs(np.asarray(got) - np.asarray(f(A, B))).max() > 1e-4  # and that is not the full product
+
+
+def _dots(fn, *args) -> int:
+    """The number of dot_general equations in the jaxpr of ``fn(*args)``, nested jits included."""
+    def count(jaxpr):
+        n = 0
+        for eqn in jaxpr.eqns:
+            n += eqn.primitive.name == "dot_general"
+            for p in eqn.params.values():
+                if hasattr(p, "jaxpr"):
+                    n += count(p.jaxpr if hasattr(p.jaxpr, "eqns") else p.jaxpr.jaxpr)
+        return n
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def test_elementwise_products_equal_the_products_and_replace_every_dot_or_none():
+    rng = np.random.default_rng(2)
+    A, B = rng.normal(size=(4, 6)), rng.normal(size=(6, 3))
+    v, u = rng.normal(size=6), rng.normal(size=4)
+
+    def f(a, b, v, u):  # matrix-matrix, transposed operands, matrix-vector, vector-matrix, a nested jit
+        inner = jax.jit(lambda x, y: x @ y)
+        return (a @ b, (b.T @ a.T).T, a @ v, u @ a, inner(a.T, u), jnp.dot(v, v), a @ b.astype(jnp.float32))
+
+    args = (A, B, v, u)
+    want = f(*args)
+    got = jax.jit(elementwise_products(f))(*args)
+    assert _dots(f, *args) == 7 and _dots(elementwise_products(f), *args) == 0
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-13, atol=1e-13)
+    # one product over the limit: every product stays a dot (a partial rewrite was measured slower)
+    big = rng.normal(size=(30, 30))
+
+    def g(a, b, m):
+        return a @ b, m @ m
+    assert _dots(elementwise_products(g, limit=1000), A, B, big) == 2
+    assert _dots(elementwise_products(g, limit=30**3), A, B, big) == 0
+    assert _dots(jax.vmap(elementwise_products(f)), *(np.stack([x, x]) for x in args)) == 0  # vmapped outside
+
+    def loop(a, b):  # control flow (e.g. the "flow" optimizer's ODE solver): left as it is
+        return jax.lax.fori_loop(0, 3, lambda i, m: m @ b.T @ b, a)
+    assert elementwise_products(loop)(A, B.T).shape == (4, 6)
+    np.testing.assert_array_equal(np.asarray(jax.jit(elementwise_products(loop))(A, B.T)),
+                                  np.asarray(jax.jit(loop)(A, B.T)))
+
+
+def test_cpu_steps_use_elementwise_products_except_when_emulating_reduced_precision():
+    p = Problem(K=10, d=10, n=100)  # the default problem: its collapsed step has only small products
+    dyn = dynamics_for(p, Config())
+    x = dyn.space.from_params(p, ncflow.Params(jnp.ones((10, 10)), jnp.ones((10, 1000)), jnp.ones(10)))
+    args = (p, x, 0.5)
+    assert _dots(dyn.step, *args) > 0
+    assert _dots(step_fn(dyn.step, PRECISIONS["float32"], "cpu"), *args) == 0
+    assert _dots(step_fn(dyn.step, PRECISIONS["tf32"], "cpu"), *args) > 0  # emulation rounds dot operands
+    step = dyn.step
+    assert step_fn(step, PRECISIONS["float32"], "gpu") is step  # accelerators: the step as written
+    # a float64 batch steps at full precision whatever matmul_precision says
+    assert plan_mod.choose(Config(matmul_precision="bf16"), "cpu", "collapsed", "float64").precision.name == "float32"
+    assert plan_mod.choose(Config(matmul_precision="bf16"), "cpu", "collapsed", "float32").precision.name == "bf16"
 
 
 def test_reduced_precision_steps_are_never_certified_and_bf16_is_labelled_honestly():

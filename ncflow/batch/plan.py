@@ -69,9 +69,12 @@ class Plan:
         return self.platform != "cpu"
 
 
-def choose(config, platform: str, space: str) -> Plan:
+def choose(config, platform: str, space: str, dtype: str = "float32") -> Plan:
     """The plan of ``config`` (``config.plan``: "auto" = cpu on a CPU, wide elsewhere) on
-    ``platform`` for a batch stepping in state space ``space``."""
+    ``platform`` for a batch stepping in state space ``space`` with state ``dtype``. A reduced
+    ``config.matmul_precision`` applies to float32 steps only: float64 steps are always full
+    precision (the plan's precision is then "float32")."""
     name = config.plan if config.plan != "auto" else ("cpu" if platform == "cpu" else "wide")
-    return Plan(name=name, platform=platform, precision=PRECISIONS[config.matmul_precision],
+    precision = PRECISIONS[config.matmul_precision if dtype == "float32" else "float32"]
+    return Plan(name=name, platform=platform, precision=precision,
                 early_stop=bool(config.early_stop), certified_rule=config.stop == "certified", space=space)

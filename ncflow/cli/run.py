@@ -92,7 +92,7 @@ def _estimate(args, problem, config, devices):
 
     plat = devs[0].platform
     return estimate(problem, dyn, config, config.runs, devices=len(devs), platform=plat, saved=bool(args.out),
-                    wide=choose(config, plat, dyn.space.name).wide)
+                    wide=choose(config, plat, dyn.space.name, problem.dtype).wide)
 
 
 def _dry_run(args, problem, config) -> int:
