@@ -35,6 +35,8 @@ CASES = [
     ("f64_history", dict(K=3, d=4, n=3, lambda_w=1e-2, lambda_h=1e-2, dtype="float64"),
      dict(runs=16, history=True, stop="converged")),
     ("f64_K10_d64_n20", dict(K=10, d=64, n=20, dtype="float64"), dict(runs=64, stop="converged")),
+    ("f64_class_sizes", dict(class_sizes=[9, 7, 4, 2], d=5, lambda_w=1e-2, lambda_h=1e-2, dtype="float64"),
+     dict(runs=32)),
     ("f32_default", dict(), dict(runs=2000)),
 ]
 
@@ -56,11 +58,19 @@ def compare(name, prob, cfg, accel, host) -> dict:
     for k in ("steps", "stop", "outcome"):
         same = a.per_run[k] == b.per_run[k]
         row[f"{k}_mismatches"] = int(np.sum(~same))
+    exact_cols = ("steps", "stop", "outcome")
+    if "classes_as_predicted" in b.per_run:  # THEORY §7: the columns read from the final states
+        exact_cols += ("classes_as_predicted", "merged")
+        for k in ("classes_as_predicted", "merged"):
+            row[f"{k}_mismatches"] = int(np.sum(a.per_run[k] != b.per_run[k]))
     for k in ("objective", "nc1", "nc2", "gram_error"):
         x, y = a.per_run[k], b.per_run[k]
         row[f"{k}_max_rel_diff"] = float(np.max(np.abs(x - y) / np.maximum(np.abs(y), 1e-12)))
+    # the final states (left on the accelerator: Result.final_state holds its arrays)
+    row["final_state_type"] = type(a.final_state.W).__name__
+    row["final_W_max_abs_diff"] = float(np.max(np.abs(np.asarray(a.final_state.W) - np.asarray(b.final_state.W))))
     if exact:
-        row["ok"] = all(row[f"{k}_mismatches"] == 0 for k in ("steps", "stop", "outcome"))
+        row["ok"] = all(row[f"{k}_mismatches"] == 0 for k in exact_cols)
     else:  # float32: the same outcome counts (rounding may move a run's stop by a chunk)
         row["ok"] = row["outcomes_accel"] == row["outcomes_host"]
     return row

@@ -15,6 +15,7 @@ import pytest
 import ncflow
 from ncflow.batch import plan as plan_mod
 from ncflow.batch.layout import make_layout
+from ncflow.batch.loop import Point, simulate_points
 from ncflow.batch.memory import available_memory_bytes, estimate_memory
 from ncflow.config import Config
 from ncflow.dynamics.build import dynamics_for
@@ -99,6 +100,32 @@ def test_summaries_on_the_devices_equal_the_gathered_ones(monkeypatch):
     np.testing.assert_array_equal(dev.per_run["outcome"], host.per_run["outcome"])
     for k in ("nc1", "nc2", "nc3"):  # the history's diagnostics, also computed on the devices
         np.testing.assert_allclose(dev.history[k], host.history[k], rtol=1e-9, atol=1e-13, err_msg=k)
+
+
+def test_accelerator_path_leaves_final_states_on_the_devices(monkeypatch):
+    """On an accelerator (single process) the final states are not copied to the host: Result.final_state
+    holds the devices' arrays, equal to the host path's; Hessian probes (origin saddles) and the §7
+    columns read their few rows from there; a batch of two points gives each its own rows."""
+    sizes = dict(class_sizes=[6, 4, 2], d=4, lambda_w=1e-2, lambda_h=1e-2, dtype="float64")
+    cases = [(dict(SMALL), dict(runs=4, init_scale=0.0, stop="converged", max_steps=3000)),  # Hessian probes
+             (sizes, dict(runs=5))]
+    host = [_run(p, c, "wide", devices=jax.devices()[:2]) for p, c in cases]
+    pts = [Point(Problem(**SMALL), 3, 0.5, 1.0, 1), Point(Problem(**SMALL, lambda_b=1e-3), 2, 0.5, 1.0, 2)]
+    host_pts = simulate_points(pts, Config(progress=False, plan="wide"), devices=jax.devices()[:2])
+    monkeypatch.setattr(plan_mod.Plan, "batched_lapack", property(lambda self: True))
+    dev = [_run(p, c, "wide", devices=jax.devices()[:2]) for p, c in cases]
+    dev_pts = simulate_points(pts, Config(progress=False, plan="wide"), devices=jax.devices()[:2])
+    assert set(host[0].per_run["outcome"]) == {"saddle"}
+    for h, d in zip(host + host_pts, dev + dev_pts):
+        assert isinstance(d.final_state.W, jax.Array) and isinstance(h.final_state.W, np.ndarray)
+        assert d.final_state.W.shape[0] == d.runs
+        for leaf_h, leaf_d in zip(h.final_state, d.final_state):
+            np.testing.assert_allclose(np.asarray(leaf_d), leaf_h, rtol=1e-9, atol=1e-13)
+        for k in ("outcome", "steps", "stop") + (("classes_as_predicted", "merged") if "merged" in h.per_run else ()):
+            np.testing.assert_array_equal(d.per_run[k], h.per_run[k], err_msg=k)
+        np.testing.assert_allclose(d.per_run["min_hessian_eig"], h.per_run["min_hessian_eig"], rtol=1e-6)
+        p0 = d.final_params(0)
+        np.testing.assert_allclose(np.asarray(p0.W), np.asarray(h.final_params(0).W), rtol=1e-9, atol=1e-13)
 
 
 def test_auto_plan_is_cpu_on_cpu_and_wide_elsewhere():

@@ -210,7 +210,8 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     final = _classify(progs, config, dev, lanes, layout, tols, point_of)
     classify_s = time.perf_counter() - t_cls
     timing = dict(compile_s=compile_wall, compile_cpu_s=progs.compile_s, run_s=state.run_s, classify_s=classify_s,
-                  states_s=final.pop("states_s"), wall_s=time.perf_counter() - wall0, devices=layout.n_devices,
+                  states_s=final.pop("states_s"), summaries_s=final.pop("summaries_s"),
+                  wall_s=time.perf_counter() - wall0, devices=layout.n_devices,
                   plan=plan.name, loop_s=loop_s)
     return _results(points, preds, tols, config, dyn, layout, final, history, timing, R)
 
@@ -356,16 +357,19 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     accelerator the summaries are computed where the lanes live (vmapped, sharded) and only their
     scalars travel; on a CPU on the gathered lanes, one after another (see ``Plan.batched_lapack``)."""
     states_s = 0.0
+    t_summ = time.perf_counter()
     if progs.plan.batched_lapack:
-        # the per-lane scalars first, then the final states (for Result.final_state), timed apart:
-        # on an accelerator the states' copy to the host is most of what is left after stepping
+        # only the per-lane scalars travel. The final states stay on the devices (Result.final_state
+        # holds them as jax.Arrays; a copy to the host is the user's call: 2.2 GB for 100,000 runs at
+        # d=64), except in a multi-process job, where the gather is collective and happens now
         summ = layout.gather(progs.summaries_on_devices(dev.problem, dev.x, dev.pred))
         t0 = time.perf_counter()
-        x_all, prob_all = layout.gather((dev.x, dev.problem))
+        x_all, prob_all = (dev.x, dev.problem) if jax.process_count() == 1 else layout.gather((dev.x, dev.problem))
         states_s += time.perf_counter() - t0
     else:
         x_all, prob_all, pred_all = layout.gather((dev.x, dev.problem, dev.pred))
         summ = progs.summaries(prob_all, x_all, pred_all)
+    summaries_s = time.perf_counter() - t_summ - states_s
     f, gn, nc, dist, extra = summ
     batch_g = _gather_host(lanes.batch, layout)
     real = np.nonzero(batch_g >= 0)[0]
@@ -380,8 +384,9 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     nc, dist = jax.tree_util.tree_map(pick, nc), jax.tree_util.tree_map(pick, dist)
     extra = {k: pick(v) for k, v in extra.items()}
     t0 = time.perf_counter()
-    x_all = jax.tree_util.tree_map(lambda a: a[by_batch], x_all)
-    prob_all = jax.tree_util.tree_map(lambda a: a[by_batch], prob_all)
+    if not (isinstance(by_batch, slice) and by_batch.stop == len(batch_g)):  # every lane a run, in order: as is
+        x_all = jax.tree_util.tree_map(lambda a: a[by_batch], x_all)  # on the devices for jax.Arrays
+        prob_all = jax.tree_util.tree_map(lambda a: a[by_batch], prob_all)
     states_s += time.perf_counter() - t0
     steps = _gather_host(lanes.steps, layout)[by_batch]
     status = _gather_host(lanes.status, layout)[by_batch]
@@ -396,7 +401,7 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     return dict(x=x_all, f=f, gn=gn, nc=nc, dist=dist, extra=extra, steps=steps, status=status,
                 outcome=outcome, min_eig=min_eig, max_eig=max_eig,
                 certified_step=np.where(cert_step >= 0, cert_step, np.nan), certified_margin=cert_margin,
-                states_s=states_s)
+                states_s=states_s, summaries_s=summaries_s)
 
 
 def _results(points, preds, tols, config, dyn, layout, final, history, timing, R) -> list[Result]:
@@ -427,6 +432,7 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
         point_timing = {
             "compile_s": timing["compile_s"], "compile_cpu_s": timing["compile_cpu_s"], "run_s": run_s,
             "classify_s": timing["classify_s"] * share, "states_s": timing["states_s"] * share,
+            "summaries_s": timing["summaries_s"] * share,
             "wall_s": timing["wall_s"], "run_steps": run_steps,
             "run_steps_per_s": run_steps / run_s if run_s > 0 else 0.0, "devices": timing["devices"],
             "plan": timing["plan"], "loop_s": timing["loop_s"] * share,
@@ -437,10 +443,18 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
                     "init_scale": p.init_scale, "engine": dyn.name, "group": layout.group, "plan": timing["plan"],
                     "devices": layout.n_devices},
             per_run=per_run, history=None if history is None else history.for_runs(sel, preds[i].objective),
-            timing=point_timing, final_state=jax.tree_util.tree_map(lambda a, sel=sel: a[sel], final["x"]),
+            timing=point_timing, final_state=_rows(final["x"], sel),
             representation=dyn.name, device=str(layout.mesh.devices.flat[0].device_kind), to_params=dyn.to_params,
         ))
     return out
+
+
+def _rows(tree, sel: slice):
+    """Rows ``sel`` of every leaf of ``tree``; the leaves themselves when ``sel`` covers them all
+    (no copy of a batch's final states that stay on the devices)."""
+    def rows(a):
+        return a if sel.start == 0 and sel.stop == a.shape[0] else a[sel]
+    return jax.tree_util.tree_map(rows, tree)
 
 
 def _general_columns(problem: Problem, pred, tol, final, sel) -> dict:
@@ -448,16 +462,16 @@ def _general_columns(problem: Problem, pred, tol, final, sel) -> dict:
     the prediction, which classes merged and vanished (in the state at the stop), and whether that is
     what the theory predicts (for a run stopped by the certificate: of its limit, by the theorem)."""
     nc, dist, x = final["nc"], final["dist"], final["x"]
-    W = np.asarray(x.W)[sel]
+    W = np.asarray(x.W[sel])  # only these rows to the host (final states may be on the devices)
     out = {"nc1_weighted": nc.nc1_weighted[sel], "gram_h_error": dist.gram_h_error[sel],
            "cross_error": dist.cross_error[sel]}
     if problem.label_vector() is None:  # a target matrix without labels: no classes
         return out
     if hasattr(x, "M"):
-        M = np.asarray(x.M)[sel]
+        M = np.asarray(x.M[sel])
     else:  # full: class means of H (columns of a class by its labels)
         Y = np.eye(problem.K)[:, problem.label_vector()]
-        M = np.asarray(x.H)[sel] @ Y.T / Y.sum(axis=1)
+        M = np.asarray(x.H[sel]) @ Y.T / Y.sum(axis=1)
     scale = (float(np.max(pred.w_norms, initial=0.0)) ** 2 if pred.w_norms is not None else 0.0,
              float(np.max(pred.h_norms, initial=0.0)) ** 2 if pred.h_norms is not None else 0.0)
     fates = [class_fates(W[r], M[r], max(tol.geom_tol, 1e-6), scale) for r in range(W.shape[0])]

@@ -406,17 +406,18 @@ class Programs:
 
     def hessian_extremes(self, x, prob_b, lanes: np.ndarray, iters: int):
         """Lanczos estimates (min Ritz value, max Ritz value) of the full Hessian for ``lanes``
-        (indices into the host arrays ``x``/``prob_b``), :data:`LANCZOS_WIDTH` lanes per call."""
+        (indices into ``x``/``prob_b``: numpy arrays, or jax.Arrays on the devices), shape
+        (len(lanes),) each, :data:`LANCZOS_WIDTH` lanes per call."""
         lo = np.full(len(lanes), np.nan)
         hi = np.full(len(lanes), np.nan)
         b = LANCZOS_WIDTH
         for s in range(0, len(lanes), b):
             idx = lanes[s:s + b]
             pad = np.concatenate([idx, np.full(b - len(idx), idx[0])])
-            j = jnp.asarray(pad)
-            xs = jax.tree_util.tree_map(lambda a, j=j: a[j], x)
-            ps = jax.tree_util.tree_map(lambda a, j=j: a[j], prob_b)
-            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(20220301), i))(j)
+            # the candidates to the host (a few lanes, from the host or the devices), whatever x's sharding
+            xs = jax.tree_util.tree_map(lambda a, pad=pad: np.asarray(a[pad]), x)
+            ps = jax.tree_util.tree_map(lambda a, pad=pad: np.asarray(a[pad]), prob_b)
+            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(20220301), i))(jnp.asarray(pad))
             args = (ps, xs, keys)
             prog = self._program(("lanczos", iters), lambda: self._lanczos_local(iters), _abstract(args),
                                  sharded=False)
