@@ -138,13 +138,16 @@ def fates_text(merged: tuple, vanished: tuple) -> tuple[str, str]:
     return ";".join(",".join(map(str, g)) for g in merged), ",".join(map(str, vanished))
 
 
-def classify(f, gnorm, dist, tols, status, hessian_extremes):
+def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None):
     """Label every run (see the module doc).
 
     Args:
         f, gnorm: final objective and full gradient norm, (R,).
         dist: ``ncflow.maths.metrics.OptimumDistance`` of (R,) arrays (gap, gram_error, ...).
-        tols: the :class:`Tolerances` of every run, a sequence of length R.
+        tols: the :class:`Tolerances` of every run, a sequence of length R; with ``point_of``,
+            one per point (a sequence of length P).
+        point_of: None, or the point of every run, (R,) int in [0, P): run r uses
+            ``tols[point_of[r]]`` (a batch of 100,000 runs need not list 100,000 Tolerances).
         status: the engine's final ``ncflow.codes`` status, (R,).
         hessian_extremes: ``fn(indices) -> (min Ritz values, max Ritz values)`` for the runs at
             ``indices`` (only runs that are stationary but not global are asked for).
@@ -153,11 +156,10 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes):
         ``(labels (R,) str, min_eig (R,), max_eig (R,))``; Hessian estimates are NaN for runs that
         did not need them.
     """
-    gtol = np.asarray([t.gtol for t in tols])
-    gap_tol = np.asarray([t.gap_tol for t in tols])
-    geom_tol = np.asarray([t.geom_tol for t in tols])
-    neg_tol = np.asarray([t.neg_tol for t in tols])
-    own_gtol = np.asarray([t.own_gtol for t in tols])
+    def column(name):
+        col = np.asarray([getattr(t, name) for t in tols], np.float64)
+        return col if point_of is None else col[np.asarray(point_of)]
+    gtol, gap_tol, geom_tol, neg_tol, own_gtol = map(column, ("gtol", "gap_tol", "geom_tol", "neg_tol", "own_gtol"))
     finite = np.isfinite(f) & np.isfinite(gnorm)
     diverged = ~finite | (status == DIVERGED)
     certified = ~diverged & (status == CERTIFIED)  # THEORY §8: the limit is global, the state need not be stationary
@@ -172,9 +174,9 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes):
         min_eig[cand], max_eig[cand] = lo, hi
     saddle = np.zeros(len(f), bool)
     saddle[cand] = min_eig[cand] < -neg_tol[cand] * np.maximum(1.0, np.abs(max_eig[cand]))
-    labels = np.full(len(f), "not_converged", dtype=object)
-    labels[is_global] = "global"
-    labels[cand[gnorm[cand] <= own_gtol[cand]]] = "local_min"  # stationary by the dtype's own tolerance too
-    labels[saddle] = "saddle"
-    labels[diverged] = "diverged"
-    return labels.astype(str), min_eig, max_eig
+    code = np.full(len(f), LABELS.index("not_converged"), np.int8)  # indices into LABELS: no per-run strings
+    code[is_global] = LABELS.index("global")
+    code[cand[gnorm[cand] <= own_gtol[cand]]] = LABELS.index("local_min")  # stationary by the dtype's own tolerance too
+    code[saddle] = LABELS.index("saddle")
+    code[diverged] = LABELS.index("diverged")
+    return np.asarray(LABELS)[code], min_eig, max_eig

@@ -336,6 +336,9 @@ def _host_columns(cols: dict, layout, keys: tuple) -> dict:
     return {k: _local(cols[k], layout).astype(_HOST_DTYPES.get(k, np.float64)) for k in keys}
 
 
+#: STOP_REASONS as an array indexed by status code (one vectorized lookup for 100,000 runs)
+_STOP_NAMES = np.asarray([STOP_REASONS.get(i, "") for i in range(max(STOP_REASONS) + 1)])
+
 #: the host dtypes of the integer columns of a LaneTable (every other column is float64)
 _HOST_DTYPES = {"batch": np.int64, "point": np.int64, "status": np.int8, "steps": np.int64,
                 "certified_step": np.int64}
@@ -396,8 +399,7 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     def hessian(idx):
         return progs.hessian_extremes(x_all, prob_all, idx, config.lanczos_iters)
 
-    per_run_tols = [tols[i] for i in point_of]
-    outcome, min_eig, max_eig = classify(f, gn, dist, per_run_tols, status, hessian)
+    outcome, min_eig, max_eig = classify(f, gn, dist, tols, status, hessian, point_of=point_of)
     return dict(x=x_all, f=f, gn=gn, nc=nc, dist=dist, extra=extra, steps=steps, status=status,
                 outcome=outcome, min_eig=min_eig, max_eig=max_eig,
                 certified_step=np.where(cert_step >= 0, cert_step, np.nan), certified_margin=cert_margin,
@@ -420,7 +422,7 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
             "gram_error": dist.gram_error[sel], "self_duality": dist.self_duality[sel],
             "w_norm": dist.w_norm[sel], "h_norm": dist.h_norm[sel], "bias_error": dist.bias_error[sel],
             "min_hessian_eig": final["min_eig"][sel], "max_hessian_eig": final["max_eig"][sel],
-            "stop": np.asarray([STOP_REASONS[int(s)] for s in final["status"][sel]]),
+            "stop": _STOP_NAMES[final["status"][sel]],
             "certified_step": final["certified_step"][sel], "certified_margin": final["certified_margin"][sel],
             **{k: v[sel] for k, v in final["extra"].items()},
         }
