@@ -1,4 +1,4 @@
-"""Matrix-product precision of ONE run's step: explicit everywhere, reduced only on request.
+"""Matrix products of ONE run's step: precision explicit everywhere, reduced only on request.
 
 JAX's default precision for float32 matrix products is platform-dependent: TF32 (10 mantissa bits
 in the products' inputs) on NVIDIA GPUs since Ampere, one bfloat16 pass (7 bits) on TPUs, full
@@ -11,6 +11,11 @@ re-evaluates a function's jaxpr with the float32 operands of every ``dot_general
 precision's mantissa width (round to nearest even), which is what TF32/bf16 products do to their
 inputs (the products and sums then run in float32, as they do on the accelerators). This lets a
 CPU test show what the stop rule does with reduced-precision steps.
+
+The same jaxpr interpreter serves :func:`elementwise_products`: at full precision on a CPU, a step
+whose matrix products are all small computes them as broadcast multiplies and sums, which XLA's CPU
+backend fuses into vectorized loops instead of batched dots with a per-matrix overhead
+(:func:`step_fn` decides, per platform and precision).
 """
 
 from __future__ import annotations
