@@ -27,6 +27,14 @@ OWNED_FILES = RESULT_FILES + ("history.csv", "history.parquet") + tuple(
 TABLE_FORMATS = ("csv", "parquet")
 
 
+def _distance_to_etf(X: np.ndarray) -> float | None:
+    """||X/||X|| − (I − 11ᵀ/K)/√(K−1)||_F of a K×K matrix (NC2/NC3 of a limit, the conventions of
+    ``maths.metrics``); None where X = 0."""
+    K = X.shape[0]
+    norm = np.linalg.norm(X)
+    return float(np.linalg.norm(X / norm - (np.eye(K) - 1.0 / K) / np.sqrt(K - 1))) if norm > 0 else None
+
+
 class ResultExistsError(FileExistsError):
     """The output directory already holds a result that would be overwritten."""
 
@@ -177,12 +185,8 @@ class Result:
         if gram is None and form is not None:  # large K: C G C = a C, so NC2 = 0 whenever a > 0
             nc2 = 0.0 if form[0] > 0 else None
         elif gram is not None and self.problem.K > 1:
-            K = self.problem.K
-            C = np.eye(K) - 1.0 / K
-            G = C @ np.asarray(gram, np.float64) @ C
-            norm = np.linalg.norm(G)
-            if norm > 0:
-                nc2 = float(np.linalg.norm(G / norm - C / np.sqrt(K - 1)))
+            C = np.eye(self.problem.K) - 1.0 / self.problem.K
+            nc2 = _distance_to_etf(C @ np.asarray(gram, np.float64) @ C)
         return {"objective": float(self.prediction.objective), "nc1": 0.0, "nc2": nc2, "nc3": nc2}
 
     def _limit_general(self) -> dict:
@@ -190,18 +194,12 @@ class Result:
         W̃H̄ = C (W M)(I − p 1ᵀ), C = I − 11ᵀ/K, p = n/N (the conventions of ``maths.metrics``)."""
         pr, K = self.prediction, self.problem.K
         C = np.eye(K) - 1.0 / K
-        P = C / np.sqrt(K - 1)
-
-        def nc(X):
-            norm = np.linalg.norm(X)
-            return float(np.linalg.norm(X / norm - P)) if norm > 0 else None
-
         nc2 = nc3 = None
         if pr.gram is not None:
-            nc2 = nc(C @ np.asarray(pr.gram, np.float64) @ C)
+            nc2 = _distance_to_etf(C @ np.asarray(pr.gram, np.float64) @ C)
         if pr.cross is not None and pr.class_sizes is not None:
             p = np.asarray(pr.class_sizes, np.float64) / np.sum(pr.class_sizes)
-            nc3 = nc(C @ np.asarray(pr.cross, np.float64) @ (np.eye(K) - np.outer(p, np.ones(K))))
+            nc3 = _distance_to_etf(C @ np.asarray(pr.cross, np.float64) @ (np.eye(K) - np.outer(p, np.ones(K))))
         return {"objective": float(pr.objective), "nc1": 0.0, "nc2": nc2, "nc3": nc3}
 
     def summary(self) -> dict:

@@ -387,9 +387,7 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     nc, dist = jax.tree_util.tree_map(pick, nc), jax.tree_util.tree_map(pick, dist)
     extra = {k: pick(v) for k, v in extra.items()}
     t0 = time.perf_counter()
-    if not (isinstance(by_batch, slice) and by_batch.stop == len(batch_g)):  # every lane a run, in order: as is
-        x_all = jax.tree_util.tree_map(lambda a: a[by_batch], x_all)  # on the devices for jax.Arrays
-        prob_all = jax.tree_util.tree_map(lambda a: a[by_batch], prob_all)
+    x_all, prob_all = _rows((x_all, prob_all), by_batch)  # on the devices for jax.Arrays
     states_s += time.perf_counter() - t0
     steps = _gather_host(lanes.steps, layout)[by_batch]
     status = _gather_host(lanes.status, layout)[by_batch]
@@ -451,11 +449,12 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
     return out
 
 
-def _rows(tree, sel: slice):
-    """Rows ``sel`` of every leaf of ``tree``; the leaves themselves when ``sel`` covers them all
-    (no copy of a batch's final states that stay on the devices)."""
+def _rows(tree, sel: slice | np.ndarray):
+    """Rows ``sel`` (a slice or an index array) of every leaf of ``tree``; the leaves themselves
+    when ``sel`` is the slice of all their rows (no copy of final states that stay on the devices)."""
     def rows(a):
-        return a if sel.start == 0 and sel.stop == a.shape[0] else a[sel]
+        whole = isinstance(sel, slice) and sel.start == 0 and sel.stop == a.shape[0]
+        return a if whole else a[sel]
     return jax.tree_util.tree_map(rows, tree)
 
 

@@ -108,14 +108,11 @@ def _has_subjaxpr(eqn) -> bool:
     return any(isinstance(p, (jex.Jaxpr, jex.ClosedJaxpr)) for p in eqn.params.values())
 
 
-def _rewritten(fn: Callable, dot: Callable) -> Callable:
-    """``fn`` (pytrees in, pytrees out) re-evaluated from its jaxpr with :func:`_eval`."""
-    def wrapped(*args):
-        closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-        flat = jax.tree_util.tree_leaves(args)
-        out = _eval(closed.jaxpr, closed.consts, flat, dot)
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), out)
-    return wrapped
+def _run(closed, shape, args, dot: Callable):
+    """Evaluate the traced ``closed`` jaxpr of a function (output pytree ``shape``) on ``args``
+    with :func:`_eval`."""
+    out = _eval(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), dot)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), out)
 
 
 def emulated(fn: Callable, bits: int) -> Callable:
@@ -124,7 +121,10 @@ def emulated(fn: Callable, bits: int) -> Callable:
     calls but no control flow (a step does not). Traceable (use it inside vmap/jit)."""
     def dot(eqn, ins):
         return eqn.primitive.bind(*[round_mantissa(a, bits) for a in ins], **eqn.params)
-    return _rewritten(fn, dot)
+
+    def wrapped(*args):
+        return _run(*jax.make_jaxpr(fn, return_shape=True)(*args), args, dot)
+    return wrapped
 
 
 #: :func:`elementwise_products` rewrites a step's products only if each of them takes at most this
@@ -132,11 +132,12 @@ def emulated(fn: Callable, bits: int) -> Callable:
 ELEMENTWISE_LIMIT = 6000
 
 
-def elementwise_products(fn: Callable, limit: int = ELEMENTWISE_LIMIT) -> Callable:
+def elementwise_products(fn: Callable, limit: int | None = None) -> Callable:
     """``fn`` with its matrix products computed as a broadcast multiply and a sum over the
     contracted axis instead of ``dot_general`` — all of them or none: only if every product of
     ``fn`` is small (floating point, one contracted axis, no batch axes, operands of rank ≤ 2, at
-    most ``limit`` multiplications) and ``fn`` has no control flow; otherwise ``fn`` is unchanged.
+    most ``limit`` multiplications; None: :data:`ELEMENTWISE_LIMIT` when ``fn`` is traced) and ``fn``
+    has no control flow; otherwise ``fn`` is unchanged.
 
     The same numbers to rounding (the sum's order may differ). Why: vmapped over lanes on a CPU,
     XLA turns a tiny product (e.g. 10×10 by 10×20) into a batched dot whose per-matrix overhead
@@ -156,11 +157,13 @@ def elementwise_products(fn: Callable, limit: int = ELEMENTWISE_LIMIT) -> Callab
         return jnp.sum(a * b, axis=a.ndim - b.ndim)  # (free lhs..., free rhs...): dot_general's order
 
     def wrapped(*args):
-        eqns = list(_eqns(jax.make_jaxpr(fn)(*args).jaxpr))
-        if any(_has_subjaxpr(e) for e in eqns) or not all(_small(e, limit) for e in eqns
+        closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        most = ELEMENTWISE_LIMIT if limit is None else limit
+        eqns = list(_eqns(closed.jaxpr))
+        if any(_has_subjaxpr(e) for e in eqns) or not all(_small(e, most) for e in eqns
                                                          if e.primitive.name == "dot_general"):
             return fn(*args)
-        return _rewritten(fn, dot)(*args)
+        return _run(closed, shape, args, dot)
     return wrapped
 
 

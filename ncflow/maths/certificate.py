@@ -197,6 +197,15 @@ def data_norms(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(N), np.asarray(t * math.sqrt(N))
 
 
+def _lane_data(problem: Problem, samples, target_norm):
+    """(N, ||T||_F) of a §7 lane: the given values, or where None the problem's own (:func:`data_norms`)."""
+    if samples is None or target_norm is None:
+        N0, T0 = data_norms(problem)
+        samples = N0 if samples is None else samples
+        target_norm = T0 if target_norm is None else target_norm
+    return samples, target_norm
+
+
 def _cancellation(Z, P, T, M, b2, g, xp):
     """||Z|| ||e|| + 2||e||² with ||e|| <= g·A: the data term's cancellation part, times 2N (see
     :func:`rounding_bound`). ``Z`` bounds the residual's norm, ``P`` ||W|| ||H||-like (or ||W|| ||M||),
@@ -344,11 +353,7 @@ def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None,
     sq = None if sq_norm is None else xp.asarray(sq_norm, dtype=_float(xp)) * (1.0 + 1e-3)
     data = None
     if problem.general:
-        if samples is None or target_norm is None:
-            N0, T0 = data_norms(problem)
-            samples = N0 if samples is None else samples
-            target_norm = T0 if target_norm is None else target_norm
-        data = tuple(xp.asarray(v, dtype=_float(xp)) for v in (samples, target_norm))
+        data = tuple(xp.asarray(v, dtype=_float(xp)) for v in _lane_data(problem, samples, target_norm))
 
     def bound(x):
         return functools.reduce(xp.maximum, [_rounding_at(problem, x, s, u, dot_input_roundoff, sq, xp, data)
@@ -405,8 +410,8 @@ def certified(problem: Problem, f, lr, f_star, gap, margin: float = 0.1, *, spac
         g = xp.asarray(gap, dtype=_float(xp))
     fl = _float(xp)
     f, lr, f_star = (xp.asarray(v, dtype=fl) for v in (f, lr, f_star))
-    if problem.general and samples is None:
-        samples = data_norms(problem)[0]
+    if problem.general:
+        samples, target_norm = _lane_data(problem, samples, target_norm)
     if problem.general and floor is None:
         floor = data_floor(problem)
     f_up = f + rounding_bound(problem, f, space=space, sq_norm=sq_norm, dot_input_roundoff=dot_input_roundoff,
