@@ -7,6 +7,7 @@ Public API::
     ncflow.predict(p)                        # closed-form optimum (ncflow.theory.predict)
     r = ncflow.simulate(p, runs=1000)        # batched GD + classification
     print(r.report()); r.outcomes(); r.save("out/")
+    r.to_pandas(); ncflow.sweep_table("runs/lambda")   # DataFrames (pip install ncflow[pandas])
 
 ``import ncflow`` is cheap: every name below is imported on first use (PEP 562), so the
 command line's ``ncflow theory`` never starts the engine, optax or diffrax.
@@ -54,6 +55,7 @@ _LAZY = {
     "Result": ("ncflow.result", "Result"),
     "load_summary": ("ncflow.result", "load_summary"),
     "load_table": ("ncflow.result", "load_table"),
+    "sweep_table": ("ncflow.sweep.frame", "sweep_table"),
     # submodules under their short names
     "theory": ("ncflow.maths.theory", None),
     "objective": ("ncflow.maths.objective", None),

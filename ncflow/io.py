@@ -1,4 +1,5 @@
-"""Crash-safe file output and result tables without pickle (JSON, CSV, optional Parquet).
+"""Crash-safe file output and result tables without pickle (JSON, CSV, optional Parquet), and
+tables as pandas DataFrames (optional).
 
 Every writer here is atomic: it writes a temporary file in the destination's directory, flushes
 and fsyncs it, then ``os.replace``-s it over the destination, so a reader (or a crash) sees either
@@ -39,9 +40,11 @@ __all__ = [
     "remove_stale_stages",
     "stage_dir",
     "atomic_write_text",
+    "pandas_module",
     "read_json",
     "read_table_csv",
     "read_table_parquet",
+    "to_dataframe",
     "to_jsonable",
     "write_json",
     "write_table_csv",
@@ -371,6 +374,54 @@ def read_table_parquet(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     pa = _pyarrow()
     table = pa.parquet.read_table(os.fspath(path))
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+# --------------------------------------------------------------------------- pandas (optional)
+
+
+def pandas_module() -> Any:
+    """The ``pandas`` module, imported on first use (``import ncflow`` never imports it); raises a
+    one-line ImportError naming the extra (``pip install ncflow[pandas]``) where it is missing."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("DataFrames need the optional dependency pandas: pip install ncflow[pandas]") from None
+    return pandas
+
+
+def to_dataframe(columns: Mapping[str, Sequence[Any]], categories: Mapping[str, Sequence[str]] | None = None) -> Any:
+    """A ``pandas.DataFrame`` (rows, columns) of a table ``{name: column (rows,)}`` (requires pandas).
+
+    Dtypes: integer, float and bool columns keep their numpy dtype (int64 / float64 / bool); a
+    column of bools with missing cells (None) becomes pandas' nullable ``boolean``; text columns
+    take pandas' default string dtype (a column of None alone stays ``object``); a column named in
+    ``categories`` becomes a ``category`` whose categories are the given ones, in that order (then
+    any other value the column holds, sorted; None is missing), so that e.g. ``value_counts()``
+    lists every outcome label, those with no run too.
+    Raises ValueError for unequal column lengths (as ``write_table_csv``).
+    """
+    pd = pandas_module()
+    names = [str(k) for k in columns]
+    cols = [np.asarray(v) if hasattr(v, "__array__") else np.asarray(list(v)) for v in columns.values()]
+    for name, col in zip(names, cols):
+        if col.ndim != 1:
+            raise ValueError(f"column {name!r} must be 1-D, got shape {col.shape}")
+    if len({len(c) for c in cols}) > 1:
+        raise ValueError("all columns must have equal length, got "
+                         + ", ".join(f"{k}={len(c)}" for k, c in zip(names, cols)))
+    data = {}
+    for name, col in zip(names, cols):
+        if categories and name in categories:
+            given = [str(c) for c in categories[name]]
+            values = [None if v is None else str(v) for v in col.tolist()]
+            extra = sorted({v for v in values if v is not None} - set(given))
+            data[name] = pd.Categorical(values, categories=given + extra)
+        elif (col.dtype == object and any(v is not None for v in col)
+              and all(v is None or isinstance(v, (bool, np.bool_)) for v in col)):
+            data[name] = pd.array(col.tolist(), dtype="boolean")
+        else:
+            data[name] = col
+    return pd.DataFrame(data, columns=names)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -276,6 +276,16 @@ class Result:
         """Human-readable report: prediction, outcome table with intervals, metrics, timing."""
         return format_result(self)
 
+    def to_pandas(self):
+        """The per-run table as a ``pandas.DataFrame`` (runs, columns): one row per run, the columns
+        of ``per_run`` (``run``, ``outcome``, ``steps``, ``objective``, ..., see the class doc).
+        Integers stay int64, floats float64 (NaN where not computed); ``outcome`` is a ``category``
+        whose categories are every outcome label (``ncflow.LABELS``, in that order), so
+        ``df.outcome.value_counts()`` counts those no run reached too; other text columns take
+        pandas' default string dtype. Needs pandas (``pip install ncflow[pandas]``); raises a
+        one-line ImportError naming that extra where it is missing."""
+        return _io.to_dataframe(self.table(), categories={"outcome": LABELS})
+
 
 def check_output_dir(directory: str, overwrite: bool = False) -> None:
     """Raise ``ResultExistsError`` if ``directory`` holds a result and ``overwrite`` is False,
@@ -397,8 +407,9 @@ def require_table_format(table_format: str) -> None:
 def load_table(directory: str) -> dict:
     """The per-run table of a saved result as numpy columns (shape (runs,)), from ``runs.csv`` or
     ``runs.parquet``, whichever the result holds. Refuses an incomplete or damaged result
-    (:class:`ResultIncompleteError`)."""
-    require_complete(directory)
+    (:class:`ResultIncompleteError`), one whose row count disagrees with its summary.json (a file
+    emptied or cut short: :func:`runs_table_problem`) included."""
+    summary = require_complete(directory)
     paths = {fmt: os.path.join(directory, f"runs.{fmt}") for fmt in TABLE_FORMATS}
     found = [fmt for fmt, path in paths.items() if os.path.exists(path)]
     if len(found) > 1:
@@ -407,8 +418,30 @@ def load_table(directory: str) -> dict:
     if fmt == "parquet":
         require_table_format("parquet")
     try:
-        return (_io.read_table_parquet if fmt == "parquet" else _io.read_table_csv)(paths[fmt])
+        table = (_io.read_table_parquet if fmt == "parquet" else _io.read_table_csv)(paths[fmt])
     except (OSError, ValueError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ResultIncompleteError(f"{paths[fmt]} is unreadable ({detail}); the result is damaged, run it again "
                                     "with --overwrite") from None
+    problem = runs_table_problem(paths[fmt], table, summary)
+    if problem:
+        raise ResultIncompleteError(f"{problem}; the result is damaged, run it again with --overwrite")
+    return table
+
+
+def runs_table_problem(path: str, table: dict, summary: dict) -> str | None:
+    """Why the per-run table ``table`` read from ``path`` (``runs.csv`` / ``runs.parquet``) is not the
+    whole table its ``summary`` describes, or None when it is: its row count must equal the
+    summary's ``runs`` (an emptied file, or one cut at a line boundary, parses as a shorter table),
+    and a CSV must end with a newline (one cut inside its last cell parses with every row).
+    """
+    rows = len(next(iter(table.values()))) if table else 0
+    expected = summary.get("runs")
+    if isinstance(expected, int) and not isinstance(expected, bool) and rows != expected:
+        return f"{path} holds {rows} of the {expected} runs its summary.json counts (cut or emptied)"
+    if path.endswith(".csv") and rows:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                return f"{path} does not end with a newline (cut inside its last row)"
+    return None

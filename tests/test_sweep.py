@@ -19,6 +19,7 @@ import pytest
 import ncflow
 from ncflow import io as nio
 from ncflow.cli.app import main
+from ncflow.result import ResultIncompleteError
 from ncflow.sweep.run import SweepError, load_config, parse_config, run_sweep
 
 from helpers import REPO, ncflow_command
@@ -264,6 +265,92 @@ def test_another_sweep_in_the_directory_is_refused_untouched(sweep64, tmp_path, 
     with pytest.raises(SweepError, match="not empty"):
         run_sweep(BASE64, stray)
     assert os.listdir(stray) == ["notes.txt"]
+
+
+# --------------------------------------------------------------------------- issue 21: damaged tables, DataFrames
+
+
+def test_resume_reruns_a_point_whose_runs_csv_was_cut_or_emptied(sweep64, tmp_path):
+    out, _ = sweep64
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = _files(copy)
+    p0, p1 = copy / "points/0000/runs.csv", copy / "points/0001/runs.csv"
+    lines = p1.read_text().splitlines(keepends=True)
+    p1.write_text("".join(lines[:3]))  # cut at a line boundary: the header and 2 of its 6 runs
+    said = []
+    report = run_sweep(BASE64, copy, devices=jax.devices()[:1], log=said.append)
+    assert report.ran == [1] and report.skipped == [0] and report.status == "complete"
+    assert [m for m in said if m.startswith("point 1: ") and "holds 2 of the 6 runs" in m
+            and m.endswith("running it again")], said
+    p0.write_text("")  # emptied
+    text = p1.read_text()
+    p1.write_text(text[:-2])  # cut inside its last cell: every row still has every cell
+    said = []
+    report = run_sweep(BASE64, copy, devices=jax.devices()[:1], log=said.append)
+    assert report.ran == [0, 1] and report.skipped == [] and report.status == "complete"
+    assert [m for m in said if m.startswith("point 0: ") and "holds 0 of the 6 runs" in m], said
+    assert [m for m in said if m.startswith("point 1: ") and "does not end with a newline" in m], said
+    after = _files(copy)
+    for name in before:  # the sweep ends with the full files, those of the uninterrupted sweep
+        if not name.endswith(("summary.json", "manifest.json", "config.json")):  # those hold timing/versions
+            assert after[name] == before[name], name
+    assert len(ncflow.load_table(str(copy / "points/0000"))["run"]) == 6
+
+
+def test_sweep_table_one_row_per_point_with_the_grid_as_columns(sweep64):
+    import pandas as pd
+
+    out, _ = sweep64
+    df = ncflow.sweep_table(out)
+    assert isinstance(df, pd.DataFrame) and len(df) == 2
+    assert df["point"].tolist() == [0, 1] and df["lambda_w"].tolist() == [5e-2, 2e-2]
+    assert df["point"].dtype == np.int64 and df["lambda_w"].dtype == np.float64
+    for label in ncflow.LABELS:
+        for suffix in ("count", "fraction", "ci_low", "ci_high"):
+            assert f"{label}_{suffix}" in df.columns
+    assert df["global_count"].dtype == np.int64 and df["global_fraction"].dtype == np.float64
+    assert df["global_count"].tolist() == [6, 6] and df["global_fraction"].tolist() == [1.0, 1.0]
+    assert (df["global_ci_low"] < 1.0).all() and (df["global_ci_high"] == 1.0).all()
+    pred = ncflow.predict(ncflow.Problem(K=3, d=3, n=2, lambda_w=2e-2, lambda_h=5e-2, dtype="float64"))
+    assert df.set_index("lambda_w").loc[2e-2, "f_star"] == pred.objective
+
+
+def test_sweep_table_per_run_rows_carry_their_point_and_grid_values(sweep64, tmp_path):
+    import pandas as pd
+
+    out, _ = sweep64
+    df = ncflow.sweep_table(out, per_run=True)
+    assert len(df) == 12 and list(df.columns[:3]) == ["point", "lambda_w", "run"]
+    assert df["point"].tolist() == [0] * 6 + [1] * 6 and df["run"].tolist() == list(range(6)) * 2
+    assert df["lambda_w"].tolist() == [5e-2] * 6 + [2e-2] * 6
+    assert df["steps"].dtype == np.int64 and df["objective"].dtype == np.float64
+    assert isinstance(df["outcome"].dtype, pd.CategoricalDtype)
+    assert list(df["outcome"].cat.categories) == list(ncflow.LABELS)
+    one = nio.read_table_csv(out / "points/0001/runs.csv")
+    np.testing.assert_array_equal(df[df.point == 1]["objective"].to_numpy(), one["objective"])
+    assert df.groupby("lambda_w")["outcome"].value_counts().loc[(2e-2, "global")] == 6
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    lines = (copy / "points/0001/runs.csv").read_text().splitlines(keepends=True)
+    (copy / "points/0001/runs.csv").write_text("".join(lines[:4]))
+    with pytest.raises(ResultIncompleteError, match="holds 3 of the 6 runs"):
+        ncflow.sweep_table(copy, per_run=True)
+
+
+def test_sweep_table_refusals_in_one_line(sweep64, tmp_path, monkeypatch):
+    import sys
+
+    with pytest.raises(SweepError, match="holds no sweep"):
+        ncflow.sweep_table(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(SweepError, match="manifest.json is unreadable"):
+        ncflow.sweep_table(tmp_path)
+    out, _ = sweep64
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
+    with pytest.raises(ImportError) as e:
+        ncflow.sweep_table(out)
+    assert str(e.value) == "DataFrames need the optional dependency pandas: pip install ncflow[pandas]"
 
 
 # --------------------------------------------------------------------------- SIGKILL and resume

@@ -30,7 +30,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` packa
         tomllib = None
 
 __all__ = ["LANE_KEYS", "PROBLEM_SPECS", "SOLVER_SPECS", "SweepConfig", "SweepError", "SweepPoint", "apply_overrides",
-           "extra_solver_keys", "load_config", "parse_config", "point_config", "read_toml"]
+           "extra_solver_keys", "load_config", "parse_config", "point_config", "point_dir", "read_toml"]
 
 
 class SweepError(ValueError):
@@ -144,8 +144,14 @@ class SweepConfig:
 
     def point_dir(self, out_dir: str, index: int) -> str:
         """``out_dir/points/<index>`` (zero-padded to at least 4 digits)."""
-        width = max(4, len(str(len(self.points) - 1)))
-        return os.path.join(out_dir, "points", f"{index:0{width}d}")
+        return point_dir(out_dir, len(self.points), index)
+
+
+def point_dir(out_dir: str, points: int, index: int) -> str:
+    """The directory of point ``index`` of a sweep of ``points`` points: ``out_dir/points/<index>``,
+    zero-padded to at least 4 digits (and to the width of the last index)."""
+    width = max(4, len(str(points - 1)))
+    return os.path.join(out_dir, "points", f"{index:0{width}d}")
 
 
 def _grid_values(key: str, spec) -> list:

@@ -65,9 +65,12 @@ Files under the output directory (all written atomically, no pickle)::
                            run, no timing), config.json, history.csv (with history), point.json
                            (index and swept values), summary.json (written last)
 
-Resume: a point is complete iff ``points/<index>/summary.json`` exists. Running the same sweep
-again into the same directory skips complete points. A batch that is partially complete (a crash
-while its points were being saved) is handled by ``resume``:
+Resume: a point is complete iff ``points/<index>/summary.json`` exists (written last). Running the
+same sweep again into the same directory skips complete points, after marking incomplete (so
+running again) every point whose summary.json or runs.csv is unreadable, or whose runs.csv does not
+hold the runs its summary.json counts, e.g. emptied or cut at a line boundary (:func:`repair_points`).
+A batch that is partially complete (a crash while its points were being saved) is handled by
+``resume``:
 
 * ``"missing"`` (default): only its missing points run. The engine fixes the cache group per
   problem shape and maps every per-run program one group at a time, so run i is bitwise the same
@@ -168,21 +171,28 @@ def remove_stale_temporaries(out_dir: str) -> int:
 
 def repair_points(cfg: SweepConfig, out_dir: str, say: Callable[[str], None]) -> list[int]:
     """Mark incomplete (delete the completion mark of) every point whose ``summary.json`` or
-    ``runs.csv`` cannot be read, e.g. truncated by a disk that filled up or a copy cut short, so
-    that the resume runs it again; one line per point through ``say``. Returns their indices.
-    Call only while holding the sweep's lock."""
+    ``runs.csv`` cannot be read, or whose ``runs.csv`` does not hold the runs its summary counts
+    (emptied, or cut at a line boundary: :func:`ncflow.result.runs_table_problem`), e.g. by a disk
+    that filled up or a copy cut short, so that the resume runs it again; one line per point
+    through ``say``. Returns their indices. Call only while holding the sweep's lock."""
+    from ncflow.result import runs_table_problem
+
     bad = []
     for p in cfg.points:
         pdir = cfg.point_dir(out_dir, p.index)
         if not is_complete(pdir):
             continue
+        problem = None
         try:
             s = _io.read_json(os.path.join(pdir, "summary.json"))
             if not isinstance(s, dict) or "outcomes" not in s or "theory" not in s:
                 raise ValueError("not a result summary")
-            _io.read_table_csv(os.path.join(pdir, "runs.csv"))
+            runs_path = os.path.join(pdir, "runs.csv")
+            problem = runs_table_problem(runs_path, _io.read_table_csv(runs_path), s)
         except (OSError, ValueError) as e:
-            say(f"point {p.index}: its files are unreadable ({type(e).__name__}); running it again")
+            problem = f"its files are unreadable ({type(e).__name__})"
+        if problem:
+            say(f"point {p.index}: {problem}; running it again")
             os.remove(os.path.join(pdir, "summary.json"))
             bad.append(p.index)
     return bad
@@ -534,9 +544,25 @@ def write_summary(cfg: SweepConfig, out_dir: str, cache: dict | None = None) -> 
 
 
 def load_sweep(out_dir: str | os.PathLike) -> tuple[dict, dict]:
-    """``(manifest, summary columns)`` of a sweep directory (plain JSON and CSV reads)."""
+    """``(manifest, summary columns)`` of a sweep directory (plain JSON and CSV reads; the columns
+    are those of summary.csv, shape (complete points,), none but an empty ``point`` before its first
+    batch is written). Raises :class:`SweepError` (one line) when ``out_dir`` holds no sweep or its
+    manifest.json or summary.csv is unreadable."""
     out_dir = os.fspath(out_dir)
     mpath = os.path.join(out_dir, "manifest.json")
     if not os.path.exists(mpath):
         raise SweepError(f"{out_dir} holds no sweep (no manifest.json)")
-    return _io.read_json(mpath), _io.read_table_csv(os.path.join(out_dir, "summary.csv"))
+    try:
+        manifest = _io.read_json(mpath)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("points"), int):
+            raise ValueError("not an ncflow sweep manifest")
+    except (OSError, ValueError) as e:
+        raise SweepError(f"{mpath} is unreadable or not an ncflow sweep manifest ({type(e).__name__})") from None
+    spath = os.path.join(out_dir, "summary.csv")
+    if not os.path.exists(spath):
+        return manifest, {"point": np.zeros(0, np.int64)}
+    try:
+        return manifest, _io.read_table_csv(spath)
+    except (OSError, ValueError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SweepError(f"{spath} is unreadable ({detail}); run the sweep again to rewrite it") from None
