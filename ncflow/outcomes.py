@@ -8,15 +8,26 @@ Labels (in this order, codes 0–4):
   spectrum of W Wᵀ where the Gram is not unique) — or
   certified by the early certificate of THEORY §8 (stop rule "certified": the run's LIMIT is a
   global minimizer; its state at the stop is not stationary, see ``certified_step``);
-* ``saddle``: stationary, not global, and Lanczos on Hessian-vector products finds a Ritz value
-  below −neg_tol·max(1, |λ_max|). A Ritz value is an upper bound on λ_min, so this *certifies*
-  negative curvature;
-* ``local_min``: stationary, not global, and no negative curvature found (the theory says
-  this never happens for d >= K−1; ncflow reports it if it does). Stationary here means to the
-  dtype's own tolerance too (``Tolerances.own_gtol``), so a loose user ``gtol`` cannot produce it;
-* ``not_converged``: finite but not stationary when the budget ran out — or stopped by a user's
-  gtol looser than the dtype's, away from the optimum and without negative curvature;
+* ``saddle``: stationary, not global, its value within gap_tol of a NON-global critical value of
+  the landscape (THEORY §3, §7: ``ncflow.maths.critical``), and Lanczos on Hessian-vector products
+  finds a Ritz value below −neg_tol·max(1, |λ_max|). A Ritz value is an upper bound on λ_min, so
+  this *certifies* negative curvature;
+* ``local_min``: stationary to the dtype's own tolerance too (``Tolerances.own_gtol``), not
+  global, at a non-global critical value, and no negative curvature found although the landscape's
+  weakest saddle curvature is one Lanczos resolves (the theory says this never happens for
+  d >= K−1; ncflow reports it if it does);
+* ``not_converged``: finite but not stationary when the budget ran out — or stationary but not
+  shown to be at a critical point: away from every critical value, or in a landscape the dtype
+  cannot resolve (``Tolerances.resolved``: its critical values lie closer together than the
+  rounding of f; the report then advises float64);
 * ``diverged``: non-finite values, or |f| grew past 10⁶·max(1, |f_0|).
+
+Every tolerance is bounded by the landscape's own scale: gap_tol <= (f_sad − f*)/20, and gtol <=
+sqrt(2 μ gap_tol) with μ the slowest curvature at the optimum (the radial curvature of its
+weakest direction included, which vanishes as c → 1), so that neither the stop rule nor the labels
+can take a point between two critical values for either of them. Where the theory gives no
+landscape (rescaled MSE, a regularized bias with class sizes or with d <= K, λ_W λ_H = 0:
+``Tolerances.offsets`` None), the value test is skipped and the dtype's own tolerances decide.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import math
 import numpy as np
 
 from ncflow.codes import CERTIFIED, DIVERGED, LABELS  # noqa: F401  (LABELS re-exported)
+from ncflow.maths import critical
 from ncflow.maths.theory import Prediction
 from ncflow.problem import Problem
 
@@ -36,6 +48,13 @@ TARGET_REL = {"float64": 1e-11, "float32": 1e-4}
 GEOM_TOL = {"float64": 1e-4, "float32": 5e-2}
 #: floor of the gradient tolerance (rounding floor of the gradient), by dtype
 GTOL_FLOOR = {"float64": 1e-12, "float32": 1e-6}
+#: the value window of the landscape: gap_tol is at most this fraction of f_sad − f*, inside the
+#: certificate's 10% margin, so a run certified global can never be taken for a saddle
+LANDSCAPE_FRACTION = 1.0 / 20
+#: the rounding of a computed objective, relative to its scale S, in units of the dtype's eps
+ROUNDING_EPS = 100
+#: Lanczos resolves a curvature this many times neg_tol (a local_min claim needs it)
+CURVATURE_MARGIN = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +64,7 @@ class Tolerances:
     Attributes:
         gtol: stationarity: ||∇f|| <= gtol.
         ftol: the objective changed by at most ftol over the last check interval (stopping).
-        gap_tol: |f − f*| <= gap_tol for ``global``.
+        gap_tol: |f − f*| <= gap_tol for ``global``; also the window of "at a critical value".
         geom_tol: relative Gram error <= geom_tol for ``global``.
         neg_tol: negative curvature threshold, relative to max(1, |λ_max|).
         strict_gtol: stopping tolerance away from the predicted optimum: gtol/1000 (never below
@@ -55,6 +74,15 @@ class Tolerances:
         own_gtol: the dtype's and problem's own stationarity tolerance (what gtol is when the user
             gives none). ``local_min`` — a claim the theory says never holds — needs ||∇f|| at or
             below it as well, so a loose user gtol cannot produce it: such a run is not_converged.
+        offsets: f_S − f* of every non-global critical value, ascending (``critical_offsets``);
+            None where the theory gives no landscape (then no value test is made).
+        resolved: whether the dtype tells the critical values apart: the rounding of f
+            (100 eps S) is at most (f_sad − f*)/20. When False no run is called ``saddle`` or
+            ``local_min`` (they are ``not_converged``) and the report advises float64.
+        curvature_resolved: whether Lanczos can see the weakest saddle's negative curvature
+            (|λ_min| >= 10 neg_tol); ``local_min`` needs it.
+        landscape_gap: f_sad − f* (inf: the optimum is the only critical point; NaN: unknown).
+        rounding: the rounding of a computed f, 100 eps S.
     """
 
     gtol: float
@@ -64,23 +92,58 @@ class Tolerances:
     neg_tol: float
     strict_gtol: float = 0.0
     own_gtol: float = 0.0
+    offsets: tuple | None = None
+    resolved: bool = True
+    curvature_resolved: bool = True
+    landscape_gap: float = math.nan
+    rounding: float = 0.0
 
     def to_json(self) -> dict:
-        """The tolerances as a plain dict."""
-        return dataclasses.asdict(self)
+        """The tolerances as a plain dict (``offsets`` as a list, or None)."""
+        out = dataclasses.asdict(self)
+        out["offsets"] = None if self.offsets is None else [float(v) for v in self.offsets]
+        return out
+
+    def advice(self, dtype: str) -> str | None:
+        """One line for the report where the dtype cannot resolve the landscape, else None."""
+        if self.resolved:
+            return None
+        return (f"{dtype} cannot resolve this landscape: the nearest non-global critical value lies "
+                f"{self.landscape_gap:.3g} above f*, within 20x the rounding of f ({self.rounding:.3g}); "
+                "stationary runs away from the optimum are reported not_converged, never saddle or "
+                "local_min. Use --dtype float64.")
+
+
+def _radial_curvature(problem: Problem, offsets_known: bool) -> float:
+    """The slowest curvature of the optimum's kept directions (THEORY §7): a direction of
+    strength s = σ − Nτ has the 2×2 Hessian block [[s/(κ²N) + λ_W, (s − Nτ)/N], [·, κ²s/N + λ_H]]
+    (κ² = sqrt(λ_H/λ_W)), whose smaller eigenvalue is about det/trace =
+    (4τs/N)/((κ² + κ⁻²)s/N + λ_W + λ_H): ≈ 2λ for strong directions, → 0 as s → 0 (c → 1).
+    +inf where no direction is kept or the landscape is unknown."""
+    dg = critical.direction_gains(problem) if offsets_known else None
+    if dg is None or dg[0].size == 0:
+        return math.inf
+    gains, keep = dg
+    N = problem.N
+    s = math.sqrt(2 * N * float(gains[min(keep, gains.size) - 1]))  # weakest kept strength
+    lw, lh = float(problem.lambda_w), float(problem.lambda_h)
+    tau, k2 = math.sqrt(lw * lh), math.sqrt(lh / lw)
+    return (4 * tau * s / N) / ((k2 + 1 / k2) * s / N + lw + lh)
 
 
 def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = None) -> Tolerances:
-    """Tolerances that suit the dtype and the problem's curvature scale.
+    """Tolerances that suit the dtype, the problem's curvature scale and its landscape.
 
     With target relative accuracy ``r`` (1e-11 in float64, 1e-4 in float32) and objective scale
-    ``S = max(|f*|, 1e-2)``: near a minimum the gap is at most ||∇f||²/(2μ), where μ ≈
-    min(λ_W, λ_H/(1 + ρ/N)) is the slowest curvature (THEORY.md §4), so ``gtol = sqrt(2 μ r S)``
-    (never below the dtype's rounding floor) guarantees a gap <= r S; ``gap_tol = 10 r S`` plus
-    100 eps S of rounding. The Gram tolerance is 1e-4 (float64) or 5e-2 (float32), raised to
-    4 gtol / (μ ||W*||_F) (twice the Gram error a stop at ||∇f|| = gtol allows; capped at 0.25)
-    when that is larger, e.g. for λ_W ≪ λ_H. The gap to the nearest saddle value, (1−c)²/(2K),
-    is orders of magnitude larger than any of these, so the classification is robust to them.
+    ``S = max(|f*|, 1e-2)``: near a minimum the gap is at most ||∇f||²/(2μ), where μ is the slowest
+    curvature at the optimum — min(λ_W, λ_H/(1 + ρ/N)) (THEORY.md §4) and the radial curvature of
+    the weakest kept direction, which vanishes as c → 1 (:func:`_radial_curvature`).
+    ``gap_tol = min(10 r S + 100 eps S, (f_sad − f*)/20)`` (never below the rounding 100 eps S),
+    and ``gtol = min(sqrt(2 μ r S), sqrt(2 μ gap_tol))`` (never below the dtype's rounding floor),
+    so a stop at ||∇f|| <= gtol near f* is closer to f* than to any other critical value. Where the
+    rounding exceeds (f_sad − f*)/20 the landscape is not ``resolved`` in this dtype. The Gram
+    tolerance is 1e-4 (float64) or 5e-2 (float32), raised to 4 gtol / (μ ||W*||_F) (twice the Gram
+    error a stop at ||∇f|| = gtol allows; capped at 0.25) when that is larger, e.g. for λ_W ≪ λ_H.
     """
     dt = problem.dtype
     eps = float(np.finfo(dt).eps)
@@ -88,8 +151,20 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
     scale = max(abs(pred.objective), 1e-2)
     lw, lh = float(problem.lambda_w), float(problem.lambda_h)
     rho = float(pred.spectrum[0]) if pred.spectrum.size and pred.w_norm is not None else 0.0
-    mu = min(lw, lh / (1.0 + rho / problem.N))
-    own = max(math.sqrt(2 * mu * rel * scale) if mu > 0 else 0.0, GTOL_FLOOR[dt])
+    scalar = not any(np.ndim(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b"))
+    offsets = critical.critical_offsets(problem) if scalar else None
+    mu = min(lw, lh / (1.0 + rho / problem.N), _radial_curvature(problem, offsets is not None))
+    rounding = ROUNDING_EPS * eps * scale
+    gap_tol = 10 * rel * scale + rounding
+    land = float(offsets[0]) if offsets is not None and offsets.size else (math.nan if offsets is None else math.inf)
+    resolved = True
+    if math.isfinite(land):
+        gap_tol = min(gap_tol, max(LANDSCAPE_FRACTION * land, rounding))
+        resolved = rounding <= LANDSCAPE_FRACTION * land
+    own = math.sqrt(2 * mu * rel * scale) if mu > 0 else 0.0
+    if mu > 0 and math.isfinite(land):
+        own = min(own, math.sqrt(2 * mu * gap_tol))
+    own = max(own, GTOL_FLOOR[dt])
     if gtol is None:
         gtol = own
     geom_tol = GEOM_TOL[dt]
@@ -98,9 +173,16 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
         # at ||∇f|| <= gtol the parameters are within ~gtol/μ of the optimum, which moves the
         # Gram by ~2 ||ΔW|| / ||W*||_F relative; allow twice that when it exceeds the default
         geom_tol = max(geom_tol, 4 * gtol / (mu * w_frob))
-    return Tolerances(gtol=float(gtol), ftol=rel * scale, gap_tol=10 * rel * scale + 100 * eps * scale,
-                      geom_tol=float(min(geom_tol, 0.25)), neg_tol=math.sqrt(eps),
-                      strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])), own_gtol=float(own))
+    neg_tol = math.sqrt(eps)
+    curv = critical.weakest_saddle_curvature(problem) if offsets is not None else None
+    top = 1.0 + rho / problem.N + max(lw, lh)  # the stiffest curvature near the optimum (THEORY §4)
+    curvature_resolved = curv is None or -curv >= CURVATURE_MARGIN * neg_tol * max(1.0, top)
+    return Tolerances(gtol=float(gtol), ftol=rel * scale, gap_tol=float(gap_tol),
+                      geom_tol=float(min(geom_tol, 0.25)), neg_tol=neg_tol,
+                      strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])), own_gtol=float(own),
+                      offsets=None if offsets is None else tuple(float(v) for v in offsets),
+                      resolved=bool(resolved), curvature_resolved=bool(curvature_resolved),
+                      landscape_gap=float(land), rounding=float(rounding))
 
 
 def class_fates(W: np.ndarray, M: np.ndarray, tol: float, scale: tuple[float, float] | None = None) -> tuple[str, str]:
@@ -138,6 +220,21 @@ def fates_text(merged: tuple, vanished: tuple) -> tuple[str, str]:
     return ";".join(",".join(map(str, g)) for g in merged), ",".join(map(str, vanished))
 
 
+def near_critical_value(gap: np.ndarray, offsets: tuple | None, window: np.ndarray) -> np.ndarray:
+    """Whether each f − f* (``gap``, (R,)) lies within ``window`` (R,) of a non-global critical
+    value f* + offset (``offsets`` ascending, from :class:`Tolerances`); True everywhere where the
+    landscape is unknown (``offsets`` None), False where it has no non-global critical value."""
+    gap = np.asarray(gap, np.float64)
+    if offsets is None:
+        return np.ones(gap.shape, bool)
+    off = np.asarray(offsets, np.float64)
+    if off.size == 0:
+        return np.zeros(gap.shape, bool)
+    i = np.clip(np.searchsorted(off, gap), 1, off.size)
+    nearest = np.minimum(np.abs(gap - off[i - 1]), np.abs(gap - off[np.minimum(i, off.size - 1)]))
+    return np.isfinite(gap) & (nearest <= window)
+
+
 def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None):
     """Label every run (see the module doc).
 
@@ -150,33 +247,47 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None):
             ``tols[point_of[r]]`` (a batch of 100,000 runs need not list 100,000 Tolerances).
         status: the engine's final ``ncflow.codes`` status, (R,).
         hessian_extremes: ``fn(indices) -> (min Ritz values, max Ritz values)`` for the runs at
-            ``indices`` (only runs that are stationary but not global are asked for).
+            ``indices`` (only runs that are stationary, not global and at a non-global critical
+            value of a resolved landscape are asked for).
 
     Returns:
         ``(labels (R,) str, min_eig (R,), max_eig (R,))``; Hessian estimates are NaN for runs that
         did not need them.
     """
+    R = len(f)
+    per_point = list(tols)
+    point = np.arange(R) if point_of is None else np.asarray(point_of, np.int64)
+
     def column(name):
-        col = np.asarray([getattr(t, name) for t in tols], np.float64)
-        return col if point_of is None else col[np.asarray(point_of)]
+        return np.asarray([getattr(t, name) for t in per_point], np.float64)[point]
     gtol, gap_tol, geom_tol, neg_tol, own_gtol = map(column, ("gtol", "gap_tol", "geom_tol", "neg_tol", "own_gtol"))
+    resolved, curv_ok = (column(k).astype(bool) for k in ("resolved", "curvature_resolved"))
     finite = np.isfinite(f) & np.isfinite(gnorm)
     diverged = ~finite | (status == DIVERGED)
     certified = ~diverged & (status == CERTIFIED)  # THEORY §8: the limit is global, the state need not be stationary
     stationary = ~diverged & ~certified & (gnorm <= gtol)
     geometry_ok = (dist.gram_error <= geom_tol) & (dist.gram_h_error <= geom_tol) & (dist.cross_error <= geom_tol)
     is_global = certified | (stationary & (np.abs(dist.gap) <= gap_tol) & geometry_ok)
-    cand = np.nonzero(stationary & ~is_global)[0]
-    min_eig = np.full(len(f), np.nan)
-    max_eig = np.full(len(f), np.nan)
+    near = np.zeros(R, bool)
+    order = np.argsort(point, kind="stable")
+    starts = np.searchsorted(point[order], np.arange(len(per_point) + 1))
+    gap = np.asarray(dist.gap, np.float64)
+    for i, t in enumerate(per_point):  # runs grouped by point: one searchsorted per point
+        rows = order[starts[i]:starts[i + 1]]
+        if rows.size:
+            near[rows] = near_critical_value(gap[rows], t.offsets, gap_tol[rows])
+    cand = np.nonzero(stationary & ~is_global & near & resolved)[0]  # at a non-global critical value
+    min_eig = np.full(R, np.nan)
+    max_eig = np.full(R, np.nan)
     if len(cand):
         lo, hi = hessian_extremes(cand)
         min_eig[cand], max_eig[cand] = lo, hi
-    saddle = np.zeros(len(f), bool)
+    saddle = np.zeros(R, bool)
     saddle[cand] = min_eig[cand] < -neg_tol[cand] * np.maximum(1.0, np.abs(max_eig[cand]))
-    code = np.full(len(f), LABELS.index("not_converged"), np.int8)  # indices into LABELS: no per-run strings
+    code = np.full(R, LABELS.index("not_converged"), np.int8)  # indices into LABELS: no per-run strings
     code[is_global] = LABELS.index("global")
-    code[cand[gnorm[cand] <= own_gtol[cand]]] = LABELS.index("local_min")  # stationary by the dtype's own tolerance too
+    minimum = cand[(gnorm[cand] <= own_gtol[cand]) & curv_ok[cand]]  # stationary by the dtype's own tolerance too
+    code[minimum] = LABELS.index("local_min")
     code[saddle] = LABELS.index("saddle")
     code[diverged] = LABELS.index("diverged")
     return np.asarray(LABELS)[code], min_eig, max_eig
