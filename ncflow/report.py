@@ -140,14 +140,18 @@ def format_result(result) -> str:
     for label, o in result.outcomes().items():
         lo, hi = o["ci95"]
         lines.append(f"  {label:<14}{o['count']:>7}{o['fraction']:>10.3f}   [{lo:.3f}, {hi:.3f}]")
+    advice = result.tolerances.advice(result.problem.dtype)  # the dtype cannot resolve the landscape
+    if advice:
+        lines.append(f"Note: {advice}")
     cert = result.certified()
     lines.append("")
+    classes = has_classes(result.problem)
     if cert["stopped_there"]:
         st, lim = cert["step"], result.limit()
         lines.append(f"Certified global (THEORY §8) and stopped: {cert['stopped_there']} runs, at step min "
                      f"{st['min']:.0f}  median {st['median']:.0f}  max {st['max']:.0f}")
         nc = "  ".join(f"{k.upper()} {'—' if lim[k] is None else f'{lim[k]:.2e}'}" for k in ("nc1", "nc2", "nc3"))
-        lines.append(f"  their limit (theory): f* = {lim['objective']:.10g}  {nc}")
+        lines.append(f"  their limit (theory): f* = {lim['objective']:.10g}" + (f"  {nc}" if classes else ""))
     elif cert["count"]:
         st = cert["step"]
         lines.append(f"Certificate of THEORY §8 held (not used to stop) for {cert['count']} runs, first at step "

@@ -337,6 +337,14 @@ def alive_strengths(problem) -> np.ndarray:
     return s[s > B.N * tau]
 
 
+def alive_gains(problem) -> np.ndarray:
+    """The gain (σ_j − Nτ)²/(2N) of each alive direction ((A), (B)), in the order of
+    :func:`alive_strengths`: how much a critical point lowers f by keeping direction j."""
+    B, tau, _, _, s, _ = _unregularized_parts(problem)
+    alive = s[s > B.N * tau]
+    return (alive - B.N * tau) ** 2 / (2 * B.N)
+
+
 def data_floor(problem) -> float:
     """min over points of ||W H + b1ᵀ − T||²/(2N) ((A), (B)): Σ_{j>d} σ_j²/(2N) over the singular
     values of the (centred) target, as W H has rank <= d (Eckart–Young)."""
