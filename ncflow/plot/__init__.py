@@ -48,6 +48,7 @@ from ncflow.plot.theme import (
     log_ticks,
     save_figure,
     style,
+    suptitle,
     table_const,
     use_style,
     wrap_about,
@@ -57,7 +58,7 @@ __all__ = ["AXIS_LABELS", "COLORS", "COLUMN_WIDTH", "GEOMETRY_COLORS", "GEOMETRY
            "PAGE_WIDTH", "PALETTE", "STYLE", "PlotError", "convergence_figure", "describe", "describe_summary",
            "describe_table", "fraction_errorbars", "fractions_figure", "interval_errorbars", "load_history",
            "log_axis", "log_ticks", "phase_figure", "plot_directory", "plot_result", "plot_sweep", "save_figure",
-           "style", "sweep_progress", "sweep_columns", "table_const", "use_style", "wrap_about"]
+           "style", "suptitle", "sweep_progress", "sweep_columns", "table_const", "use_style", "wrap_about"]
 
 
 class PlotError(ValueError):

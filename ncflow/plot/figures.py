@@ -25,15 +25,14 @@ from ncflow.plot.theme import (
     COLUMN_WIDTH,
     MARKERS,
     OKABE_ITO,
-    STYLE,
     describe_summary,
     describe_table,
     interval_errorbars,
     log_axis,
     pyplot,
     style,
+    suptitle,
     table_const,
-    wrap_about,
 )
 
 AXIS_LABELS = {"lambda_w": r"$\lambda_W$ (weight decay on $W$)", "lambda_h": r"$\lambda_H$ (weight decay on $H$)",
@@ -69,10 +68,6 @@ def _symlog_threshold(values) -> float | None:
     if v.size > 2 and np.all(v >= 0) and np.any(v == 0) and pos.size >= 2 and pos.max() / pos.min() >= 100:
         return float(pos.min())
     return None
-
-
-def _suptitle(fig, title: str, about: str | None) -> None:
-    fig.suptitle(title + (f"\n{wrap_about(about)}" if about else ""), fontsize=STYLE["figure.titlesize"])
 
 
 def _x_axis(values):
@@ -115,7 +110,7 @@ def fractions_figure(table: dict, param: str, title: str | None = None):
         ax.set_ylabel("fraction of runs")
         fig.legend(loc="outside lower center", ncols=min(len(shown), 5), handlelength=1.6, columnspacing=1.0,
                    title="outcome (bars: 95% Wilson interval)")
-        _suptitle(fig, title or f"Outcomes against {_label(param).split(' (')[0]}", describe_table(table))
+        suptitle(fig, title or f"Outcomes against {_label(param).split(' (')[0]}", describe_table(table))
     return fig
 
 
@@ -274,7 +269,7 @@ def phase_figure(table: dict, x: str, y: str, K: int | None = None, n: int | Non
                   "[its 95% Wilson interval]", alignment="left")
         if w_panel:
             _w_panel(ax2, table)
-        _suptitle(fig, title or "Phase diagram: the geometry gradient descent reaches", describe_table(table))
+        suptitle(fig, title or "Phase diagram: the geometry gradient descent reaches", describe_table(table))
     return fig
 
 
@@ -314,7 +309,7 @@ def convergence_figure(history: dict, title: str | None = None, summary: dict | 
     gap = np.asarray(history["gap"])
     runs = gap.shape[1] if gap.ndim == 2 else 1
     note = _certificate_note(summary)
-    panels = (("gap", "objective gap |f − f*|"), ("nc1", "NC1"), ("nc2", "NC2"), ("nc3", "NC3"))
+    panels = (("gap", "objective gap $|f - f^*|$"), ("nc1", "NC1"), ("nc2", "NC2"), ("nc3", "NC3"))
     x = np.maximum(steps, 1.0)  # the start (step 0) is drawn at step 1 on the log axis
     with style():
         fig, axes = plt.subplots(2, 2, figsize=(COLUMN_WIDTH, 3.5), sharex=True)
@@ -350,5 +345,5 @@ def convergence_figure(history: dict, title: str | None = None, summary: dict | 
         about = describe_summary(summary) if summary else f"{runs} runs"
         if note:
             about += "\n" + note
-        _suptitle(fig, title or "Convergence", about)
+        suptitle(fig, title or "Convergence", about)
     return fig

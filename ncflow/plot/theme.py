@@ -218,7 +218,7 @@ def describe(*, K=None, d=None, n=None, dtype=None, c=None, runs=None, stop=None
     if runs is not None:
         r = np.atleast_1d(np.asarray(runs))
         rs = str(int(r[0])) if np.all(r == r[0]) else f"{int(r.min())}–{int(r.max())}"
-        parts.append(f"{rs} runs" + (" per point" if per_point else ""))
+        parts.append(f"{rs} {'run' if rs == '1' else 'runs'}" + (" per point" if per_point else ""))
     if stop:
         parts.append(f"stop: {stop}")
     if extra:
@@ -299,6 +299,12 @@ def wrap_about(about: str, width: int = 60) -> str:
                 cur = f"{cur} · {part}" if cur else part
         lines.append(cur)
     return "\n".join(lines)
+
+
+def suptitle(fig, title: str, about: str | None = None, width: int = 60) -> None:
+    """``fig``'s title: ``title`` on the first line, then ``about`` (a :func:`describe` line)
+    wrapped by :func:`wrap_about` to ``width`` characters (60: one column; 125: both)."""
+    fig.suptitle(title + (f"\n{wrap_about(about, width)}" if about else ""), fontsize=STYLE["figure.titlesize"])
 
 
 def save_figure(fig, base: str, formats=("png", "pdf")) -> list[str]:
