@@ -134,25 +134,41 @@ class Result:
     def final_params(self, i: int, exact: bool = False):
         """Run ``i``'s final ``Params(W (K, d), H (d, N), b (K,))``.
 
-        A collapsed run keeps only class means and within-class scatter; by default its H is
-        rebuilt up to a within-class orthogonal mixing of samples (``collapsed.expand``: every
-        objective value, gradient norm, Hessian eigenvalue and NC metric is exact). With
-        ``exact=True`` the run is replayed on the full representation from its own key for its
-        recorded number of steps, which rebuilds its exact H (GD only).
+        A collapsed run keeps only class means and within-class scatter (a ``targets`` problem: its
+        row-space coordinates); by default its H is rebuilt up to a within-class orthogonal mixing of
+        samples (``collapsed.expand``: every objective value, gradient norm, Hessian eigenvalue and
+        NC metric is exact). With ``exact=True`` the run is replayed on the full representation from
+        its own key for its recorded number of steps, which rebuilds its exact H (to rounding; the
+        collapsed engine runs GD only). A full run's state is its exact point either way.
         """
         import jax
 
-        from ncflow.dynamics.spaces import COLLAPSED
-
-        if exact and self.representation == "collapsed":
-            fields = {k: v for k, v in self.config.items() if k in Config.__dataclass_fields__}
+        if not 0 <= i < self.runs:
+            raise IndexError(f"run index must be in [0, {self.runs - 1}], got {i}")
+        collapsed = self.representation.split("+")[0] == "collapsed"
+        if exact and collapsed:
+            # the start's settings only: config["engine"] holds the dynamics' name ("collapsed+escape")
+            fields = {k: self.config[k] for k in ("init", "active", "perturb") if k in self.config}
             return replay(self.problem, int(self.per_run["run"][i]), int(self.per_run["steps"][i]),
                           seed=int(self.config["seed"]), lr=float(self.config["lr"]),
                           init_scale=float(self.config["init_scale"]), config=Config(**fields))
         x = jax.tree_util.tree_map(lambda a: a[i], self.final_state)
+        problem = self._state_problem(x) if collapsed else self.problem
         if self.to_params is not None:
-            return self.to_params(self.problem, x)
-        return COLLAPSED.to_params(self.problem, x) if self.representation == "collapsed" else x
+            return self.to_params(problem, x)
+        from ncflow.dynamics.spaces import COLLAPSED
+
+        return COLLAPSED.to_params(problem, x) if collapsed else x
+
+    def _state_problem(self, x) -> Problem:
+        """The problem as the collapsed engine carried run state ``x``: a ``targets`` problem in
+        its row-space coordinates (``row_basis``, padded to the batch's width, ``x.M``'s columns),
+        any other problem as it is. (Only GD runs on the collapsed space, so ``x`` is a Collapsed.)"""
+        if self.problem.targets is None:
+            return self.problem
+        from ncflow.maths.collapsed import pad_row_space, row_space
+
+        return dataclasses.replace(self.problem, row_basis=pad_row_space(row_space(self.problem), x.M.shape[-1]))
 
     @property
     def stop_rule(self) -> str:

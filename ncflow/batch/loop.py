@@ -44,7 +44,7 @@ from ncflow.dynamics.build import default_lr, dynamics_for
 from ncflow.errors import ConfigError
 from ncflow.maths import theory
 from ncflow.outcomes import class_fates, classify, default_tolerances, fates_text
-from ncflow.problem import Problem, RowBasis
+from ncflow.problem import Problem
 from ncflow.progress import Progress
 from ncflow.result import Result
 
@@ -126,19 +126,11 @@ def _data_lanes(points, base: Problem, pt: np.ndarray, space: str) -> dict:
         if base.labels is not None:
             out["labels"] = np.asarray([p.problem.labels for p in points], np.int32)[pt]
         return out
-    from ncflow.maths.imbalanced import basis
+    from ncflow.maths.collapsed import pad_row_space, row_space
 
-    bases = [basis(p.problem) for p in points]
-    r = max(b.TQ.shape[1] for b in bases)
-
-    def pad(a, axis):
-        width = [(0, 0)] * a.ndim
-        width[axis] = (0, r - a.shape[axis])
-        return np.pad(a, width)
-
-    K = base.K
-    rows = [RowBasis(pad(b.TQ, 1), pad(b.q, 0), pad(b.LQ if b.LQ is not None else np.zeros((b.TQ.shape[1], K)), 0),
-                     b.counts, np.float64(b.N), pad(b.Q, 1)) for b in bases]
+    rows = [row_space(p.problem) for p in points]
+    r = max(b.TQ.shape[1] for b in rows)
+    rows = [pad_row_space(b, r) for b in rows]
     stacked = jax.tree_util.tree_map(lambda *a: np.stack(a).astype(base.dtype)[pt], *rows)
     out["row_basis"] = stacked
     return out
@@ -425,7 +417,7 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
             **{k: v[sel] for k, v in final["extra"].items()},
         }
         if p.problem.general:
-            per_run.update(_general_columns(p.problem, preds[i], tols[i], final, sel))
+            per_run.update(_general_columns(p.problem, preds[i], tols[i], final, sel, dyn.point(final["x"])))
         share = p.runs / R
         run_steps = int(final["steps"][sel].sum())
         run_s = timing["run_s"] * share
@@ -458,11 +450,13 @@ def _rows(tree, sel: slice | np.ndarray):
     return jax.tree_util.tree_map(rows, tree)
 
 
-def _general_columns(problem: Problem, pred, tol, final, sel) -> dict:
+def _general_columns(problem: Problem, pred, tol, final, sel, x) -> dict:
     """Per-run columns of a THEORY §7 point: the n_k-weighted NC1, the distances of MᵀM and W M to
     the prediction, which classes merged and vanished (in the state at the stop), and whether that is
-    what the theory predicts (for a run stopped by the certificate: of its limit, by the theorem)."""
-    nc, dist, x = final["nc"], final["dist"], final["x"]
+    what the theory predicts (for a run stopped by the certificate: of its limit, by the theorem).
+    ``x``: the runs' points (``Dynamics.point`` of the carried states: Params or Collapsed, leading
+    axis the batch), not an optimizer's or the flow's state around them."""
+    nc, dist = final["nc"], final["dist"]
     W = np.asarray(x.W[sel])  # only these rows to the host (final states may be on the devices)
     out = {"nc1_weighted": nc.nc1_weighted[sel], "gram_h_error": dist.gram_h_error[sel],
            "cross_error": dist.cross_error[sel]}

@@ -279,7 +279,8 @@ def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: fl
         Z = xp.sqrt(2.0 * K * f)  # >= ||W M + b1ᵀ − I||_F, as n||R_m||²/(2N) <= f
         WM = WH / math.sqrt(n)  # >= ||W||_F ||M||_F
         g_s = _gamma(2 * d + K * d + 2, u) + 4.2 * u_in  # tr(W G Wᵀ) relative to ||W||² tr G
-        data = n * _cancellation(Z, WM, math.sqrt(K), K, b2, g_z, xp) / N + g_s * WG / (2 * N)
+        # 2.0 * N: a Python int 2N > 2^31 would reach a jitted bound as an int32 (N = 100·2^24)
+        data = n * _cancellation(Z, WM, math.sqrt(K), K, b2, g_z, xp) / N + g_s * WG / (2.0 * N)
         m = max(K * K, d * K, K) + 10
     g = _gamma(m, u)
     return g * f + (1.0 + g) * data

@@ -36,7 +36,7 @@ from jaxtyping import Array, Float
 from ncflow.maths.metrics import ClassStats
 from ncflow.maths.metrics import class_stats as _class_stats
 from ncflow.maths.objective import Params, coeff, sizes
-from ncflow.problem import Problem
+from ncflow.problem import Problem, RowBasis
 
 
 class Collapsed(NamedTuple):
@@ -46,6 +46,33 @@ class Collapsed(NamedTuple):
     M: Float[Array, "d K"]
     G: Float[Array, "d d"]
     b: Float[Array, " K"]
+
+
+def row_space(problem: Problem) -> RowBasis:
+    """The :class:`~ncflow.problem.RowBasis` of a ``targets`` problem (THEORY §7), in float64 numpy:
+    ``TQ (K, r)``, ``q (r,)``, ``LQ (r, K)`` (zeros without labels), ``counts (K,)``, ``N ()`` and
+    ``Q (N, r)``: what the collapsed engine carries a target matrix in, per lane (padded by
+    :func:`pad_row_space`), and what a state of such a lane is expanded with (``expand``)."""
+    from ncflow.maths.imbalanced import basis
+
+    b = basis(problem)
+    LQ = b.LQ if b.LQ is not None else np.zeros((b.TQ.shape[1], problem.K))
+    return RowBasis(b.TQ, b.q, LQ, np.asarray(b.counts, np.float64), np.float64(b.N), b.Q)
+
+
+def pad_row_space(rb: RowBasis, width: int) -> RowBasis:
+    """``rb`` with zero columns of Q (and the matching zeros of TQ, q, LQ) up to ``width`` >= r: a
+    batch pads every lane to its largest r (the zero columns stay zero in the state)."""
+    r = rb.TQ.shape[1]
+    if width < r:
+        raise ValueError(f"width must be at least the row space's dimension r = {r}, got {width}")
+
+    def pad(a, axis):
+        pads = [(0, 0)] * np.ndim(a)
+        pads[axis] = (0, width - r)
+        return np.pad(np.asarray(a), pads)
+
+    return RowBasis(pad(rb.TQ, 1), pad(rb.q, 0), pad(rb.LQ, 0), rb.counts, rb.N, pad(rb.Q, 1))
 
 
 def collapse(problem: Problem, params: Params) -> Collapsed:
@@ -69,15 +96,15 @@ def expand(problem: Problem, x: Collapsed) -> Params:
     """
     if problem.row_basis is not None:
         rb = problem.row_basis
-        P = np.asarray(rb.Q)
-        P = P[:, np.linalg.norm(P, axis=0) > 0]  # a lane's own columns (the rest is zero padding)
+        own = np.linalg.norm(np.asarray(rb.Q), axis=0) > 0  # a lane's own columns (the rest is zero padding)
+        P = np.asarray(rb.Q)[:, own]
         U, sv, _ = np.linalg.svd(np.eye(P.shape[0]) - P @ P.T)
         Phi = U[:, sv > 0.5]  # orthonormal columns spanning the complement of span Q
         evals, evecs = jnp.linalg.eigh(x.G)
         root = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
         m = min(problem.d, Phi.shape[1])
         E = root[:, problem.d - m:] @ jnp.asarray(Phi[:, :m].T, x.G.dtype)
-        return Params(x.W, x.M @ jnp.asarray(P.T, x.M.dtype) + E, x.b)
+        return Params(x.W, x.M[:, own] @ jnp.asarray(P.T, x.M.dtype) + E, x.b)
     if problem.general:
         return _expand_sizes(problem, x)
     d, K, n = problem.d, problem.K, problem.n
@@ -133,11 +160,13 @@ def class_stats(problem: Problem, x: Collapsed) -> ClassStats:
 
 
 def _weights(problem: Problem):
-    """(n, N): n (a Python int, balanced) or the per-class n_k (K,), and N."""
+    """(n, N): n (a Python int, balanced) or the per-class n_k (K,), and N (balanced: a Python
+    float, so that 2N and N² never reach a jitted function as 32-bit integers: N > 46,340 overflowed
+    int32 in N² without ``jax_enable_x64``)."""
     if problem.row_basis is not None:
         return None, problem.row_basis.N
     if problem.class_sizes is None:
-        return problem.n, problem.N
+        return problem.n, float(problem.N)
     n = sizes(problem)
     return n, jnp.sum(n)
 
