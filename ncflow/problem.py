@@ -15,7 +15,7 @@ import equinox as eqx
 import numpy as np
 
 from ncflow.errors import ProblemError
-from ncflow.settings import DTYPES, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_applies
+from ncflow.settings import DTYPES, FLOAT32_MAX, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_applies
 
 BIAS_MODES = ("unregularized", "regularized", "none")
 
@@ -45,31 +45,38 @@ class RowBasis(NamedTuple):
     Q: np.ndarray
 
 
-def _check_targets(T):
+def _check_targets(T, lanes: bool):
+    """The checked (K, N) target matrix as float64; ``lanes``: the engine's per-lane form (lanes, K, N)
+    is accepted too (a batch's problem, ``columns`` set), and kept as is."""
     if hasattr(T, "aval") and not hasattr(T, "__array__"):  # a tracer inside the engine
         return T
     try:
         a = np.asarray(T)
     except Exception:
         raise ProblemError(f"targets must be a real (K, N) array, got {type(T).__name__}", field="targets") from None
-    if a.ndim == 3:  # the engine's per-lane targets
+    if a.ndim == 3 and lanes:
         return T
     if a.ndim != 2 or a.shape[1] < 1 or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ProblemError(f"targets must be a real (K, N) array with K >= 2 and N >= 1, got shape {a.shape} "
+        raise ProblemError(f"targets must be a real 2-D (K, N) array with K >= 2 and N >= 1, got shape {a.shape} "
                            f"dtype {a.dtype}", field="targets")
     if a.shape[1] > INT32_MAX:
         raise ProblemError(f"targets must have N < 2^31 columns, got {a.shape[1]}", field="targets")
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a)):
         raise ProblemError("targets must be finite (no NaN or inf entries)", field="targets")
+    big = float(np.max(np.abs(a), initial=0.0))
+    if big > FLOAT32_MAX:  # like every real-valued setting; beyond it the theory's σ² overflow float64
+        raise ProblemError(f"targets must have entries of magnitude at most {FLOAT32_MAX:.4g} (the largest float32), "
+                           f"got {big:.4g}", field="targets")
     return a
 
 
-def _check_labels(y, K: int):
+def _check_labels(y, K: int, lanes: bool):
+    """The checked labels (N,) as int64; ``lanes``: the engine's per-lane form (lanes, N) too."""
     if hasattr(y, "aval") and not hasattr(y, "__array__"):
         return y
     a = np.asarray(y)
-    if a.ndim == 2:  # per-lane
+    if a.ndim == 2 and lanes:
         return y
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
         raise ProblemError(f"labels must be a 1-D integer array with entries in [0, {K - 1}], got shape {a.shape} "
@@ -137,13 +144,17 @@ class Problem(eqx.Module):
     def __post_init__(self):
         for name in PROBLEM:  # each field by the table (arrays of coefficients stay arrays)
             setattr(self, name, SETTINGS[name].check(getattr(self, name)))
+        lanes = self.columns is not None  # a batch's problem: per-lane data (built by the engine)
+        if not lanes and self.class_sizes is not None and np.ndim(self.class_sizes) != 1:
+            raise SETTINGS["class_sizes"].error(f"class_sizes must be {SETTINGS['class_sizes'].range_text}, got an "
+                                                f"array of shape {np.shape(self.class_sizes)}")
         if self.targets is not None:
-            self.targets = _check_targets(self.targets)
+            self.targets = _check_targets(self.targets, lanes)
             self.K = self._k_from("targets", self.targets.shape[-2])
         if self.class_sizes is not None and np.ndim(self.class_sizes) == 1:
             self.K = self._k_from("class_sizes", len(self.class_sizes))
         if self.labels is not None:
-            self.labels = _check_labels(self.labels, self.K)
+            self.labels = _check_labels(self.labels, self.K, lanes)
 
     def _k_from(self, field: str, k: int) -> int:
         if self.K != k and self.K != SETTINGS["K"].default:
@@ -274,5 +285,21 @@ class Problem(eqx.Module):
 def two_level_sizes(K: int, n: int, majority: int, ratio: float) -> tuple:
     """The class sizes of the two-level shorthand (THEORY §7; ``--majority R --ratio ρ`` and the sweep
     keys ``majority``/``ratio``): ``majority`` classes of round(ratio n) samples (at least 1), then
-    K − majority classes of n. Returns a tuple of K ints."""
-    return (max(1, round(ratio * n)),) * majority + (n,) * (K - majority)
+    K − majority classes of n. Returns a tuple of K ints.
+
+    Raises ProblemError (field ``"ratio"``) when a majority class would hold more than the 2^24
+    samples a class may hold, or N = Σ n_k would reach 2^31 (the message gives the ratios that fit);
+    field ``"n"`` when K n alone reaches 2^31."""
+    high = SETTINGS["class_sizes"].high
+    room = INT32_MAX - (K - majority) * n  # what the majority classes may hold together
+    most = min(high, room // majority)
+    if most < n:  # not even ratio 1 fits: K classes of n samples are too many already
+        raise ProblemError(f"n must be at most {INT32_MAX // K} for K = {K} (N = Σ n_k must stay below 2^31), "
+                           f"got {n}", field="n")
+    size = ratio * n
+    if not math.isfinite(size) or round(size) > most:
+        why = (f"at most {high} samples per class" if most == high
+               else f"N = Σ n_k < 2^31 with {K - majority} classes of n = {n}")
+        raise ProblemError(f"ratio must be a number in [1, {(most + 0.5) / n:.9g}) for n = {n} ({majority} majority "
+                           f"class(es) of round(ratio × n) samples, {why}), got {ratio:g}", field="ratio")
+    return (max(1, round(size)),) * majority + (n,) * (K - majority)

@@ -53,6 +53,29 @@ def _general_rows(problem: Problem, pred: theory.Prediction) -> list:
     return rows
 
 
+def prediction_json(problem: Problem, pred: theory.Prediction) -> dict:
+    """The prediction as JSON (``ncflow theory --json``, the ``theory`` of a result's summary):
+    :meth:`~ncflow.maths.theory.Prediction.to_json`, except that a problem with a target matrix
+    (THEORY §7) has no ``c`` (a balanced one-hot notion) and instead what decides its optimum:
+    ``target_singular_values`` σ_j of the target (descending), ``survival_threshold`` Nτ and
+    ``surviving_directions``, the number of σ_j > Nτ (before the cut at d: ``rank``)."""
+    out = pred.to_json()
+    if problem.targets is None:
+        return out
+    o = imbalanced.optimum(problem)
+    threshold = problem.N * o.tau
+    sigma = np.asarray(o.sigma, np.float64)
+    out.pop("c", None)
+    return {"target_singular_values": sigma.tolist(), "survival_threshold": threshold,
+            "surviving_directions": int(np.sum(sigma > threshold)), **out}
+
+
+def has_classes(problem: Problem) -> bool:
+    """Whether the samples belong to classes (false for a target matrix without labels or class
+    sizes): only then do the class metrics NC1-NC4 mean anything."""
+    return problem.label_vector() is not None
+
+
 def format_prediction(problem: Problem, pred: theory.Prediction) -> str:
     """A readable table of the theory's prediction."""
     def fmt(v):
@@ -161,7 +184,10 @@ def format_result(result) -> str:
         lines.append(f"Final objective (state at stop)  min {fo['min']:.10g}  median {fo['median']:.10g}  "
                      f"max {fo['max']:.10g}   (f* = {result.prediction.objective:.10g})")
     m = {k: median(result.per_run[k]) for k in ("nc1", "nc2", "nc3", "gram_error")}
-    if all(v is not None for v in m.values()):
+    if not classes:  # a target matrix without labels: no class metrics, only W Wᵀ against the theory's
+        if m["gram_error"] is not None:
+            lines.append(f"Median (state at stop) Gram error {m['gram_error']:.2e}  (no classes: no NC metrics)")
+    elif all(v is not None for v in m.values()):
         lines.append(f"Median (state at stop) NC1 {m['nc1']:.2e}  NC2 {m['nc2']:.2e}  NC3 {m['nc3']:.2e}  "
                      f"Gram error {m['gram_error']:.2e}")
     if "merged" in result.per_run:

@@ -16,7 +16,7 @@ from ncflow.dynamics.replay import replay
 from ncflow.maths.theory import Prediction
 from ncflow.outcomes import LABELS, Tolerances
 from ncflow.problem import Problem
-from ncflow.report import format_result, median
+from ncflow.report import format_result, has_classes, median, prediction_json
 from ncflow.stats import wilson_interval
 
 RESULT_FILES = ("summary.json", "config.json", "runs.csv", "runs.parquet")
@@ -207,8 +207,11 @@ class Result:
 
     def _limit_general(self) -> dict:
         """:meth:`limit` of a §7 problem: NC2 of the predicted W Wᵀ and NC3 of the predicted
-        W̃H̄ = C (W M)(I − p 1ᵀ), C = I − 11ᵀ/K, p = n/N (the conventions of ``maths.metrics``)."""
+        W̃H̄ = C (W M)(I − p 1ᵀ), C = I − 11ᵀ/K, p = n/N (the conventions of ``maths.metrics``); all
+        None for a target matrix without classes (no labels or sizes)."""
         pr, K = self.prediction, self.problem.K
+        if not has_classes(self.problem):
+            return {"objective": float(pr.objective), "nc1": None, "nc2": None, "nc3": None}
         C = np.eye(K) - 1.0 / K
         nc2 = nc3 = None
         if pr.gram is not None:
@@ -228,7 +231,7 @@ class Result:
             "certified": self.certified(),
             "limit": self.limit(),
             "state_at_stop": "final_objective and median_metrics are of each run's state when it stopped",
-            "theory": self.prediction.to_json(),
+            "theory": prediction_json(self.problem, self.prediction),
             "problem": self.problem.describe(),
             "runs": self.runs,
             "outcomes": self.outcomes(),

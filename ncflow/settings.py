@@ -29,14 +29,20 @@ import numpy as np
 
 from ncflow.errors import ConfigError, NcflowError, ProblemError
 
-__all__ = ["DTYPES", "ENGINES", "FLOAT32_MAX", "INT32_MAX", "LANE_KEYS", "LOSSES", "MATMUL_PRECISIONS",
-           "OPTIMIZERS", "PLANS", "PROBLEM", "SETTINGS", "SOLVER", "STARTS", "STOP_RULES", "Setting", "check_applies",
-           "check_required", "field_defaults"]
+__all__ = ["DTYPES", "ENGINES", "FLOAT32_MAX", "FLOAT32_TINY", "INT32_MAX", "LANE_KEYS", "LOSSES",
+           "MATMUL_PRECISIONS", "MAX_CPU_DEVICES", "OPTIMIZERS", "PLANS", "PROBLEM", "SETTINGS", "SOLVER", "STARTS",
+           "STOP_RULES", "Setting", "check_applies", "check_required", "field_defaults"]
 
 #: the largest int32: step counts, chunk lengths and lane counts must fit in one
 INT32_MAX = 2**31 - 1
 #: the largest finite float32: every real-valued setting must be representable in float32
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: the smallest normal float32: a nonzero value below it becomes 0 or a subnormal in a float32 run
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+#: the most XLA CPU devices one process may ask for (``--cpu-devices``): each one costs start-up
+#: time and memory (1024 take ~10 s and ~0.7 GB on a 2-core machine; 100,000 grew by ~1 GB per
+#: 30 s without ever starting), and more devices than cores only add padding
+MAX_CPU_DEVICES = 1024
 
 #: choices
 LOSSES = ("mse", "rescaled-mse")

@@ -455,13 +455,16 @@ def _general_columns(problem: Problem, pred, tol, final, sel, x) -> dict:
     the prediction, which classes merged and vanished (in the state at the stop), and whether that is
     what the theory predicts (for a run stopped by the certificate: of its limit, by the theorem).
     ``x``: the runs' points (``Dynamics.point`` of the carried states: Params or Collapsed, leading
-    axis the batch), not an optimizer's or the flow's state around them."""
+    axis the batch), not an optimizer's or the flow's state around them. A target matrix without
+    labels has no classes: every class metric (NC1-NC4, ``h_norm``, ``self_duality``, ...) is NaN."""
     nc, dist = final["nc"], final["dist"]
     W = np.asarray(x.W[sel])  # only these rows to the host (final states may be on the devices)
     out = {"nc1_weighted": nc.nc1_weighted[sel], "gram_h_error": dist.gram_h_error[sel],
            "cross_error": dist.cross_error[sel]}
-    if problem.label_vector() is None:  # a target matrix without labels: no classes
-        return out
+    if problem.label_vector() is None:  # a target matrix without labels: no classes, so no class metrics
+        none = np.full(len(out["nc1_weighted"]), np.nan)
+        return {k: none for k in ("nc1", "nc2", "nc3", "nc4", "nc2_uncentered", "within_between", "h_norm",
+                                  "self_duality", *out)}
     if hasattr(x, "M"):
         M = np.asarray(x.M[sel])
     else:  # full: class means of H (columns of a class by its labels)

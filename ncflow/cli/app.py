@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ncflow.cli.common import Parser, UsageError, add_problem_flags, problem_from_args
 from ncflow.errors import ProblemError
 from ncflow.maths import theory
-from ncflow.report import format_prediction
+from ncflow.report import format_prediction, prediction_json
 
 
 def cmd_theory(args) -> int:
@@ -24,7 +25,7 @@ def cmd_theory(args) -> int:
     except ProblemError as e:
         raise UsageError(str(e)) from None
     if args.json:
-        print(json.dumps({**pred.to_json(), "problem": problem.describe()}))
+        print(json.dumps({**prediction_json(problem, pred), "problem": problem.describe()}))
     else:
         print("Theory prediction (Zhou et al. 2022, closed form)")
         print(format_prediction(problem, pred))
@@ -61,6 +62,49 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("ncflow: interrupted\n")
         return 130
+    except Exception as e:
+        line = lost_peer(e)
+        if line is None:
+            raise
+        # One line, then exit at once: a normal exit would wait at jax.distributed's shutdown
+        # barrier for the dead process until the heartbeat timeout (~100 s), and then JAX's
+        # coordination client ends the process from C++ (LOG(FATAL): an abort and a ~60-line
+        # stack dump that Python cannot catch). An --out claim is already released by then.
+        sys.stderr.write(f"ncflow {args.command}: error: {line}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+#: words of the errors a collective of a multi-process job raises when another process is gone
+_PEER_GONE = ("Gloo", "gloo", "Connection reset", "Connection refused", "Broken pipe", "heartbeat", "UNAVAILABLE",
+              "coordination service", "DEADLINE_EXCEEDED")
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """The one-line message for ``err`` when it is a multi-process job's collective failing because
+    another process stopped (killed, crashed), else None. With 2 processes it names the other."""
+    jax = sys.modules.get("jax")
+    if jax is None or not any(w in str(err) for w in _PEER_GONE):
+        return None
+    try:
+        count, me = jax.process_count(), jax.process_index()
+    except Exception:  # noqa: BLE001 - no backend: not a multi-process job
+        return None
+    if count < 2:
+        return None
+    who = f"process {1 - me}" if count == 2 else "another process"
+    text = str(err)
+    reason = next((r for w, r in _PEER_REASONS if w in text), "a collective failed")
+    return (f"lost {who} of this {count}-process job ({reason}): it stopped or became unreachable, so process {me} "
+            "stops too")
+
+
+#: what the lost-peer line says for the words of the collective's error
+_PEER_REASONS = (("Connection reset", "connection reset by peer"), ("Connection refused", "connection refused"),
+                 ("Broken pipe", "broken pipe"), ("heartbeat", "no heartbeat"),
+                 ("timed out", "no answer within the time limit"),
+                 ("DEADLINE_EXCEEDED", "no answer within the time limit"))
 
 
 if __name__ == "__main__":  # pragma: no cover

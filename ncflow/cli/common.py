@@ -12,7 +12,7 @@ import sys
 
 from ncflow.errors import NcflowError
 from ncflow.problem import two_level_sizes
-from ncflow.settings import PROBLEM, SETTINGS, SOLVER, Setting, check_applies
+from ncflow.settings import MAX_CPU_DEVICES, PROBLEM, SETTINGS, SOLVER, Setting, check_applies
 
 #: {API field: flag} of every setting that has one (generated from the table)
 PROBLEM_FLAGS = {k: SETTINGS[k].flag for k in PROBLEM if SETTINGS[k].flag}
@@ -33,15 +33,18 @@ class UsageError(Exception):
     """A flag value rejected after parsing; the message names the flag."""
 
 
-def int_at_least(low: int):
-    """argparse type: an integer >= low (flags that are not settings, e.g. --devices)."""
+def int_at_least(low: int, high: int | None = None):
+    """argparse type: an integer >= low (and <= high, if given); for flags that are not settings,
+    e.g. --devices."""
+    rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be an integer {rng}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {rng}, got {text!r}")
         return value
     return parse
 
@@ -74,12 +77,17 @@ def flag_of(field: str | None) -> str | None:
     return s.flag if s is not None else None
 
 
+#: flags of the API fields outside the table of settings
+DATA_FLAGS = {"targets": "--targets", "labels": "--labels", "ratio": "--ratio", "majority": "--majority",
+              "devices": "--devices"}
+
+
 def flag_message(err, extra: dict | None = None) -> str:
     """The message of an API error with the setting called by its flag (``--max-steps must be
-    ...``), from the error's ``.field`` (``extra``: flags of fields outside the table); other
-    errors and plain strings are returned unchanged."""
+    ...``), from the error's ``.field`` (:data:`DATA_FLAGS` and ``extra``: flags of fields outside
+    the table); other errors and plain strings are returned unchanged."""
     if isinstance(err, NcflowError):
-        return err.named(flag_of(err.field) or (extra or {}).get(err.field))
+        return err.named(flag_of(err.field) or {**DATA_FLAGS, **(extra or {})}.get(err.field))
     return str(err)
 
 
@@ -171,7 +179,10 @@ def _data_values(args, values: dict) -> dict:
         K = values["K"]
         if majority >= K:
             raise UsageError(f"--majority must be an integer in [1, {K - 1}] (K = {K} classes), got {majority}")
-        values["class_sizes"] = two_level_sizes(K, values["n"], majority, ratio)
+        try:
+            values["class_sizes"] = two_level_sizes(K, values["n"], majority, ratio)
+        except NcflowError as e:
+            raise UsageError(flag_message(e)) from None
     elif values.get("class_sizes") is not None and "n" in given:
         raise UsageError("--per-class cannot be combined with --class-sizes (the sizes give every class's n_k)")
     if labels is not None and targets is None:
@@ -233,7 +244,7 @@ def problem_from_args(args):
     try:
         return Problem(**values)
     except NcflowError as e:
-        raise UsageError(flag_message(e, {"targets": "--targets", "labels": "--labels"})) from None
+        raise UsageError(flag_message(e)) from None
 
 
 def add_output_flags(p: argparse.ArgumentParser, table_format: bool = False) -> None:
@@ -256,8 +267,9 @@ def add_output_flags(p: argparse.ArgumentParser, table_format: bool = False) -> 
     d.add_argument("--process-id", type=int_at_least(0), default=None, help="this process's id in [0, P)")
     d.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() with automatic detection (Slurm, TPU, MPI, ...)")
-    d.add_argument("--cpu-devices", type=int_at_least(1), default=None,
-                   help="XLA CPU devices per process (default: cores, divided by the local process count)")
+    d.add_argument("--cpu-devices", type=int_at_least(1, MAX_CPU_DEVICES), default=None,
+                   help=f"XLA CPU devices per process, at most {MAX_CPU_DEVICES} (default: cores, divided by the "
+                        "local process count)")
     g.add_argument("--compile-cache", metavar="DIR|off", default=None,
                    help="persistent XLA compilation cache, so a second run of a shape starts fast (default: "
                         "NCFLOW_COMPILE_CACHE, else ~/.cache/ncflow/xla; 'off' disables it)")
@@ -275,7 +287,7 @@ def configure_jax(args) -> None:
     cpu_devices = args.cpu_devices
     if cpu_devices is None:
         local_procs = args.num_processes if args.coordinator and _is_local(args.coordinator) else 1
-        cpu_devices = max(1, (os.cpu_count() or 1) // (local_procs or 1))
+        cpu_devices = min(MAX_CPU_DEVICES, max(1, (os.cpu_count() or 1) // (local_procs or 1)))
     try:
         jax.config.update("jax_num_cpu_devices", cpu_devices)
         if multi:
@@ -416,6 +428,21 @@ def claim_out(args) -> str | None:
         raise UsageError(f"--out {args.out} exists and is not a directory") from None
     except OutputDirError as e:
         raise UsageError(f"--out {e}") from None
+
+
+def dir_text(path: str) -> str:
+    """A directory as printed: ``path`` with one trailing separator (``results/`` for ``results``,
+    ``results/`` or ``results//``)."""
+    return path.rstrip(os.sep) + os.sep
+
+
+def save_failed(command: str, out: str, err: OSError, what: str = "the result") -> int:
+    """One line on stderr for an --out that could not be written after the computation (a full
+    disk, a vanished directory); returns the exit status 1. The caller has printed the report."""
+    reason = err.strerror or str(err) or type(err).__name__  # not err.filename: a staging file's name
+    sys.stderr.write(f"ncflow {command}: error: --out {dir_text(out)}: {what} could not be written: {reason}\n")
+    sys.stderr.flush()
+    return 1
 
 
 @contextlib.contextmanager

@@ -16,8 +16,10 @@ from ncflow.cli.common import (
     claim_out,
     config_from_args,
     configure_jax,
+    dir_text,
     flag_message,
     problem_from_args,
+    save_failed,
     select_devices,
     stdout_to_stderr,
 )
@@ -47,9 +49,12 @@ def cmd_run(args) -> int:
         result, claim = _compute(args, problem, config)
     if result is None:  # not process 0
         return 0
+    unsaved = None
     try:
         if args.out:
             result.save(args.out, overwrite=args.overwrite, table_format=args.format)
+    except OSError as e:  # e.g. a full disk: the report still prints, then one line (an earlier result stays)
+        unsaved = e
     finally:
         if claim is not None:
             from ncflow.result import release_output_dir
@@ -59,9 +64,9 @@ def cmd_run(args) -> int:
         print(json.dumps(_jsonable(result.summary())))
     else:
         print(result.report())
-        if args.out:
-            print(f"Results written to {args.out}/ (runs.{args.format}, summary.json, config.json)")
-    return 0
+        if args.out and unsaved is None:
+            print(f"Results written to {dir_text(args.out)} (runs.{args.format}, summary.json, config.json)")
+    return 0 if unsaved is None else save_failed("run", args.out, unsaved)
 
 
 def _check_theory(problem) -> None:

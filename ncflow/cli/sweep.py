@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 
 from ncflow.cli.common import (
     UsageError,
@@ -23,8 +25,10 @@ from ncflow.cli.common import (
     add_solver_flags,
     check_distributed,
     configure_jax,
+    dir_text,
     float_in,
     given_settings,
+    save_failed,
     select_devices,
     stdout_to_stderr,
 )
@@ -63,6 +67,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         _print_plan(cfg, args.json)
         return 0
+    made = None if worker else _make_out(args.out)
     jargs = argparse.Namespace(**vars(args))
     jargs.dtype = "float64" if any(p.problem.dtype == "float64" for p in cfg.points) else "float32"
     configure_jax(jargs)
@@ -74,7 +79,14 @@ def cmd_sweep(args) -> int:
             report = _sw.run_sweep(cfg, args.out, resume=args.resume, progress=args.progress, log=_stderr,
                                    devices=devices)
     except _sw.SweepError as e:
+        if made is not None:
+            _unmake_out(args.out, made)
         raise UsageError(str(e)) from None
+    except OSError as e:  # e.g. a full disk: the complete points stay; show them, then one line
+        if worker:
+            raise
+        _print_complete(cfg, args.out, args.json)
+        return save_failed("sweep", args.out, e, "a point's files")
     if report.status == "worker":  # only process 0 prints
         return 0
     if args.json:
@@ -88,8 +100,72 @@ def cmd_sweep(args) -> int:
     else:
         print(format_summary(report.summary, cfg.swept))
         print(f"\n{report.points} points ({len(report.ran)} run now, {len(report.skipped)} already complete), "
-              f"status {report.status}; files in {report.out_dir}/ (summary.csv, manifest.json, points/)")
+              f"status {report.status}; files in {dir_text(report.out_dir)} (summary.csv, manifest.json, points/)")
     return 0
+
+
+def _make_out(out: str) -> tuple[list, bool]:
+    """Create --out (and its missing parents) and prove it writable, before anything is compiled;
+    one line naming --out if it cannot be. Returns what a refused sweep takes back
+    (:func:`_unmake_out`): the directories created here (deepest first) and whether ``.lock``
+    existed."""
+    made, path = [], os.path.abspath(out)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        made.append(path)
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UsageError(f"--out {out} cannot be created: {path} is not a directory")
+    locked = os.path.exists(os.path.join(out, ".lock"))
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ncflow-probe-", dir=out)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        _unmake_out(out, (made, True))
+        raise UsageError(f"--out {out} cannot be {'created' if made else 'written'} ({e.strerror or e})") from None
+    return made, locked
+
+
+def _unmake_out(out: str, made: tuple[list, bool]) -> None:
+    """Take back what a sweep refused before its first file left in --out: the ``.lock`` it
+    created (only when nothing else is there and no other sweep holds it) and the directories
+    :func:`_make_out` created. Anything else is left alone."""
+    dirs, locked = made
+    lock = os.path.join(out, ".lock")
+    try:
+        if not locked and os.listdir(out) == [".lock"]:
+            import fcntl
+
+            with open(lock, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # not while another sweep holds it
+                os.remove(lock)
+        for d in dirs:
+            os.rmdir(d)  # only empty ones: stops at the first that is not
+    except (OSError, ImportError):
+        pass
+
+
+def _print_complete(cfg, out: str, as_json: bool) -> None:
+    """The summary of the points complete in ``out`` (read from their files), after a failed write."""
+    from ncflow.sweep import run as _sw
+
+    try:
+        rows = [_sw.summary_row(cfg, p, out) for p in cfg.points if _sw.is_complete(cfg.point_dir(out, p.index))]
+    except (OSError, ValueError, KeyError):
+        rows = None
+    cols = {k: [r[k] for r in rows] for k in rows[0]} if rows else {"point": []}
+    if as_json:
+        from ncflow.io import to_jsonable
+
+        print(json.dumps(to_jsonable({"out": out, "status": "partial", "config_hash": cfg.hash,
+                                      "points": len(cfg.points), "complete": None if rows is None else len(rows),
+                                      "summary": [dict(zip(cols, v)) for v in zip(*cols.values())]})))
+        return
+    if rows is not None:
+        print(format_summary(cols, cfg.swept))
+    done = "an unknown number of" if rows is None else f"{len(rows)} of {len(cfg.points)}"
+    print(f"\n{done} points complete in {dir_text(out)}; the same command resumes the others")
 
 
 #: a dry run lists every point up to this many (then the first and last few)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from ncflow.config import effective
 from ncflow.dynamics.flow import Flow
 from ncflow.dynamics.spaces import FULL, StateSpace, choose
@@ -24,9 +26,10 @@ from ncflow.dynamics.steppers import (
     Stepper,
     predicted_escape_steps,
 )
-from ncflow.errors import ConfigError
+from ncflow.errors import ConfigError, ProblemError
 from ncflow.maths import theory
 from ncflow.problem import Problem
+from ncflow.settings import FLOAT32_TINY, SETTINGS
 
 __all__ = ["ADAM_DEFAULT_LR", "DEFAULT_MOMENTUM", "FLOW_TOLERANCES", "Dynamics", "default_lr", "dynamics_for",
            "momentum_of", "predicted_escape_steps", "validate_for_problem"]
@@ -177,7 +180,46 @@ def default_lr(problem: Problem, config) -> float:
     * gd, flow (its initial dt): ``theory.default_step_size(problem, init_scale)`` (1/L);
     * momentum, nesterov: that × (1 − μ) (the heavy-ball effective step is lr/(1 − μ));
     * adam: :data:`ADAM_DEFAULT_LR` = 1e-3.
+
+    A float32 problem whose default step is below the smallest normal float32 is refused, naming
+    the setting that made it so small (:func:`_tiny_step`), not ``lr``, which was not given.
     """
+    lr = _default_lr(problem, config)
+    if problem.dtype == "float32" and lr < FLOAT32_TINY:
+        raise _tiny_step(problem, config, lr)
+    return lr
+
+
+def _tiny_step(problem: Problem, config, lr: float) -> ConfigError | ProblemError:
+    """The error for a default step ``lr`` too small for float32: it blames the setting whose
+    return to its default (the targets: scaled to entries of at most 1) raises the step the most,
+    provided that makes it representable; otherwise no setting (the combination)."""
+    tried = {}
+    if config.init_scale not in (None, 1.0):
+        tried["init_scale"] = (config.init_scale, problem, dataclasses.replace(config, init_scale=1.0))
+    for k in ("lambda_w", "lambda_h", "lambda_b", "alpha"):
+        if float(getattr(problem, k)) != SETTINGS[k].default:
+            tried[k] = (float(getattr(problem, k)), dataclasses.replace(problem, **{k: SETTINGS[k].default}), config)
+    if problem.targets is not None:
+        big = float(np.max(np.abs(problem.targets)))
+        if big > 1.0:
+            tried["targets"] = (big, dataclasses.replace(problem, targets=problem.targets / big), config)
+    if config.momentum is not None:
+        tried["momentum"] = (config.momentum, problem, dataclasses.replace(config, momentum=None))
+    steps = {k: _default_lr(p, c) for k, (_, p, c) in tried.items()}
+    fixes = [k for k in steps if steps[k] >= FLOAT32_TINY]
+    tail = (f"the default step size 1/L (theory.default_step_size) {lr:.3g}, below the smallest normal float32 "
+            f"({FLOAT32_TINY:.4g}), which a float32 run cannot hold; give a step size (lr)")
+    if not fixes:
+        return ConfigError(f"this problem has {tail} or use dtype float64")
+    k = max(fixes, key=steps.get)
+    value = tried[k][0]
+    what = f"targets with entries up to {value:.4g} give" if k == "targets" else f"{k} = {value:g} gives"
+    cls = ConfigError if k in ("init_scale", "momentum") else ProblemError
+    return cls(f"{what} {tail}, a smaller value or dtype float64", field=k)
+
+
+def _default_lr(problem: Problem, config) -> float:
     scale = config.init_scale if config.init_scale is not None else 1.0
     if config.init == "small":
         scale = scale * SMALL_FACTOR
