@@ -56,7 +56,8 @@ class Estimate:
         device_bytes: peak bytes on the devices (on CPU: also host memory).
         host_bytes: peak host bytes besides the devices' arrays.
         parts: ``{setting: bytes}``: which setting each part of the memory grows with ("runs",
-            "history", "K"); the largest names the setting a refusal blames.
+            "group": the padding lanes of a given group, "history", "K"); the largest names the
+            setting a refusal blames.
         run_steps: at most ``runs × max_steps``.
         seconds: upper bound of the stepping time at the platform's rate, None where unknown.
     """
@@ -72,7 +73,7 @@ class Estimate:
         return self.device_bytes + self.host_bytes if platform == "cpu" else max(self.device_bytes, self.host_bytes)
 
     def blame(self) -> str:
-        """The setting whose part of the memory is largest ("runs", "history" or "K")."""
+        """The setting whose part of the memory is largest ("runs", "group", "history" or "K")."""
         return max(self.parts, key=self.parts.get)
 
     def __add__(self, other: "Estimate") -> "Estimate":
@@ -123,13 +124,16 @@ def estimate(problem, dyn, config, runs: int, *, devices: int = 1, platform: str
     pred_dev, pred_host = lanes // per_dev * pred_b, (lanes + 1) * pred_b
     steps = runs * config.max_steps
     rate = seconds_per_run_step(problem, dyn, platform, devices)
+    pad = dev_state * (lanes - runs) // lanes if config.group and lanes > runs else 0  # padding of a given group
     return Estimate(device_bytes=dev_state + pred_dev, host_bytes=host_runs + hist + pred_host,
-                    parts={"runs": dev_state + host_runs, "history": hist, "K": pred_dev + pred_host},
+                    parts={"runs": dev_state + host_runs - pad, "group": pad, "history": hist,
+                           "K": pred_dev + pred_host},
                     run_steps=steps, seconds=None if rate is None else steps * rate)
 
 
 #: the message fragment naming each blamed setting, and what to do about it
-_ADVICE = {"runs": "use fewer runs", "history": "drop history (or use fewer runs or a larger chunk)",
+_ADVICE = {"runs": "use fewer runs", "group": "use a smaller group (each device's lanes are whole groups: the lanes "
+           "beyond the runs are padding)", "history": "drop history (or use fewer runs or a larger chunk)",
            "K": "use fewer classes (every run carries the theory's K×K Gram) or fewer runs"}
 
 
