@@ -176,7 +176,9 @@ def _direction_values(problem: Problem, dense: bool = True) -> tuple[np.ndarray 
     sq_n = math.sqrt(n)
     if problem.loss == "rescaled-mse":
         if not problem.bias or lb != 0.0 or d < K - 1:
-            raise ProblemError("the rescaled-MSE closed form covers lambda_b = 0 with a bias and d >= K-1 only")
+            field = "d" if d < K - 1 else "bias" if not problem.bias else "lambda_b"  # the setting to change
+            raise ProblemError("the rescaled-MSE closed form covers lambda_b = 0 with a bias and d >= K-1 only",
+                               field=field)
         alpha, M = float(problem.alpha), float(problem.target_scale)
         eps = c * (alpha + K - 1) / (alpha * K)
         delta = max(M - eps, 0.0)
