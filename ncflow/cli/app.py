@@ -1,7 +1,8 @@
 """The ``ncflow`` command line: a thin shell over the Python API.
 
 Every flag is validated before anything is compiled; a bad value exits with status 2 and one
-line on stderr that names the flag and the accepted range.
+line on stderr that names the flag and the accepted range. A failure after the computation (a
+result that cannot be written, a lost process of a multi-process job) is one line too, status 1.
 """
 
 from __future__ import annotations
