@@ -46,12 +46,14 @@ import numpy as np  # noqa: E402
 from IPython.display import Image, display  # noqa: E402
 
 import ncflow  # noqa: E402
+import ncflow.plot  # noqa: E402
 from ncflow.dynamics import starts as init  # noqa: E402
 
 NOTEBOOK_T0 = time.perf_counter()
+ncflow.plot.use_style()  # the house style: one-column fonts, colour-blind-safe palette (ncflow.plot.theme)
 
 
-def show(fig, dpi=80):
+def show(fig, dpi=150):
     """Display a matplotlib figure as a PNG and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -111,7 +113,7 @@ def fit_slope(steps, values, lo, hi):
 g = theory.origin_growth_rate(P_EQ)
 print(f"growth rate g = {g:.6f} (c = {P_EQ.c:.4f})")
 ESC = [(0, 1e-2), (0, 1e-3), (0, 1e-4), (0, 1e-6), (1, 1e-4), (2, 1e-4)]
-esc_rows = []
+esc_rows, esc_spread = [], {}  # esc_spread[(s, ε)]: 10th and 90th percentile of the escape step
 for s, eps in ESC:
     r = ncflow.simulate(P_EQ, runs=64, init="saddle", active=s, perturb=eps, max_steps=20_000, stop="converged",
                         progress=False)
@@ -120,6 +122,7 @@ for s, eps in ESC:
     pred = solvers.predicted_escape_steps(P_EQ, s, eps, lr)
     efolds = 2 * pred * math.log1p(g * lr)  # ln(threshold / initial energy in the unstable modes)
     esc_rows.append((s, eps, lr, float(np.median(e)), pred, efolds))
+    esc_spread[(s, eps)] = (float(np.percentile(e, 10)), float(np.percentile(e, 90)))
     o = {k: v["count"] for k, v in r.outcomes().items() if v["count"]}
     print(f"s={s} ε={eps:g}: median escape step {np.median(e):.1f} (10-90%: {np.percentile(e, 10):.0f}-"
           f"{np.percentile(e, 90):.0f}), predicted {pred:.1f} (the start lies {efolds:.1f} e-folds below the "
@@ -133,20 +136,23 @@ lr0 = s0[0][2]
 g_meas = math.expm1(1 / slope) / lr0
 verdict("growth rate g from d(escape)/d ln(1/ε) (ε <= 1e-3)", g, g_meas)
 
-fig, ax = plt.subplots(figsize=(6, 3.6))
+fig, ax = plt.subplots(figsize=(ncflow.plot.COLUMN_WIDTH, 2.7))
 for s, marker in ((0, "o"), (1, "s"), (2, "^")):
     rows = [(eps, meas) for s_, eps, lr, meas, pred, efolds in esc_rows if s_ == s]
-    ax.plot([1 / e for e, _ in rows], [m for _, m in rows], marker, ms=8, label=f"measured median, s={s}")
+    ncflow.plot.interval_errorbars(ax, [1 / e for e, _ in rows], [m for _, m in rows],
+                                   [esc_spread[(s, e)][0] for e, _ in rows], [esc_spread[(s, e)][1] for e, _ in rows],
+                                   offset_points=2.5 * (s - 1), fmt=marker, ms=4, label=f"runs, s={s}")
 ee = np.geomspace(50, 2e6, 50)
 ax.plot(ee, [solvers.predicted_escape_steps(P_EQ, 0, 1 / x, lr0) for x in ee], "k-", lw=1,
         label="predicted, s=0")
 ax.plot(ee, [solvers.predicted_escape_steps(P_EQ, 1, 1 / x, lr0) for x in ee], "k--", lw=1,
         label="predicted, s=1")
-ax.set_xscale("log")
-ax.set_xlabel("1/ε (perturbation size)")
+ncflow.plot.log_axis(ax, "x")
+ax.set_xlabel(r"$1/\varepsilon$ (perturbation size)")
 ax.set_ylabel("escape step")
-ax.set_title("Escape from critical points: K=4 d=8 n=5 λ=5e-3")
-ax.legend(fontsize="small")
+fig.legend(loc="outside lower center", ncols=3, title="markers: median over runs; bars: 10–90%")
+ncflow.plot.suptitle(fig, "Escape from critical points", ncflow.plot.describe(
+    K=4, d=8, n=5, dtype="float64", c=P_EQ.c, runs=64, per_point=True, stop="converged", extra="λ = 5e-3"))
 show(fig)
 
 # %% [markdown]
@@ -187,37 +193,47 @@ for label, P in (("λ_W > λ_H", P_UN), ("λ_W < λ_H", P_MIR)):
             -(4 * P.lambda_h + 2 * min(P.lambda_w, P.lambda_h)) * lr, float(np.nanmedian(nc1_s)))
     verdict(f"objective-gap log-slope, {label}, vs ln(1-2ημ)", math.log1p(-2 * lr * mu), float(np.nanmedian(gap_s)))
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-colors = {"λ_W > λ_H": "tab:blue", "λ_W < λ_H": "tab:red"}
+fig, axes = plt.subplots(1, 2, figsize=(ncflow.plot.PAGE_WIDTH, 3.0))
+colors = {"λ_W > λ_H": ncflow.plot.OKABE_ITO["blue"], "λ_W < λ_H": ncflow.plot.OKABE_ITO["vermillion"]}
+tex = {"λ_W > λ_H": r"$\lambda_W > \lambda_H$", "λ_W < λ_H": r"$\lambda_W < \lambda_H$"}
 for label, d_ in late_rates.items():
     P, lr, steps, h = d_["P"], d_["lr"], d_["steps"], d_["h"]
     x = np.maximum(steps, 1)
     med = np.nanmedian(h["nc1"], axis=1)
-    axes[0].semilogy(x, np.where(med > 0, med, np.nan), "o-", ms=3, color=colors[label],
-                     label=f"median NC1, {label}")
+    axes[0].plot(x, np.where(med > 0, med, np.nan), "o-", ms=2, color=colors[label],
+                 label=f"median, {tex[label]}")
     anchor = np.nonzero((med >= NC1_WINDOW[0]) & (med <= NC1_WINDOW[1]))[0]
     if anchor.size:
         t0_, v0_ = steps[anchor[0]], med[anchor[0]]
         tt_ = np.linspace(t0_, t0_ + 3000, 50)
-        axes[0].semilogy(tt_, v0_ * np.exp(-(2 * P.lambda_w + 4 * P.lambda_h) * lr * (tt_ - t0_)), "--",
-                         color=colors[label], lw=1.5, label=f"THEORY slope, {label}")
+        axes[0].plot(tt_, v0_ * np.exp(-(2 * P.lambda_w + 4 * P.lambda_h) * lr * (tt_ - t0_)), "--",
+                     color=colors[label], lw=1.2, label=f"theory, {tex[label]}")
     medg = np.nanmedian(np.abs(h["gap"]), axis=1)
-    axes[1].semilogy(x, np.where(medg > 0, medg, np.nan), "o-", ms=3, color=colors[label],
-                     label=f"median |f - f*|, {label}")
+    axes[1].plot(x, np.where(medg > 0, medg, np.nan), "o-", ms=2, color=colors[label],
+                 label=f"median, {tex[label]}")
     anchor = np.nonzero((medg >= GAP_WINDOW[0]) & (medg <= GAP_WINDOW[1]))[0]
     if anchor.size:
         t0_, v0_ = steps[anchor[0]], medg[anchor[0]]
         tt_ = np.linspace(t0_, steps[-1], 50)
-        axes[1].semilogy(tt_, v0_ * (1 - 2 * lr * d_["mu"]) ** (tt_ - t0_), "--", color=colors[label], lw=1.5,
-                         label=f"(1-2ημ)^t, {label}")
+        axes[1].plot(tt_, v0_ * (1 - 2 * lr * d_["mu"]) ** (tt_ - t0_), "--", color=colors[label], lw=1.2,
+                     label=f"theory, {tex[label]}")
 axes[0].axhspan(*NC1_WINDOW, color="gray", alpha=0.1)
 axes[0].set_ylim(1e-34, 1e3)
 axes[1].axhspan(*GAP_WINDOW, color="gray", alpha=0.1)
 axes[1].set_ylim(1e-17, 10)
-for ax, name in zip(axes, ("NC1 (grey: fit window)", "objective gap (grey: fit window)"), strict=True):
+for ax, name in zip(axes, ("NC1 (theory: slope $-(2\\lambda_W + 4\\lambda_H)\\eta$)",
+                           "objective gap $|f - f^*|$ (theory: $(1-2\\eta\\mu)^t$)"), strict=True):
+    ncflow.plot.log_axis(ax, "y")
     ax.set_xlabel("step")
     ax.set_title(name)
-    ax.legend(fontsize="x-small")
+handles, labels = axes[0].get_legend_handles_labels()
+handles.append(plt.Rectangle((0, 0), 1, 1, color="gray", alpha=0.1))
+fig.legend(handles, labels + ["fit window"], loc="outside lower center", ncols=5,
+           title="markers: records (every 10 steps, then log-spaced)")
+ncflow.plot.suptitle(fig, "Late NC1 decay and the objective gap", ncflow.plot.describe(
+    K=4, d=8, n=5, dtype="float64", runs=32, per_point=True,
+    extra=r"$\lambda_W, \lambda_H$ = 1e-2, 2e-3 and mirrored · 12 000 steps, no early stop"),
+    width=125)
 show(fig)
 
 # %% [markdown]
@@ -258,15 +274,17 @@ print(f"η = {lr_eq:.5f}; ||D|| start median {np.median(D[:, 0]):.3g}, end media
 verdict("imbalance log-slope per step (second half) vs ln(1-2ηλ)", d_pred, float(np.median(d_slopes)), tol=0.02)
 early_ratio = float(np.median(D[:, 200] / D[:, 0]) / (1 - 2 * lr_eq * P.lambda_w) ** 200)
 print(f"first 200 steps: measured decay / (1-2ηλ)^200 = {early_ratio:.3f} (1: the law holds from the start)")
-fig, ax = plt.subplots(figsize=(6, 3.6))
-ax.semilogy(tt, np.median(D, axis=0), label="median ||D||_F")
-ax.fill_between(tt, np.percentile(D, 10, axis=0), np.percentile(D, 90, axis=0), alpha=0.3)
-ax.semilogy(tt, np.median(D[:, -1]) * (1 - 2 * lr_eq * P.lambda_w) ** (tt - T_D), "k--", lw=1,
-            label="(1-2ηλ)^t through the end point")
+fig, ax = plt.subplots(figsize=(ncflow.plot.COLUMN_WIDTH, 2.6))
+ax.plot(tt, np.median(D, axis=0), label="median (every step)")
+ax.fill_between(tt, np.percentile(D, 10, axis=0), np.percentile(D, 90, axis=0), alpha=0.3, lw=0, label="10–90% of runs")
+ax.plot(tt, np.median(D[:, -1]) * (1 - 2 * lr_eq * P.lambda_w) ** (tt - T_D), "k--", lw=1,
+        label=r"$(1-2\eta\lambda)^t$ through the end")
+ncflow.plot.log_axis(ax, "y")
 ax.set_xlabel("step")
-ax.set_ylabel("||W^T W - H H^T||_F")
-ax.set_title("Imbalance, K=4 d=8 n=5 λ=5e-3")
-ax.legend()
+ax.set_ylabel(r"$\|W^\top W - HH^\top\|_F$")
+fig.legend(loc="outside lower center", ncols=2)
+ncflow.plot.suptitle(fig, "Imbalance decay", ncflow.plot.describe(K=4, d=8, n=5, dtype="float64", c=P.c, runs=16,
+                                                                  extra="λ = 5e-3 · plain GD"))
 show(fig)
 
 # %% [markdown]
@@ -341,29 +359,35 @@ gap_flow = np.abs(np.asarray(f_flow) - ncflow.predict(P_UN).objective)  # (runs,
 print(f"direct flow to t = {T_END:.0f}: median {np.median(np.asarray(k_flow)):.0f} solver steps, "
       f"{time.perf_counter() - t0:.1f} s")
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-colors = {"gd": "tab:blue", "momentum": "tab:red", "momentum lr=1/L": "tab:orange", "flow": "tab:green",
-          "flow rtol=1e-7": "tab:olive"}
+fig, axes = plt.subplots(1, 2, figsize=(ncflow.plot.PAGE_WIDTH, 3.0), sharey=True)
+oi = ncflow.plot.OKABE_ITO
+colors = {"gd": oi["blue"], "momentum": oi["vermillion"], "momentum lr=1/L": oi["orange"], "flow": oi["green"],
+          "flow rtol=1e-7": oi["purple"]}
 for key, r in OPT.items():
     st = np.maximum(np.asarray(r.history["step"], np.float64), 1)
-    axes[0].loglog(st, np.nanmedian(np.abs(r.history["gap"]), axis=1), "o-", ms=3, color=colors[key], label=key)
-axes[0].set_xlabel("engine steps (flow: solver steps)")
-axes[0].set_ylabel("median |f - f*|")
-axes[0].legend(fontsize="small")
+    axes[0].plot(st, np.nanmedian(np.abs(r.history["gap"]), axis=1), "o-", ms=2, color=colors[key],
+                 label=key.replace("lr=1/L", "η = 1/L").replace("rtol=1e-7", "rtol 1e-7"))
+axes[0].set_xlabel("engine steps (flow: solver steps; the start at 1)")
+axes[0].set_ylabel("median $|f - f^*|$ over runs")
 time_scale = {"gd": lr_gd, "momentum": float(OPT["momentum"].config["lr"]) / (1 - mom),
               "momentum lr=1/L": float(OPT["momentum lr=1/L"].config["lr"]) / (1 - mom)}
 for key, scale in time_scale.items():
     r = OPT[key]
     st = np.asarray(r.history["step"], np.float64)
-    axes[1].loglog(np.maximum(st * scale, 0.1), np.nanmedian(np.abs(r.history["gap"]), axis=1), "o-", ms=3,
-                   color=colors[key], label=f"{key} (t = {scale:.3f} x step)")
-axes[1].loglog(TIMES, np.median(gap_flow, axis=0), "-", color=colors["flow"], lw=2, label="gradient flow")
-axes[1].set_xlabel("time t")
-axes[1].legend(fontsize="small")
+    axes[1].plot(np.maximum(st * scale, 0.1), np.nanmedian(np.abs(r.history["gap"]), axis=1), "o-", ms=2,
+                   color=colors[key])
+axes[1].plot(TIMES, np.median(gap_flow, axis=0), "-", color=colors["flow"], lw=2, label="gradient flow")
+axes[1].set_xlabel("time t = step × " + ", ".join(f"{v:.3g}" for v in time_scale.values())
+                   + " (GD, momentum, η = 1/L)")
 for ax in axes:
+    ncflow.plot.log_axis(ax, "both")
     ax.set_ylim(1e-16, 10)
-    ax.grid(True, alpha=0.3)
-fig.suptitle("K=4 d=8 n=5 λ_W=1e-2 λ_H=2e-3: GD vs gradient flow vs momentum (32 runs)")
+handles, labels = axes[0].get_legend_handles_labels()
+fig.legend(handles + axes[1].get_lines()[-1:], labels + ["gradient flow (direct)"], loc="outside lower center",
+           ncols=6, title="markers: records; right: the start drawn at t = 0.1")
+ncflow.plot.suptitle(fig, "GD vs gradient flow vs momentum", ncflow.plot.describe(
+    K=4, d=8, n=5, dtype="float64", c=P_UN.c, runs=32, stop="converged",
+    extra=r"$\lambda_W$ = 1e-2 · $\lambda_H$ = 2e-3"), width=125)
 show(fig)
 # GD against the flow at equal times t = η·steps, while the gap is above 1e-10
 gd_t = np.asarray(OPT["gd"].history["step"], np.float64) * lr_gd
@@ -398,17 +422,22 @@ for d_c in CERT_DIMS:
     for sc, r_c in zip(CERT_SCALES, ncflow.simulate_points(pts, cfg_c), strict=True):
         assert set(r_c.outcome) == {"global"}, (d_c, sc, set(r_c.outcome))
         cert_steps[(d_c, sc)] = r_c.per_run["certified_step"]
-fig, ax = plt.subplots(figsize=(8, 3.6))
-labels, data = [], []
-for d_c in CERT_DIMS:
-    for sc in CERT_SCALES:
-        labels.append(f"d={d_c}\nscale {sc:g}")
-        data.append(cert_steps[(d_c, sc)])
-ax.boxplot(data, showfliers=True)
-ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
-ax.set_yscale("log")
-ax.set_ylabel("certified step (entering the global basin)")
-ax.set_title(f"K=10, n=20, λ=5e-4, float32 GD: {CERT_RUNS} runs per box, all global")
+fig, ax = plt.subplots(figsize=(ncflow.plot.COLUMN_WIDTH, 2.7))
+for j, sc in enumerate(CERT_SCALES):  # one box per (d, scale): d groups along x, the scale by colour
+    pos = [4 * i + j for i in range(len(CERT_DIMS))]
+    box = ax.boxplot([cert_steps[(d_c, sc)] for d_c in CERT_DIMS], positions=pos, widths=0.8, patch_artist=True,
+                     flierprops={"markersize": 2, "markeredgecolor": f"C{j}"}, medianprops={"color": "black"})
+    for patch in box["boxes"]:
+        patch.set_facecolor(f"C{j}")
+    ax.plot([], [], "s", color=f"C{j}", label=f"init scale {sc:g}")
+ax.set_xticks([4 * i + 1 for i in range(len(CERT_DIMS))], [f"d = {d_c}" for d_c in CERT_DIMS])
+ax.grid(False, axis="x")
+ncflow.plot.log_axis(ax, "y")
+ax.set_ylabel("certified step (entering the basin)")
+fig.legend(loc="outside lower center", ncols=3, title="boxes: quartiles, whiskers 1.5 IQR")
+ncflow.plot.suptitle(fig, "The step at which GD enters the global basin", ncflow.plot.describe(
+    K=10, n=20, dtype="float32", runs=CERT_RUNS, per_point=True,
+    extra="λ = 5e-4 · GD · all global · checks every 25 steps"))
 show(fig)
 for d_c in CERT_DIMS:
     say(f"d = {d_c}: median certified step " + ", ".join(

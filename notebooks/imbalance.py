@@ -43,16 +43,18 @@ import matplotlib  # noqa: E402  (the JAX settings above must come first)
 
 matplotlib.use("Agg")  # figures are shown explicitly with show(fig) below
 import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from IPython.display import Image, display  # noqa: E402
 
 import ncflow  # noqa: E402
+import ncflow.plot  # noqa: E402
+
+ncflow.plot.use_style()  # the house style: one-column fonts, colour-blind-safe palette (ncflow.plot.theme)
 
 NOTEBOOK_T0 = time.perf_counter()
 
 
-def show(fig, dpi=80):
+def show(fig, dpi=150):
     """Display a matplotlib figure as a PNG and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -108,28 +110,36 @@ print(f"{len(points)} points x {RUNS} runs in one batch ({results[0].representat
       f"{time.perf_counter() - t0:.1f} s, compile {results[0].timing['compile_s']:.1f} s")
 
 # %%
-fig, axes = plt.subplots(1, len(RATIOS), figsize=(3.2 * len(RATIOS), 3), sharey=True)
+fig, axes = plt.subplots(2, 3, figsize=(ncflow.plot.PAGE_WIDTH, 3.9), sharey=True)
 agree = total = 0
-for ax, rho in zip(axes, RATIOS):
+for ax, rho in zip(axes.flat, RATIOS):
     rows = [(lam, r) for (rr, lam), r in zip(keys, results) if rr == rho]
     lam = np.array([lam for lam, _ in rows])
-    merged = [np.mean([m == "2,3" for m in r.per_run["merged"]]) for _, r in rows]
-    vanished = [np.mean(["2,3" in v for v in r.per_run["vanished"]]) for _, r in rows]
-    ax.plot(lam, merged, "o-", label="runs: minorities merged")
-    ax.plot(lam, vanished, "s-", label="runs: minorities vanished")
+    merged = [sum(m == "2,3" for m in r.per_run["merged"]) for _, r in rows]
+    vanished = [sum("2,3" in v for v in r.per_run["vanished"]) for _, r in rows]
+    ncflow.plot.fraction_errorbars(ax, lam, merged, RUNS, offset_points=-1.5, marker="o", ms=3,
+                                   label="runs: minorities merged")
+    ncflow.plot.fraction_errorbars(ax, lam, vanished, RUNS, offset_points=1.5, marker="s", ms=3,
+                                   label="runs: minorities vanished")
     m, v, z = thresholds(rho)
-    for x, style, name in ((m, "--", "merge"), (v, ":", "vanish"), (z, "-.", "zero")):
+    for x, style, name in ((m, "--", "merge"), (v, ":", "vanish"), (z, "-.", "zero solution")):
         ax.axvline(x, color="k", ls=style, lw=0.8, label=f"theory: {name}")
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ncflow.plot.log_axis(ax, "x")
     ax.set_title(f"sizes {sizes_of(rho)}")
-    ax.set_xlabel("λ = λ_W = λ_H")
+    ax.set_ylim(-0.05, 1.05)
     for _, r in rows:
         ok = np.asarray(r.per_run["classes_as_predicted"], float)
         agree += int(np.nansum(ok))
         total += int(np.sum(np.isfinite(ok)))
-axes[0].set_ylabel("fraction of runs")
-axes[-1].legend(fontsize=7, loc="center right")
+for ax in axes[-1]:
+    ax.set_xlabel(r"$\lambda = \lambda_W = \lambda_H$")
+for ax in axes[:, 0]:
+    ax.set_ylabel("fraction of runs")
+axes[-1, -1].axis("off")  # the sixth cell holds the legend, off the data
+axes[-1, -1].legend(*axes[0, 0].get_legend_handles_labels(), loc="center", title="bars: 95% Wilson interval")
+ncflow.plot.suptitle(fig, "Minority collapse against the thresholds of THEORY §7",
+                     ncflow.plot.describe(K=K, d=D, dtype="float64", runs=RUNS, per_point=True, stop="converged"),
+                     width=125)
 show(fig)
 say(f"Per run, the merged and vanished classes equal the theory's prediction in {agree} of {total} runs "
     "(runs of points whose predicted Gram is unique). With equal sizes (ρ = 1) there are no minorities: "
@@ -169,13 +179,17 @@ for _ in range(120):
 trace = np.array(trace)
 steps = 10 * np.arange(1, len(trace) + 1)
 half = [int(steps[np.argmax(trace[:, j] >= opt.S[j] / 2)]) for j in range(3)]
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(ncflow.plot.COLUMN_WIDTH, 2.6))
 for j in range(3):
-    ax.plot(steps, trace[:, j], label=f"mode {j + 1}: σ = {opt.sigma[j]:.3f}")
+    ax.plot(steps, trace[:, j], label=rf"mode {j + 1}: $\sigma_{j + 1}$ = {opt.sigma[j]:.3f}")
     ax.axhline(opt.S[j], color=f"C{j}", ls=":", lw=0.8)
-ax.set_xlabel("GD step")
-ax.set_ylabel("singular value of W H")
-ax.legend(fontsize=8)
+    ax.plot([half[j]], [opt.S[j] / 2], "o", color=f"C{j}", ms=3)
+ax.set_xlabel("GD step (η = 0.5, a record every 10 steps)")
+ax.set_ylabel("singular value of $WH$")
+fig.legend(loc="outside lower center", ncols=2, title=r"dotted: limits $\sigma_j - N\tau$; dots: half-rise steps")
+ncflow.plot.suptitle(fig, "The staircase from a small start",
+                     ncflow.plot.describe(d=10, dtype="float64", runs=1, extra="sizes (40, 10, 2, 2) · λ = 1e-3 · "
+                                          "start std 1e-4"))
 show(fig)
 rates = [-1e-3 + s / p.N for s in opt.sigma[:3]]
 say(f"Half-rise steps {half} (THEORY §7 quotes 260, 520, 730 for this setting); the growth rates "

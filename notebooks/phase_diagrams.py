@@ -45,12 +45,15 @@ import numpy as np  # noqa: E402
 from IPython.display import Image, display  # noqa: E402
 
 import ncflow  # noqa: E402
+import ncflow.plot  # noqa: E402
+
+ncflow.plot.use_style()  # the house style: one-column fonts, colour-blind-safe palette (ncflow.plot.theme)
 from ncflow.dynamics import starts as init  # noqa: E402
 
 NOTEBOOK_T0 = time.perf_counter()
 
 
-def show(fig, dpi=80):
+def show(fig, dpi=150):
     """Display a matplotlib figure as a PNG and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -72,7 +75,7 @@ import tempfile  # noqa: E402
 
 from ncflow import landscape  # noqa: E402
 from ncflow.maths import theory  # noqa: E402
-from ncflow.plot import fractions_figure, phase_figure  # noqa: E402
+from ncflow.plot import fractions_figure, phase_figure, sweep_columns  # noqa: E402
 from ncflow.sweep.run import load_sweep, run_sweep  # noqa: E402
 
 WORK = tempfile.mkdtemp(prefix="ncflow_phase_")
@@ -81,7 +84,8 @@ SOLVER = {"runs": 50, "seed": 0, "max_steps": 20_000, "stop": "converged"}  # ev
 
 
 def sweep(name, grid, problem=None, solver=None):
-    """Run one sweep into WORK/name and return (directory, summary columns)."""
+    """Run one sweep into WORK/name and return (directory, summary columns plus each point's stop rule,
+    dtype and the quantiles of its runs' ||W||_F^2: ncflow.plot.sweep_columns)."""
     cfg = {"description": name, "problem": {**BASE, **(problem or {})},
            "solver": {**SOLVER, **(solver or {})}, "grid": grid}
     for key in grid:  # a key lives either in [problem]/[solver] or in [grid]
@@ -90,7 +94,8 @@ def sweep(name, grid, problem=None, solver=None):
     out = os.path.join(WORK, name)
     t0 = time.perf_counter()
     rep = run_sweep(cfg, out, progress=False)
-    manifest, table = load_sweep(out)
+    manifest, _ = load_sweep(out)
+    table = sweep_columns(out)
     print(f"sweep {name}: {rep.points} points, {len(manifest['batches'])} compiled batch(es), "
           f"{time.perf_counter() - t0:.1f} s")
     return out, table
@@ -101,7 +106,9 @@ def sweep(name, grid, problem=None, solver=None):
 #
 # c = K√(nλ_Wλ_H) runs from 0.045 to 4.5 over the grid. Below the dashed curve c = 1 the predicted
 # optimum is the simplex ETF, above it the zero solution; `global` means a run reached the
-# optimum predicted *for its own point*.
+# optimum predicted *for its own point*. The cells are coloured by the geometry the runs reached and
+# labelled with the count k/n of runs that reached it and its 95% interval; the lower panel shows
+# ‖W‖_F²√(λ_W/λ_H), which depends on c alone, against the theory's curve.
 
 # %%
 lam_dir, lam = sweep("lambda", {"lambda_w": {"geomspace": [1e-3, 1e-1, 5]},
@@ -176,12 +183,13 @@ print(f"L at the optimum {L_opt:.4f} -> 2/L = {eta_opt:.4f};  "
       f"default step 1/L_path = {theory.default_step_size(p):.4f}")
 LRS = [float(round(x, 4)) for x in eta_opt * np.array([0.25, 0.5, 0.75, 0.9, 0.97, 1.03, 1.1, 1.3, 1.6])]
 lr_dir, lrt = sweep("lr", {"lr": LRS})
-fig = fractions_figure(lrt, "lr", title="Outcomes against the step size (50 runs per point)")
+fig = fractions_figure(lrt, "lr", title="Outcomes against the step size")
 ax = fig.axes[0]
-ax.axvline(eta_opt, color="k", ls="--", lw=1)
-ax.axvline(eta_start, color="gray", ls=":", lw=1)
-ax.text(eta_opt, 0.5, " 2/L (optimum)", fontsize=8)
-ax.text(eta_start, 0.35, "2/L (start) ", fontsize=8, ha="right")
+ax.axvline(eta_opt, color="k", ls="--", lw=1, label="2/L at the optimum")
+ax.axvline(eta_start, color="gray", ls=":", lw=1, label="2/L at a random start")
+fig.legends[0].remove()  # one legend below the axes for the outcomes and the two limits
+fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2,
+           title="outcome (bars: 95% Wilson interval)")
 show(fig)
 lr_vals = np.asarray(lrt["lr"], np.float64)
 order = np.argsort(lr_vals)
@@ -213,21 +221,22 @@ for i, dd in enumerate(np.asarray(dt["d"])):
                    float(dt["global_fraction"][i])))
     print(f"{int(dd):3d}  {pr.geometry:<18} {pr.rank:3d}  {pr.objective:12.6f}  {dt['objective_median'][i]:12.6f}  "
           f"{pr.w_norm:11.4f}  {w_med:13.4f}  {pr.spectrum.size} x {eig:<20} {dt['global_fraction'][i]:.2f}")
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+fig, axes = plt.subplots(2, 1, figsize=(ncflow.plot.COLUMN_WIDTH, 3.9), sharex=True)
 dd_line = np.arange(1, 17)
 axes[0].plot(dd_line, [ncflow.predict(ncflow.Problem(**{**BASE, "d": int(x)})).objective for x in dd_line], "k-",
-             label="theory f*")
-axes[0].plot([r_[0] for r_ in d_rows], [r_[3] for r_ in d_rows], "o", color="tab:blue", label="median final f")
-axes[0].axvline(BASE["K"] - 1, color="gray", ls="--", lw=1)
-axes[0].set_xlabel("feature dimension d")
+             label="theory $f^*(d)$")
+axes[0].plot([r_[0] for r_ in d_rows], [r_[3] for r_ in d_rows], "o", label="median final f")
 axes[0].set_ylabel("objective")
-axes[0].legend()
-axes[0].set_title("optimal value vs d (dashed: d = K-1)")
-axes[1].bar([str(r_[0]) for r_ in d_rows], [r_[6] for r_ in d_rows], color="tab:green")
-axes[1].set_ylim(0, 1.05)
-axes[1].set_xlabel("feature dimension d")
-axes[1].set_ylabel("fraction global")
-axes[1].set_title("fraction of runs at the predicted optimum")
+ncflow.plot.fraction_errorbars(axes[1], [r_[0] for r_ in d_rows], np.asarray(dt["global_count"]),
+                               np.asarray(dt["runs"]), fmt="o", color=ncflow.plot.COLORS["global"],
+                               label="runs at the optimum (95% Wilson)")
+axes[1].set_ylim(-0.05, 1.05)
+axes[1].set_xlabel("feature dimension $d$")
+axes[1].set_ylabel("fraction of runs")
+for ax in axes:
+    ax.axvline(BASE["K"] - 1, color="gray", ls="--", lw=1, label="d = K − 1" if ax is axes[0] else None)
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, borderaxespad=0.2)
+ncflow.plot.suptitle(fig, "Optimal value and fraction at the optimum against d", ncflow.plot.describe_table(dt))
 show(fig)
 
 # %% [markdown]
@@ -240,7 +249,7 @@ show(fig)
 # %%
 SCALES = [0.0, 1e-4, 1e-2, 0.3, 1.0, 3.0]
 sc_dir, sct = sweep("init_scale", {"init_scale": SCALES})
-show(fractions_figure(sct, "init_scale", title="Outcomes against the init scale (50 runs per point)"))
+show(fractions_figure(sct, "init_scale", title="Outcomes against the init scale"))
 sc_vals = np.asarray(sct["init_scale"], np.float64)
 for i in np.argsort(sc_vals):
     print(f"  init scale {sc_vals[i]:<7g} lr {sct['lr_used'][i]:.4f}: global {sct['global_fraction'][i]:.2f}, "
@@ -321,10 +330,12 @@ print(f"\nnotebook compute time: {time.perf_counter() - NOTEBOOK_T0:.0f} s")
 
 # %% [markdown]
 # **What to look at.** The printed conclusion gives, for each sweep, the observed fractions and
-# whether they match the prediction. In the phase diagram the theory predicts 1.00 in every cell, on
-# both sides of the dashed c = 1 curve (the optimum changes from the ETF to zero, but GD still
-# reaches it); for any cell below 1.00 the "runs that did not reach the optimum" section shows
-# what those runs stopped at and whether they reach the optimum when they are not stopped early.
+# whether they match the prediction. In the phase diagram the theory predicts that every cell reads
+# n/n, on both sides of the dashed c = 1 curve, and that the colour (the geometry reached) changes
+# there from the simplex ETF to the zero solution; in the panel below it, the runs' ‖W‖²√(λ_W/λ_H)
+# should sit on the theory's curve, which falls to zero at c = 1. For any cell below n/n the "runs
+# that did not reach the optimum" section shows what those runs stopped at and whether they reach
+# the optimum when they are not stopped early.
 # In the step-size plot the `global` fraction drops and `diverged` rises at the dashed 2/L lines.
 # In the dimension plot the measured final objective follows the theory's $f^*(d)$, which
 # decreases until d = K − 1 and is flat after it. In the init-scale plot the theory predicts a

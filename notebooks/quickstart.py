@@ -51,10 +51,12 @@ from IPython.display import Image, display  # noqa: E402
 import ncflow  # noqa: E402
 import ncflow.plot  # noqa: E402
 
+ncflow.plot.use_style()  # the house style: one-column fonts, colour-blind-safe palette (ncflow.plot.theme)
+
 NOTEBOOK_T0 = time.perf_counter()
 
 
-def show(fig, dpi=80):
+def show(fig, dpi=150):
     """Display a matplotlib figure as a PNG and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -121,7 +123,7 @@ print(f"\nwall time of this cell: {time.perf_counter() - t0:.1f} s")
 
 # %%
 fig = ncflow.plot.convergence_figure(
-    r.history, title=f"K={K} d={d} n={n}  λ_W={LAMBDA_W:g}  λ_H={LAMBDA_H:g}: {RUNS} runs")
+    r.history, title=rf"Convergence at $\lambda_W$={LAMBDA_W:g} $\lambda_H$={LAMBDA_H:g}", summary=r.summary())
 show(fig)
 h = r.history
 med_gap = np.nanmedian(np.abs(h["gap"]), axis=1)

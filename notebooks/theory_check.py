@@ -48,11 +48,14 @@ import numpy as np  # noqa: E402
 from IPython.display import Image, display  # noqa: E402
 
 import ncflow  # noqa: E402
+import ncflow.plot  # noqa: E402
+
+ncflow.plot.use_style()  # the house style: one-column fonts, colour-blind-safe palette (ncflow.plot.theme)
 
 NOTEBOOK_T0 = time.perf_counter()
 
 
-def show(fig, dpi=80):
+def show(fig, dpi=150):
     """Display a matplotlib figure as a PNG and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -192,16 +195,17 @@ claim("c scan: ||w_k|| follows sqrt((K-1)/K sqrt(nλ_H/λ_W)(1-c)) and vanishes 
 cc = np.linspace(0.01, 2.2, 300)
 curve = [ncflow.predict(ncflow.Problem(**BASE, lambda_w=c / (4 * math.sqrt(5)), lambda_h=c / (4 * math.sqrt(5)))).w_norm
          for c in cc]
-fig, ax = plt.subplots(figsize=(6, 3.6))
-ax.plot(cc, curve, "k-", label="theory: rms ||w_k||")
+fig, ax = plt.subplots(figsize=(ncflow.plot.COLUMN_WIDTH, 2.7))
+ax.plot(cc, curve, "k-", label="theory")
 for c, r in zip(C_SCAN, scan, strict=True):
-    ax.plot(np.full(r.runs, c), r.per_run["w_norm"], "o", color="tab:blue", alpha=0.3, ms=4)
-ax.plot([], [], "o", color="tab:blue", label="final rms ||w_k|| of each run")
-ax.axvline(1.0, color="gray", ls="--", lw=1)
-ax.set_xlabel("c = K sqrt(n λ_W λ_H)")
-ax.set_ylabel("rms ||w_k||")
-ax.set_title("K=4 d=8 n=5, λ_W = λ_H: the ETF shrinks to zero at c = 1")
-ax.legend()
+    ax.plot(np.full(r.runs, c), r.per_run["w_norm"], "o", color=ncflow.plot.OKABE_ITO["blue"], alpha=0.3, ms=3)
+ax.plot([], [], "o", color=ncflow.plot.OKABE_ITO["blue"], ms=3, label="each run (final)")
+ax.axvline(1.0, color="gray", ls="--", lw=1, label="c = 1")
+ax.set_xlabel(r"$c = K\sqrt{n\lambda_W\lambda_H}$")
+ax.set_ylabel(r"rms $\|w_k\|$")
+fig.legend(loc="outside lower center", ncols=3, handlelength=1.5)
+ncflow.plot.suptitle(fig, r"$\lambda_W = \lambda_H$: the ETF shrinks to zero at c = 1",
+                     ncflow.plot.describe(K=4, d=8, n=5, dtype="float64", runs=50, per_point=True, stop="converged"))
 show(fig)
 
 # %% [markdown]
@@ -268,7 +272,8 @@ for lb, q, r in zip(LAMBDA_B, bias_problems, bias_res, strict=True):
     geo_pred = "etf_with_mean" if lb > threshold else "simplex_etf"
     all_global = bool(np.all(r.outcome == "global"))
     err = float(np.max(np.abs(mean_eig - mean_pred)))
-    rows.append((lb, pr.geometry, mean_pred, np.median(mean_eig), pr.bias, np.max(r.per_run["bias_error"]), all_global))
+    rows.append((lb, pr.geometry, mean_pred, np.median(mean_eig), pr.bias, np.max(r.per_run["bias_error"]), all_global,
+                 np.percentile(mean_eig, 10), np.percentile(mean_eig, 90), r.runs))
     print(f"  λ_b = {lb:<6g} {pr.geometry:<14} mean eigenvalue predicted {mean_pred:.6f}, measured median "
           f"{np.median(mean_eig):.6f} (max error {err:.1e}); b* = {pr.bias:.6f}, max |b - b*| "
           f"{np.max(r.per_run['bias_error']):.1e}; global {np.mean(r.outcome == 'global'):.0%}")
@@ -279,16 +284,21 @@ for lb, q, r in zip(LAMBDA_B, bias_problems, bias_res, strict=True):
           pr.geometry == geo_pred and err < 1e-5 and np.max(r.per_run["bias_error"]) < TOL and all_global)
 
 lbs = np.geomspace(1e-3, 20, 300)
-fig, ax = plt.subplots(figsize=(6, 3.6))
+fig, ax = plt.subplots(figsize=(ncflow.plot.COLUMN_WIDTH, 2.7))
 ax.plot(lbs, [math.sqrt(p0.n * LH / LW) * max(0.0, 1 - c0 - c0 / x) for x in lbs], "k-",
-        label="theory: 1ᵀWWᵀ1/K")
-ax.plot([r_[0] for r_ in rows], [r_[3] for r_ in rows], "o", color="tab:blue", label="measured (median over runs)")
-ax.axvline(threshold, color="gray", ls="--", lw=1, label="λ_b = c/(1-c)")
-ax.set_xscale("log")
-ax.set_xlabel("λ_b")
-ax.set_ylabel("mean component of W Wᵀ")
-ax.set_title("K=4 d=8 n=5 λ=5e-3: W gains a mean component past c/(1-c)")
-ax.legend()
+        label="theory")
+med = np.array([r_[3] for r_ in rows])
+ncflow.plot.interval_errorbars(ax, [r_[0] for r_ in rows], med, [r_[7] for r_ in rows], [r_[8] for r_ in rows],
+                               fmt="o", ms=3.5, color=ncflow.plot.OKABE_ITO["blue"],
+                               label="runs: median, 10–90%")
+ax.axvline(threshold, color="gray", ls="--", lw=1, label=r"$\lambda_b = c/(1-c)$")
+ncflow.plot.log_axis(ax, "x")
+ax.set_xlabel(r"$\lambda_b$ (weight decay on $b$)")
+ax.set_ylabel(r"mean component of $WW^\top$")
+fig.legend(loc="outside lower center", ncols=3, handlelength=1.5)
+ncflow.plot.suptitle(fig, "W gains a mean component past c/(1−c)",
+                     ncflow.plot.describe(K=4, d=8, n=5, dtype="float64", c=c0, runs=rows[0][9], per_point=True,
+                                          stop="converged", extra=r"$\lambda_W = \lambda_H$ = 5e-3"))
 show(fig)
 
 # %% [markdown]

@@ -5,7 +5,9 @@
   sha256 of the current source in its build stamp (not stale), holds the same cells as the source,
   was executed (every code cell has an execution count, in order 1, 2, ...), holds no error output,
   and ends with a markdown conclusion cell preceded by a code cell that printed the computed
-  conclusion; every ``ncflow.Problem`` a source builds names its dtype; ``build.py --check``
+  conclusion; every ``ncflow.Problem`` a source builds names its dtype; every source draws in
+  ncflow.plot's house style (``use_style()``, one- or two-column widths, log axes through
+  ``ncflow.plot.log_axis``); ``build.py --check``
   reports missing, stale and unexecuted notebooks;
 * slow (``python -m pytest -m slow tests/test_notebooks.py``): every source, built with
   ``notebooks/build.py``, executes headless with nbclient (kernel python3, 600 s per cell) in a
@@ -161,6 +163,44 @@ def test_dtype_check_sees_a_missing_dtype():
     assert dicts == {"FULL"}
     assert not _has_dtype(ast.parse("{**BASE}", mode="eval").body, dicts)
     assert _has_dtype(ast.parse('{**FULL, "d": 3}', mode="eval").body, dicts)
+
+
+WIDTHS = ("ncflow.plot.COLUMN_WIDTH", "ncflow.plot.PAGE_WIDTH")
+
+
+def _style_problems(source: str) -> list[str]:
+    """Where a notebook source leaves ncflow.plot's house style: no ``ncflow.plot.use_style()`` call,
+    matplotlib's own log scales (``semilogy``, ``loglog``, ``set_xscale`` ...: no readable ticks
+    inside one decade) instead of ``ncflow.plot.log_axis``, a figure width other than one or both
+    columns."""
+    tree = ast.parse(source)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+    out = []
+    if not any(ast.unparse(n.func) == "ncflow.plot.use_style" for n in calls):
+        out.append("no ncflow.plot.use_style()")
+    out += [f"line {n.lineno}: {n.func.attr}" for n in calls
+            if n.func.attr in ("semilogx", "semilogy", "loglog", "set_xscale", "set_yscale")]
+    for n in calls:
+        for kw in n.keywords:
+            width = ast.unparse(kw.value.elts[0]) if isinstance(kw.value, ast.Tuple) else None
+            if kw.arg == "figsize" and width not in WIDTHS:
+                out.append(f"line {n.lineno}: figsize {ast.unparse(kw.value)}")
+    return out
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_figures_take_the_house_style(name):
+    """Every notebook draws in ncflow.plot's house style: one- or two-column widths, readable log axes."""
+    assert _style_problems(open(_source(name), encoding="utf-8").read()) == []
+
+
+def test_style_check_sees_a_figure_outside_the_house_style():
+    bad = "fig, ax = plt.subplots(figsize=(6, 3))\nax.set_yscale('log')\nax.semilogy([1], [1])\n"
+    assert _style_problems(bad) == ["no ncflow.plot.use_style()", "line 2: set_yscale", "line 3: semilogy",
+                                    "line 1: figsize (6, 3)"]
+    good = ("ncflow.plot.use_style()\nfig, ax = plt.subplots(figsize=(ncflow.plot.COLUMN_WIDTH, 2.6))\n"
+            "ncflow.plot.log_axis(ax, 'y')\n")
+    assert _style_problems(good) == []
 
 
 def _copy_sources(tmp_path, name, build, monkeypatch):
