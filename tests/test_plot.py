@@ -231,7 +231,8 @@ def _errorbar_series(ax):
 
 @pytest.mark.parametrize("param, values, scale", [("lambda_w", [1e-4, 1e-3, 1e-2, 1e-1], "log"),
                                                   ("init_scale", [0.0, 1e-4, 1e-2, 0.3, 1.0, 3.0], "symlog"),
-                                                  ("lr", [0.5, 1.0, 1.5, 2.0], "linear")])
+                                                  ("lr", [0.5, 1.0, 1.5, 2.0], "linear"),
+                                                  ("point", list(range(120)), "linear")])
 def test_fractions_figure_every_fraction_has_its_interval(param, values, scale):
     from ncflow import plot
 

@@ -70,13 +70,19 @@ def _symlog_threshold(values) -> float | None:
     return None
 
 
-def _x_axis(values):
+LINEAR_KEYS = ("point", "seed")  # indices: never a log axis
+
+
+def _x_axis(values, param: str = ""):
     """(positions, kind, linthresh) of a parameter's values: "log" when they are positive and span
-    a decade, "symlog" when they include 0 and their positive part spans two, else "linear";
-    non-numeric values are evenly spaced categories ("category")."""
+    a decade, "symlog" when they include 0 and their positive part spans two, else (and always for
+    the indices of :data:`LINEAR_KEYS`) "linear"; non-numeric values are evenly spaced
+    categories ("category")."""
     if not _numeric(values):
         return np.arange(len(values), dtype=np.float64), "category", None
     x = np.asarray(values, np.float64)
+    if param in LINEAR_KEYS:
+        return x, "linear", None
     if _use_log(x):
         return x, "log", None
     th = _symlog_threshold(x)
@@ -92,7 +98,7 @@ def fractions_figure(table: dict, param: str, title: str | None = None):
     plt = pyplot()
     x_raw = np.asarray(table[param])
     order = np.argsort(x_raw, kind="stable") if _numeric(x_raw) else np.arange(len(x_raw))
-    x, kind, th = _x_axis(x_raw[order])
+    x, kind, th = _x_axis(x_raw[order], param)
     shown = [lb for lb in LABELS if lb == "global" or np.any(np.asarray(table[f"{lb}_count"]) > 0)]
     with style():
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.7))
