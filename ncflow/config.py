@@ -126,11 +126,11 @@ def effective(config, name: str):
 
 def validate_solver_settings(config) -> None:
     """The checks of a Config that involve several settings (each value is already in range):
-    a setting given where it does not apply, ``active`` missing for init saddle, an optimizer
-    other than gd on the collapsed engine. Raises ConfigError with ``.field`` set."""
+    a setting given where it does not apply, ``active`` missing for init saddle, adam or flow
+    on the collapsed engine. Raises ConfigError with ``.field`` set."""
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     check_applies(values, [k for k, v in values.items() if v is not None])
     check_required(values)
-    if config.optimizer != "gd" and config.engine == "collapsed":
-        raise ConfigError(f"engine: collapsed supports optimizer gd only, got optimizer {config.optimizer!r}; "
-                          "use full or auto", field="engine")
+    if config.optimizer not in ("gd", "momentum", "nesterov") and config.engine == "collapsed":
+        raise ConfigError(f"engine: collapsed supports optimizers gd, momentum and nesterov only, got optimizer "
+                          f"{config.optimizer!r}; use full or auto", field="engine")

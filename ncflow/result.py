@@ -138,8 +138,8 @@ class Result:
         row-space coordinates); by default its H is rebuilt up to a within-class orthogonal mixing of
         samples (``collapsed.expand``: every objective value, gradient norm, Hessian eigenvalue and
         NC metric is exact). With ``exact=True`` the run is replayed on the full representation from
-        its own key for its recorded number of steps, which rebuilds its exact H (to rounding; the
-        collapsed engine runs GD only). A full run's state is its exact point either way.
+        its own key for its recorded number of steps, which rebuilds its exact H (to rounding; GD,
+        heavy ball or Nesterov, as the run took them). A full run's state is its exact point either way.
         """
         import jax
 
@@ -148,7 +148,8 @@ class Result:
         collapsed = self.representation.split("+")[0] == "collapsed"
         if exact and collapsed:
             # the start's settings only: config["engine"] holds the dynamics' name ("collapsed+escape")
-            fields = {k: self.config[k] for k in ("init", "active", "perturb") if k in self.config}
+            fields = {k: self.config[k] for k in ("init", "active", "perturb", "optimizer", "momentum")
+                      if k in self.config}
             return replay(self.problem, int(self.per_run["run"][i]), int(self.per_run["steps"][i]),
                           seed=int(self.config["seed"]), lr=float(self.config["lr"]),
                           init_scale=float(self.config["init_scale"]), config=Config(**fields))
@@ -163,12 +164,13 @@ class Result:
     def _state_problem(self, x) -> Problem:
         """The problem as the collapsed engine carried run state ``x``: a ``targets`` problem in
         its row-space coordinates (``row_basis``, padded to the batch's width, ``x.M``'s columns),
-        any other problem as it is. (Only GD runs on the collapsed space, so ``x`` is a Collapsed.)"""
+        any other problem as it is. (``x`` is a Collapsed, or a CollapsedMomentum around one.)"""
         if self.problem.targets is None:
             return self.problem
         from ncflow.maths.collapsed import pad_row_space, row_space
 
-        return dataclasses.replace(self.problem, row_basis=pad_row_space(row_space(self.problem), x.M.shape[-1]))
+        M = x.params.M if hasattr(x, "params") else x.M
+        return dataclasses.replace(self.problem, row_basis=pad_row_space(row_space(self.problem), M.shape[-1]))
 
     @property
     def stop_rule(self) -> str:

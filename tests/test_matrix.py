@@ -12,14 +12,14 @@ Every cell either
 Which cells are refused is stated here by the documented rules (:func:`refusal_flags`), so a cell
 that is refused where it should run, or runs where it should be refused, fails.
 
-1200 cells: 810 refused, 390 run. The default suite takes greedy pairwise coverings (every pair of
+1200 cells: 690 refused, 510 run. The default suite takes greedy pairwise coverings (every pair of
 values of two factors that occurs among the runnable cells, likewise the refused ones, occurs in a
-chosen cell): all 165 pairs of the refused cells in 32 cells; for the runnable cells, whose every
+chosen cell): all 175 pairs of the refused cells in 37 cells; for the runnable cells, whose every
 program set costs seconds of compilation, at most 16 program sets: 21 cells, every value of every
-factor and 144 of the 165 pairs (pairwise coverage of all 165 needs about 30 program sets, twice the
-default suite's budget; the pairs left to the slow suite include momentum × class sizes and the
-collapsed engine × a saddle start, whose crashes tests/test_crashes.py pins). The other 369 run cells
-and 778 refused cells are ``slow`` (``python -m pytest tests/test_matrix.py -m slow``);
+factor and 148 of the 167 pairs (pairwise coverage of all 167 needs about 30 program sets, twice the
+default suite's budget; the pairs left to the slow suite include momentum × class sizes, whose
+crashes tests/test_crashes.py pins, and adam × targets). The other 489 run cells
+and 653 refused cells are ``slow`` (``python -m pytest tests/test_matrix.py -m slow``);
 ``test_matrix_counts`` asserts these numbers.
 Problems are tiny (K=3, d=4, n=2 or N=6, 2 runs, at most 100 steps): compilation dominates.
 """
@@ -51,14 +51,14 @@ RUNS, STEPS = 2, 100
 
 def refusal_flags(cell) -> set:
     """The options a refused cell's one line may name (empty: the cell runs). The documented rules:
-    the collapsed engine runs gd only, on the MSE loss only; class sizes and targets take the gaussian
-    and small starts only; the saddle start needs the MSE loss; the rescaled MSE's closed form (what
-    every run is classified against) covers an unregularized bias only."""
+    the collapsed engine runs gd, momentum and nesterov only, on the MSE loss only; class sizes and
+    targets take the gaussian and small starts only; the saddle start needs the MSE loss; the rescaled
+    MSE's closed form (what every run is classified against) covers an unregularized bias only."""
     opt, kind, bias, engine, _plan, init = cell
     flags = set()
     if kind == "rescaled" and bias != "unregularized":
         flags.add({"none": "--no-bias", "regularized": "--lambda-b"}[bias])
-    if engine == "collapsed" and (opt != "gd" or kind == "rescaled"):
+    if engine == "collapsed" and (opt in ("adam", "flow") or kind == "rescaled"):
         flags.add("--engine")
     if kind in GENERAL and init in ("orthogonal", "saddle"):
         flags.add("--init")
@@ -165,8 +165,8 @@ def test_matrix_counts():
                   default_run=len(DEFAULT_RUN), default_programs=len({_program_key(c) for c in DEFAULT_RUN}),
                   default_refused=len(DEFAULT_REFUSED), pairs=len(run_pairs), pairs_run_by_default=len(covered))
     print(f"ncflow run matrix: {counts}")
-    assert counts == dict(cells=1200, run=390, refused=810, default_run=21, default_programs=16,
-                          default_refused=32, pairs=165, pairs_run_by_default=144)
+    assert counts == dict(cells=1200, run=510, refused=690, default_run=21, default_programs=16,
+                          default_refused=37, pairs=167, pairs_run_by_default=148)
     for i, values in enumerate(FACTORS):  # every value of every factor runs in the default suite
         assert {c[i] for c in DEFAULT_RUN} == set(values)
     # every pair of values among the refused cells is refused in the default suite

@@ -19,6 +19,7 @@ from ncflow.dynamics.spaces import FULL, StateSpace, choose
 from ncflow.dynamics.starts import SMALL_FACTOR
 from ncflow.dynamics.steppers import (
     ADAM_DEFAULT_LR,
+    COLLAPSIBLE,
     DEFAULT_MOMENTUM,
     GD,
     Escape,
@@ -54,8 +55,8 @@ class Dynamics:
 
     def __post_init__(self):
         if not self.stepper.supports(self.space):
-            raise ConfigError(f"engine: {self.space.name} supports optimizer gd only, got optimizer "
-                              f"{self.stepper.name!r}; use full or auto", field="engine")
+            raise ConfigError(f"engine: {self.space.name} supports optimizers gd, {' and '.join(COLLAPSIBLE)} only, "
+                              f"got optimizer {self.stepper.name!r}; use full or auto", field="engine")
 
     @property
     def name(self) -> str:
@@ -138,13 +139,21 @@ def stepper_for(problem: Problem, config) -> Stepper:
 def dynamics_for(problem: Problem, config) -> Dynamics:
     """The dynamics the engine runs for ``config`` on ``problem``.
 
-    GD keeps the exact full/collapsed choice of ``config.engine``; every other optimizer runs on
-    full (W, H, b). Raises ConfigError for settings that need the problem to be checked
-    (``validate_for_problem``) or that do not fit together (an optimizer on the collapsed space).
+    GD, heavy ball and Nesterov keep the exact full/collapsed choice of ``config.engine`` ("auto"
+    compares the flops of each optimizer's own step on either space); adam and flow run on full
+    (W, H, b). Raises ConfigError for settings that need the problem to be checked
+    (``validate_for_problem``) or that do not fit together (adam or flow on the collapsed space).
     """
     validate_for_problem(problem, config)
-    space = choose(problem, config.engine) if config.optimizer == "gd" or config.engine == "collapsed" else FULL
-    return Dynamics(space, stepper_for(problem, config))
+    stepper = stepper_for(problem, config)
+    if config.optimizer == "gd" or config.engine == "collapsed":
+        space = choose(problem, config.engine)
+    elif config.optimizer in COLLAPSIBLE:
+        inner = stepper.inner if isinstance(stepper, Escape) else stepper
+        space = choose(problem, config.engine, extra=lambda sp: inner.extra_flops(sp, problem))
+    else:
+        space = FULL
+    return Dynamics(space, stepper)
 
 
 def validate_for_problem(problem: Problem, config) -> None:

@@ -1,4 +1,5 @@
-"""Replay one run of a batch on the full representation, from its own key (exact H of a collapsed run)."""
+"""Replay one run of a batch on the full representation, from its own key (exact H of a collapsed run,
+GD or momentum)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 from ncflow.config import Config
 from ncflow.dynamics import starts
 from ncflow.dynamics.spaces import FULL
+from ncflow.dynamics.steppers import COLLAPSIBLE, DEFAULT_MOMENTUM, Optax
 from ncflow.problem import Problem
 
 
@@ -19,6 +21,14 @@ def _gd_steps(problem: Problem, x, lr, steps):
     return jax.lax.fori_loop(0, steps, lambda _, y: FULL.gd_step(problem, y, lr), x)
 
 
+@eqx.filter_jit
+def _momentum_steps(problem: Problem, stepper: Optax, x, lr, steps):
+    """``steps`` heavy-ball or Nesterov steps on full ``x`` (zero velocity at the start), as the
+    engine's ``Optax`` stepper takes them; returns the point."""
+    s = jax.lax.fori_loop(0, steps, lambda _, y: stepper.step(FULL, problem, y, lr), stepper.init(FULL, problem, x))
+    return stepper.point(s)
+
+
 def replay(problem: Problem, run: int, steps: int, *, seed: int = 0, lr: float, init_scale: float = 1.0,
            config=None):
     """Run ``run`` of a GD batch again on the full representation, for exactly ``steps`` steps,
@@ -26,8 +36,15 @@ def replay(problem: Problem, run: int, steps: int, *, seed: int = 0, lr: float, 
 
     GD is deterministic and run i starts from ``fold_in(key(seed), i)``, so this rebuilds the
     exact H of a run that the collapsed engine carried as (W, M, G, b) (to rounding). ``config``
-    supplies the start (``init``, ``active``, ``perturb``; default: Gaussian).
+    supplies the start (``init``, ``active``, ``perturb``; default: Gaussian) and the optimizer:
+    ``momentum``/``nesterov`` (with ``momentum``) replay heavy ball or Nesterov, as the collapsed
+    engine runs them too; anything else replays GD.
     """
-    init_fn = starts.initializer(problem, config or Config())
+    config = config or Config()
+    init_fn = starts.initializer(problem, config)
     params = init_fn(problem, starts.run_key(seed, run), init_scale)
-    return _gd_steps(problem, params, jnp.asarray(lr, problem.dtype), jnp.asarray(int(steps), jnp.int32))
+    lr, steps = jnp.asarray(lr, problem.dtype), jnp.asarray(int(steps), jnp.int32)
+    if config.optimizer in COLLAPSIBLE:
+        mu = config.momentum if config.momentum is not None else DEFAULT_MOMENTUM
+        return _momentum_steps(problem, Optax(kind=config.optimizer, momentum=float(mu)), params, lr, steps)
+    return _gd_steps(problem, params, lr, steps)

@@ -4,7 +4,8 @@ Two exact spaces carry the same gradient-descent trajectory:
 
 * :data:`FULL` carries ``Params(W (K, d), H (d, N), b (K,))`` and is the reference for every loss;
 * :data:`COLLAPSED` carries ``Collapsed(W (K, d), M (d, K), G (d, d), b (K,))`` at O(K d²) per GD
-  step instead of O(K d N) (MSE only; THEORY.md §4).
+  step instead of O(K d N) (MSE only; THEORY.md §4); heavy ball and Nesterov move it too, with
+  their velocities (the ``momentum``/``nesterov`` steppers, :mod:`ncflow.maths.collapsed_momentum`).
 
 A space knows how to build its state from full parameters and back, the objective and the FULL
 gradient norm, the class statistics behind every NC metric, its cost per step, and its own exact
@@ -102,7 +103,8 @@ class FullSpace(StateSpace):
 
 @dataclasses.dataclass(frozen=True)
 class CollapsedSpace(StateSpace):
-    """Class means and within-class scatter (W, M, G, b): plain GD on the MSE loss only."""
+    """Class means and within-class scatter (W, M, G, b), MSE loss only: GD here; heavy ball and
+    Nesterov by their stepper (which carries the velocities around this point)."""
 
     name = "collapsed"
 
@@ -141,13 +143,15 @@ COLLAPSED = CollapsedSpace()
 CROSSOVER = 0.5
 
 
-def choose(problem: Problem, engine: str = "auto") -> StateSpace:
+def choose(problem: Problem, engine: str = "auto", extra=None) -> StateSpace:
     """The state space for ``engine`` ("auto", "full" or "collapsed").
 
     "auto" takes the collapsed one for the MSE loss when its flop count is below ``CROSSOVER``
     (0.5) times the full step's — the measured crossover, recorded in benchmarks/README.md — and
-    always for a batch whose lanes have different class sizes.
+    always for a batch whose lanes have different class sizes. ``extra(space)``, if given, adds a
+    stepper's own flops per step to each space's GD step (momentum: its velocities; None: GD).
     """
+    more = extra or (lambda space: 0)
     mixed = problem.class_sizes is not None and problem.columns is not None  # lanes of different sizes
     if engine == "full":
         if mixed:
@@ -162,6 +166,7 @@ def choose(problem: Problem, engine: str = "auto") -> StateSpace:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if mixed:
         return COLLAPSED
-    if problem.loss == "mse" and COLLAPSED.flops_per_step(problem) < CROSSOVER * FULL.flops_per_step(problem):
+    collapsed, full = (sp.flops_per_step(problem) + more(sp) for sp in (COLLAPSED, FULL))
+    if problem.loss == "mse" and collapsed < CROSSOVER * full:
         return COLLAPSED
     return FULL

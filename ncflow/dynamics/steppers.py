@@ -2,7 +2,9 @@
 
 * :class:`GD` (optimizer ``gd``): the space's own exact gradient-descent step (full or collapsed);
 * :class:`Optax` (``momentum``, ``nesterov``, ``adam``): an optax transform built with learning rate
-  1 whose update is scaled by the per-run step ``lr`` (a traced lane of the batch); full (W, H, b);
+  1 whose update is scaled by the per-run step ``lr`` (a traced lane of the batch); full (W, H, b),
+  and for ``momentum``/``nesterov`` also the collapsed space, where the same update rule moves the
+  exact collapsed momentum state (:mod:`ncflow.maths.collapsed_momentum`);
 * :class:`~ncflow.dynamics.flow.Flow` (``flow``): one adaptive ODE-solver step of gradient flow;
 * :class:`Escape`: wraps any of them and records the step at which a run started at a saddle left it.
 
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
 from ncflow.dynamics.spaces import StateSpace
+from ncflow.maths import collapsed_momentum as _cm
 from ncflow.maths import objective as _o
 from ncflow.maths import theory
 from ncflow.problem import Problem
@@ -95,12 +98,22 @@ class OptaxState(NamedTuple):
     opt_state: Any
 
 
+#: the optax optimizers that are linear in the gradient, hence exact on the collapsed space
+COLLAPSIBLE = ("momentum", "nesterov")
+
+
 @dataclasses.dataclass(frozen=True)
 class Optax(Stepper):
-    """An optax optimizer on full (W, H, b).
+    """An optax optimizer on full (W, H, b); momentum and Nesterov also on the collapsed space.
 
     One step: ``u, s' = tx.update(∇f(θ), s, θ)``, ``θ' = θ + lr·u`` with ``tx`` built with learning
     rate 1. A bias-free problem keeps b fixed (its gradient is zero; b is also masked explicitly).
+    On the collapsed space (``momentum``/``nesterov`` only: optax's ``trace`` is linear in the
+    gradient, so every within-class deviation and its velocity move by one map) the state is a
+    :class:`~ncflow.maths.collapsed_momentum.CollapsedMomentum` and the step is
+    :func:`~ncflow.maths.collapsed_momentum.step`, the same rule (``v ← g + μv``;
+    ``θ ← θ − lr·v``, Nesterov ``θ ← θ − lr·(g + μv)``) without optax. Adam's per-coordinate scaling
+    is not linear in the gradient: full only.
 
     Attributes:
         kind: "momentum" (heavy ball), "nesterov" or "adam".
@@ -130,15 +143,19 @@ class Optax(Stepper):
         raise ValueError(f"optimizer {self.kind!r} is not an optax optimizer")
 
     def supports(self, space):
-        return space.name == "full"
+        return space.name == "full" or (space.name == "collapsed" and self.kind in COLLAPSIBLE)
 
     def init(self, space, problem, point):
+        if space.name == "collapsed":
+            return _cm.init(point)
         return OptaxState(point, self.transform().init(point))
 
     def point(self, state):
-        return state.params
+        return state.params  # OptaxState and CollapsedMomentum both keep the point there
 
     def step(self, space, problem, state, lr):
+        if space.name == "collapsed":
+            return _cm.step(problem, state, lr, float(self.momentum), nesterov=self.kind == "nesterov")
         g = _o.gradient(problem, state.params)
         upd, s = self.transform().update(g, state.opt_state, state.params)
         p = jax.tree_util.tree_map(lambda a, u: a + lr * u.astype(a.dtype), state.params, upd)
@@ -148,6 +165,8 @@ class Optax(Stepper):
 
     def extra_flops(self, space, problem):
         p = problem
+        if space.name == "collapsed":
+            return _cm.flops_per_step(p) - space.flops_per_step(p)
         return 10 * (p.K * p.d + p.d * p.N + p.K)
 
 
