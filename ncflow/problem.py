@@ -1,9 +1,9 @@
-"""The UFM problem definition: sizes, regularization, bias mode, loss and dtype.
+"""The UFM problem definition: sizes, regularization, bias mode, loss, dtype and depth.
 
-A :class:`Problem` is a frozen pytree. Its sizes, bias flag, loss and dtype are static
-(they fix array shapes and the compiled program); its coefficients (λ_W, λ_H, λ_b, α, M)
-are leaves, so a batch of problems that differ only in coefficients can be vmapped in one
-compiled program. Validation runs once, when a user builds a problem.
+A :class:`Problem` is a frozen pytree. Its sizes, bias flag, loss, dtype, depth, widths and
+activation are static (they fix array shapes and the compiled program); its coefficients (λ_W,
+λ_H, λ_b, α, M and a deep UFM's hidden λ_1..λ_{L−1}) are leaves, so a batch of problems that
+differ only in coefficients can be vmapped in one compiled program. Validation runs once, when a user builds a problem.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import equinox as eqx
 import numpy as np
 
 from ncflow.errors import ProblemError
-from ncflow.settings import DTYPES, FLOAT32_MAX, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_applies
+from ncflow.settings import ACTIVATIONS, DTYPES, FLOAT32_MAX, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_applies
 
 BIAS_MODES = ("unregularized", "regularized", "none")
 
-__all__ = ["BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError", "RowBasis", "two_level_sizes"]
+__all__ = ["ACTIVATIONS", "BIAS_MODES", "DTYPES", "LOSSES", "Problem", "ProblemError", "RowBasis", "two_level_sizes"]
 
 #: coefficients that apply only under some other setting (alpha, target_scale: rescaled-mse)
 _CONDITIONAL = tuple(k for k in PROBLEM if SETTINGS[k].applies is not None)
@@ -118,9 +118,30 @@ class Problem(eqx.Module):
             its lanes have different class sizes (the largest N of the batch).
         row_basis: engine-internal, leave it None: a ``targets`` problem in the row-space
             coordinates of the collapsed engine (:class:`~ncflow.problem.RowBasis`), set per lane.
+        depth: L, the number of weight matrices between the free features H and the output, in
+            [1, 64] (default 1: the UFM above, unchanged). L > 1 is the deep UFM of THEORY §9:
+            Z = W_L⋯W_1 H with H (d, N), W_l (d_l, d_{l−1}), W_L (K, d_{L−1}); the bias (every mode
+            as at L = 1) sits on the output layer. ``ncflow.predict`` gives its closed forms; the
+            engine does not run it yet (``simulate``/``ncflow run``/``sweep`` refuse it, naming depth).
+            Deep problems take one-hot classes (``n`` or ``class_sizes``, THEORY §9 with §7's σ_j)
+            and the MSE loss; no ``targets``, no rescaled MSE.
+        widths: the hidden widths (d_1, ..., d_{L−1}) (d_0 = ``d``), each in [1, 65536]: one int for
+            every hidden layer or a list of L − 1; None (default) = d for every hidden layer. Stored
+            as a tuple of L − 1 ints (None stays None); given with depth 1 it is refused.
+        activation: "linear" (default) or "relu", the hidden layers' activation (the output layer
+            is linear). "relu" (THEORY §9.6: H_1 = H free, H_{l+1} = ReLU(W_l H_l), output W_L H_L)
+            needs depth >= 2, balanced classes and ``bias=False``.
+        lambda_w: with depth > 1, the OUTPUT layer's λ_L (W_L, the classifier, as W at depth 1). A
+            scalar given alone applies to every weight matrix; a list of ``depth`` values
+            (λ_1, ..., λ_L) sets each layer's: ``lambda_w`` then keeps λ_L and ``lambda_hidden`` the
+            others (None when all are equal). :attr:`layer_lambdas` gives all L.
+        lambda_hidden: λ_1, ..., λ_{L−1} of the hidden weight matrices (>= 0), or None (default):
+            ``lambda_w`` for every layer. Set it through a list ``lambda_w``; in a batch the engine
+            may hold an array of shape (runs, L − 1) here.
 
     Coefficient fields may also hold arrays of shape (runs,) when a batch of problems is
-    vmapped; sizes, flags and dtype are static and shared by the whole batch. Python and numpy
+    vmapped; sizes, flags, dtype, depth, widths and activation are static and shared by the whole
+    batch. A list ``lambda_w`` is the per-layer form, never a batch (a batch is an array). Python and numpy
     scalars are stored as Python ints/floats (``Problem(K=np.uint8(200))`` has K = 200).
     """
 
@@ -140,6 +161,10 @@ class Problem(eqx.Module):
     labels: np.ndarray | None = None
     columns: int | None = eqx.field(static=True, default=None)
     row_basis: RowBasis | None = None
+    depth: int = _default("depth", static=True)
+    widths: tuple | None = eqx.field(static=True, default=None)
+    activation: str = _default("activation", static=True)
+    lambda_hidden: tuple | None = None
 
     def __post_init__(self):
         for name in PROBLEM:  # each field by the table (arrays of coefficients stay arrays)
@@ -155,6 +180,40 @@ class Problem(eqx.Module):
             self.K = self._k_from("class_sizes", len(self.class_sizes))
         if self.labels is not None:
             self.labels = _check_labels(self.labels, self.K, lanes)
+        self._layers()
+
+    def _layers(self):
+        """The deep UFM's per-layer fields in their stored form: a list ``lambda_w`` split into the
+        output layer's λ_L (``lambda_w``) and the hidden ones (``lambda_hidden``), ``widths`` as a
+        tuple of depth − 1 ints; lengths checked against ``depth``."""
+        L = self.depth
+        if isinstance(self.lambda_w, tuple):  # the per-layer list (the table checked every value)
+            lams = self.lambda_w
+            if len(lams) != L:
+                raise ProblemError(f"lambda_w must be one number or a list of depth = {L} numbers (λ_1, ..., λ_L, "
+                                   f"one per weight matrix), got {len(lams)} values {list(lams)}", field="lambda_w")
+            if self.lambda_hidden is not None:
+                raise ProblemError("lambda_hidden cannot be combined with a list lambda_w (the list gives every "
+                                   "layer's λ)", field="lambda_hidden")
+            self.lambda_w = lams[-1]
+            self.lambda_hidden = None if all(v == lams[-1] for v in lams) else tuple(lams[:-1])
+        if L == 1:
+            for name in ("widths", "lambda_hidden"):
+                if getattr(self, name) is not None:
+                    raise ProblemError(f"{name} is only used with depth >= 2 (got depth 1)", field=name)
+            if self.activation != "linear":
+                raise ProblemError(f"activation {self.activation} needs depth >= 2 (it acts on hidden layers; the "
+                                   "output layer is linear), got depth 1", field="activation")
+            return
+        if isinstance(self.widths, int):
+            self.widths = (self.widths,) * (L - 1)
+        elif self.widths is not None and len(self.widths) != L - 1:
+            raise ProblemError(f"widths must be one integer or a list of depth - 1 = {L - 1} integers (the hidden "
+                               f"widths d_1, ..., d_{L - 1}; d_0 = d), got {len(self.widths)} values "
+                               f"{list(self.widths)}", field="widths")
+        if self.lambda_hidden is not None and np.shape(self.lambda_hidden)[-1:] != (L - 1,):
+            raise ProblemError(f"lambda_hidden must hold depth - 1 = {L - 1} values (λ_1, ..., λ_{L - 1}), got "
+                               f"shape {np.shape(self.lambda_hidden)}", field="lambda_hidden")
 
     def _k_from(self, field: str, k: int) -> int:
         if self.K != k and self.K != SETTINGS["K"].default:
@@ -175,6 +234,26 @@ class Problem(eqx.Module):
                                field="lambda_b")
         given = [k for k in _CONDITIONAL if np.any(np.asarray(getattr(self, k)) != SETTINGS[k].default)]
         check_applies({"loss": self.loss, "bias": self.bias}, given)
+        if self.depth > 1:
+            self._check_deep()
+
+    def _check_deep(self):
+        """What a deep UFM (THEORY §9) takes: one-hot classes, the MSE; ReLU: balanced, bias-free."""
+        L = self.depth
+        if self.targets is not None:
+            raise ProblemError(f"targets: depth {L} takes one-hot classes (n or class_sizes) in this version; a "
+                               "target matrix is for depth 1", field="targets")
+        if self.loss != "mse":
+            raise ProblemError(f"loss {self.loss} is for depth 1 only; the deep UFM (depth {L}) uses loss mse",
+                               field="loss")
+        if self.activation != "relu":
+            return
+        if self.class_sizes is not None and np.ndim(self.class_sizes) == 1 and len(set(self.class_sizes)) > 1:
+            raise ProblemError("class_sizes must be equal with activation relu: the deep ReLU UFM (THEORY §9.6) "
+                               "takes balanced classes; give n (samples per class) instead", field="class_sizes")
+        if self.bias:
+            raise ProblemError("activation relu needs bias=False (--no-bias): the deep ReLU UFM of THEORY §9.6 has "
+                               "no bias", field="activation")
 
     def _check_general(self):
         if self.loss != "mse":
@@ -254,11 +333,38 @@ class Problem(eqx.Module):
         return "unregularized" if float(np.max(np.asarray(self.lambda_b))) == 0.0 else "regularized"
 
     @property
+    def layer_widths(self) -> tuple:
+        """(d_0, d_1, ..., d_{L−1}): the rows of H and of W_1, ..., W_{L−1} (W_L has K rows); (d,) at
+        depth 1."""
+        hidden = self.widths if self.widths is not None else (self.d,) * (self.depth - 1)
+        return (self.d, *hidden)
+
+    @property
+    def layer_lambdas(self) -> tuple:
+        """(λ_1, ..., λ_L), the weight decay of each weight matrix (λ_L = ``lambda_w``, the output
+        layer's); each a float, or an array of shape (runs,) in a batch; (lambda_w,) at depth 1."""
+        L = self.depth
+        h = self.lambda_hidden
+        if h is None:
+            hidden = (self.lambda_w,) * (L - 1)
+        elif isinstance(h, tuple):
+            hidden = h
+        else:  # the engine's (runs, L − 1) array
+            hidden = tuple(h[..., i] for i in range(L - 1))
+        return (*hidden, self.lambda_w)
+
+    @property
     def c(self) -> float:
         """The constant c = K sqrt(n λ_W λ_H) that governs the landscape (THEORY.md §1); with class
-        sizes or targets, the value at the mean class size n = N/K."""
+        sizes or targets, the value at the mean class size n = N/K. Depth L > 1: THEORY §9's
+        c = K (n λ_H Π_l λ_l)^{1/(L+1)} (0 when any λ is 0)."""
         lw, lh = float(self.lambda_w), float(self.lambda_h)
         n = self.n if not self.general else self.N / self.K
+        if self.depth > 1:
+            lams = [float(v) for v in self.layer_lambdas]
+            if min(lams + [lh]) <= 0.0:
+                return 0.0
+            return self.K * math.exp((math.log(n) + math.log(lh) + sum(math.log(v) for v in lams)) / (self.depth + 1))
         prod = n * lw * lh
         if lw > 0 and lh > 0 and prod < 2.2250738585072014e-308:  # the product underflows: factor by factor
             return self.K * math.sqrt(n) * math.sqrt(lw) * math.sqrt(lh)
@@ -270,7 +376,8 @@ class Problem(eqx.Module):
         return np.dtype(self.dtype)
 
     def describe(self) -> dict:
-        """A JSON-ready dict of the problem's fields (scalar coefficients only)."""
+        """A JSON-ready dict of the problem's fields (scalar coefficients only); depth > 1 adds
+        ``depth``, ``widths`` (d_1..d_{L−1}), ``activation`` and ``lambdas`` (λ_1..λ_L)."""
         return {
             "K": self.K, "d": self.d, "n": self.n,
             "lambda_w": float(self.lambda_w), "lambda_h": float(self.lambda_h),
@@ -279,6 +386,8 @@ class Problem(eqx.Module):
             "dtype": self.dtype,
             **({"class_sizes": list(self.class_sizes)} if self.class_sizes is not None else {}),
             **({"targets": list(self.targets.shape)} if self.targets is not None else {}),
+            **({"depth": self.depth, "widths": list(self.layer_widths[1:]), "activation": self.activation,
+                "lambdas": [float(v) for v in self.layer_lambdas]} if self.depth > 1 else {}),
         }
 
 

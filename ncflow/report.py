@@ -5,10 +5,12 @@ Pure formatting of objects computed elsewhere; no computation, no printing.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ncflow.errors import ProblemError
-from ncflow.maths import imbalanced, theory
+from ncflow.maths import deep, imbalanced, theory
 from ncflow.problem import Problem
 
 
@@ -53,12 +55,84 @@ def _general_rows(problem: Problem, pred: theory.Prediction) -> list:
     return rows
 
 
-def prediction_json(problem: Problem, pred: theory.Prediction) -> dict:
+def _num(v) -> float | None:
+    """A float for JSON: None for None, NaN and ±inf."""
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def _nums(a) -> list | None:
+    return None if a is None else [_num(v) for v in np.asarray(a, np.float64).ravel()]
+
+
+def _deep_json(problem: Problem, p: deep.DeepPrediction) -> dict:
+    """THEORY §9's deep linear prediction as JSON (see :func:`prediction_json`)."""
+    f_star = p.objective
+    return {
+        "model": "deep_linear", "depth": p.L, "widths": list(p.widths), "activation": "linear",
+        "c": p.c, "tau": p.tau, "x_plus": _num(deep.x_plus(p.c, p.L)), "x_minus": _num(deep.x_minus(p.c, p.L)),
+        "c_exist": p.c_exist, "c_glob": p.c_glob, "geometry": p.geometry, "objective": f_star, "rank": p.rank,
+        "origin_objective": p.origin_value,
+        "minima": [{"rank": m.rank, "objective": m.value, "gap": m.value - f_star, "global": m.is_global}
+                   for m in p.local_minima],
+        "f_sad": _num(p.saddle_value), "saddle_gap": _num(p.saddle_gap),
+        "layer_norms2": _nums(p.layer_norms2), "h_norm2": p.h_norm2,
+        "w_norm": math.sqrt(float(p.layer_norms2[-1]) / p.K), "h_norm": math.sqrt(p.h_norm2 / p.N),
+        "w_norms": _nums(p.w_norms), "h_norms": _nums(p.h_norms), "bias": _nums(p.bias),
+        "gram_unique": p.gram_unique, "lambdas": list(p.lambdas), "lambda_h": p.lambda_h,
+        "directions": [{"sigma": float(sg), "weight": float(w), "c": float(cj), "x_plus": _num(xp),
+                        "x_minus": _num(xm), "alive": bool(a)}
+                       for sg, w, cj, xp, xm, a in zip(p.sigma, p.weights, p.c_j, p.x_plus, p.x_minus, p.alive)],
+        **({"class_sizes": [int(v) for v in problem.class_sizes]} if problem.class_sizes is not None else {}),
+    }
+
+
+def _relu_json(p: deep.ReluPrediction) -> dict:
+    """THEORY §9.6's deep ReLU values as JSON (see :func:`prediction_json`)."""
+    d = p.dnc
+    minima = [{"rank": 0, "objective": p.origin_value, "kind": "origin"}]
+    if d.exists:
+        minima.append({"rank": p.K, "objective": d.loss, "kind": "dnc"})
+    srg = None
+    if p.srg is not None:
+        s = p.srg
+        srg = {"r": p.srg_r, "objective": _num(s.loss), "c": s.c, "x_plus": _num(s.x_plus), "exists": s.exists,
+               "beats_zero": s.beats_zero, "ratio_to_dnc": _num(s.loss / d.loss) if s.exists and d.exists else None}
+    return {
+        "model": "deep_relu", "depth": p.L, "widths": list(p.widths), "activation": "relu", "c": p.c, "tau": p.tau,
+        "c_exist": p.c_exist, "c_glob": p.c_glob, "objective": None, "rank": None, "f_sad": None,
+        "origin_objective": p.origin_value, "minima": minima,
+        "dnc_objective": _num(d.loss), "dnc_exists": d.exists, "dnc_beats_zero": d.beats_zero,
+        "dnc_x_plus": _num(d.x_plus), "dnc_w_norm": d.w_norm, "dnc_h_norm": d.h_norm,
+        "dnc_layer_norms2": _nums(p.layer_norms2), "dnc_feature_norms": _nums(p.feature_norms),
+        "srg": srg, "lambdas": list(p.lambdas), "lambda_h": p.lambda_h,
+    }
+
+
+def prediction_json(problem: Problem, pred) -> dict:
     """The prediction as JSON (``ncflow theory --json``, the ``theory`` of a result's summary):
     :meth:`~ncflow.maths.theory.Prediction.to_json`, except that a problem with a target matrix
     (THEORY §7) has no ``c`` (a balanced one-hot notion) and instead what decides its optimum:
     ``target_singular_values`` σ_j of the target (descending), ``survival_threshold`` Nτ and
-    ``surviving_directions``, the number of σ_j > Nτ (before the cut at d: ``rank``)."""
+    ``surviving_directions``, the number of σ_j > Nτ (before the cut at d: ``rank``).
+
+    Depth > 1 (THEORY §9), deep linear: ``model`` "deep_linear", ``depth``, ``widths`` (d_0..d_{L−1}),
+    ``c``, ``tau``, ``x_plus``/``x_minus`` (the roots at c), ``c_exist``, ``c_glob``, ``geometry``,
+    ``objective`` (f*), ``rank``, ``origin_objective`` (f_0), ``minima`` (every rank-r local minimum:
+    ``rank``, ``objective`` f_r, ``gap`` f_r − f*, ``global``), ``f_sad`` and ``saddle_gap`` (null: no
+    other critical point), ``layer_norms2`` (‖W_l‖_F², l = 1..L), ``h_norm2``, ``w_norm``/``h_norm``
+    (rms), ``w_norms``/``h_norms`` (per class; null where not unique), ``bias`` (b*, null bias-free),
+    ``gram_unique``, ``lambdas``, ``lambda_h``, ``directions`` (per target direction in the c-order:
+    ``sigma``, ``weight``, ``c``, ``x_plus``, ``x_minus``, ``alive``). Deep ReLU: ``model`` "deep_relu",
+    ``objective``/``rank``/``f_sad`` null (not known in closed form), ``minima`` (the origin and, where
+    it exists, DNC), ``dnc_objective`` (L_DNC, null where DNC is no critical point), ``dnc_exists``,
+    ``dnc_beats_zero``, ``dnc_x_plus``, ``dnc_w_norm``, ``dnc_h_norm``, ``dnc_layer_norms2``,
+    ``dnc_feature_norms`` (‖μ_k‖ of H_1..H_L) and ``srg`` (the simple low-rank family where K = C(r, 2):
+    ``r``, ``objective``, ``c``, ``x_plus``, ``exists``, ``beats_zero``, ``ratio_to_dnc``; else null).
+    NaN and infinities are null."""
+    if isinstance(pred, deep.DeepPrediction):
+        return _deep_json(problem, pred)
+    if isinstance(pred, deep.ReluPrediction):
+        return _relu_json(pred)
     out = pred.to_json()
     if problem.targets is None:
         return out
@@ -76,8 +150,133 @@ def has_classes(problem: Problem) -> bool:
     return problem.label_vector() is not None
 
 
-def format_prediction(problem: Problem, pred: theory.Prediction) -> str:
-    """A readable table of the theory's prediction."""
+def _g(v, digits: int = 4) -> str:
+    return f"{v:.{digits}g}"
+
+
+def _threshold_sentence(p: deep.DeepPrediction) -> str:
+    """Where c stands against THEORY §9.1's thresholds, in words."""
+    ce, cg = p.c_exist, p.c_glob
+    if np.allclose(p.c_j, p.c_j[0], rtol=1e-12, atol=0.0):
+        c = float(p.c_j[0])
+        if c < cg:
+            return f"c = {_g(c)} < c_glob = {_g(cg)}: the alive root beats the origin"
+        if c < ce:
+            return (f"c_glob = {_g(cg)} <= c = {_g(c)} < c_exist = {_g(ce)}: alive local minima exist, but the origin "
+                    "W = H = 0 is global")
+        return f"c = {_g(c)} >= c_exist = {_g(ce)}: no alive root; the origin W = H = 0 is the only critical point"
+    J = p.c_j.size
+    beat, exist = int(np.sum(p.c_j < cg)), int(np.sum(p.c_j < ce))
+    return (f"c_j in [{_g(p.c_j.min())}, {_g(p.c_j.max())}]: {beat} of {J} directions have c_j < c_glob (alive beats "
+            f"dead), {exist} of {J} have c_j < c_exist (an alive root exists)")
+
+
+def _rows_text(rows: list) -> list[str]:
+    width = max(len(r[0]) for r in rows)
+    return [f"  {k.ljust(width)}  {v}" for k, v in rows]
+
+
+def _deep_problem_text(problem: Problem) -> str:
+    sizes = f"n_k={','.join(map(str, problem.class_sizes))}" if problem.class_sizes is not None else f"n={problem.n}"
+    lams = ",".join(f"{float(v):g}" for v in problem.layer_lambdas)
+    widths = ",".join(map(str, problem.layer_widths))
+    return (f"K={problem.K} {sizes} depth L={problem.depth} widths d_0..d_L-1={widths} "
+            f"activation={problem.activation} λ_1..λ_L={lams} λ_H={float(problem.lambda_h):g} bias={problem.bias_mode}"
+            + (f" λ_b={float(problem.lambda_b):g}" if problem.bias_mode == "regularized" else ""))
+
+
+def _format_deep(problem: Problem, p: deep.DeepPrediction) -> str:
+    """THEORY §9's deep linear prediction as text."""
+    equal = bool(np.allclose(p.c_j, p.c_j[0], rtol=1e-12, atol=0.0))
+    xp, xm = deep.x_plus(p.c, p.L), deep.x_minus(p.c, p.L)
+    roots = (f"{_g(xp, 10)}  (x_− = {_g(xm, 6)}, a saddle between 0 and x_+)" if xp == xp
+             else "none (c >= c_exist)")
+    cap = min(p.d_min, p.sigma.size)
+    rows = [
+        ("problem", _deep_problem_text(problem)),
+        ("c = K(nλ_HΠλ_l)^(1/(L+1))", _g(p.c, 10) + ("" if problem.class_sizes is None else "  (at n = N/K)")),
+    ]
+    if equal:
+        rows.append(("x_+ (alive root at c)", roots))
+    else:  # class sizes, or (C)'s 1-direction: each direction has its own c_j and roots
+        rows += [("c_j (per direction)", _vec(p.c_j, 4)), ("x_+ (per direction)", _vec(p.x_plus, 4))]
+    rows += [
+        ("thresholds", f"c_exist = {_g(p.c_exist, 10)}  c_glob = {_g(p.c_glob, 10)}"),
+        ("", _threshold_sentence(p)),
+    ]
+    rows += [
+        ("geometry", p.geometry + ("" if p.gram_unique else "  (Gram not unique: d_min cuts a tied group)")),
+        ("rank", f"{p.rank} (at most min(d_min, directions) = {cap})"),
+        ("f*", _g(p.objective, 10)),
+        ("f_sad", "+inf (the optimum is the only critical point)" if not math.isfinite(p.saddle_value)
+         else f"{_g(p.saddle_value, 10)}  (f_sad − f* = {_g(p.saddle_gap, 6)}: the lowest non-global critical value)"),
+        ("‖W_l‖_F², l = 1..L", _vec(p.layer_norms2)),
+        ("‖H‖_F²", _g(p.h_norm2, 6)),
+        ("‖w_k‖ (rows of W_L)", _vec(p.w_norms)),
+        ("‖μ_k‖ (class means of H)", _vec(p.h_norms)),
+        ("b*", _vec(p.bias)),
+    ]
+    lines = _rows_text(rows)
+    lines.append("  Local minima by rank (THEORY §9.2: the first r directions alive at x_+, the others dead)")
+    lines.append(f"    {'rank':>4}  {'f_r':<16}f_r − f*")
+    for m in p.local_minima:
+        kind = "origin W = H = 0" if m.rank == 0 else ""
+        status = "global" if m.is_global else ("local minimum" if p.L > 1 else "")
+        note = ", ".join(t for t in (kind, status) if t)
+        lines.append(f"    {m.rank:>4}  {m.value:<16.10g}{m.value - p.objective:<14.6g}{note}".rstrip())
+    return "\n".join(lines)
+
+
+def _format_relu(problem: Problem, p: deep.ReluPrediction) -> str:
+    """THEORY §9.6's deep ReLU values as text."""
+    d = p.dnc
+    if d.exists:
+        dnc = f"L_DNC = {_g(d.loss, 10)}  (a critical point; numerically a local minimum)"
+        beats = (f"yes: L_DNC < 1/2 (c = {_g(p.c)} < c_glob = {_g(p.c_glob)})" if d.beats_zero
+                 else f"no: the origin (1/2) is lower (c = {_g(p.c)} >= c_glob = {_g(p.c_glob)})")
+    else:
+        why = (f"a width below K = {p.K}" if min(p.widths) < p.K
+               else f"c = {_g(p.c)} >= c_exist = {_g(p.c_exist)}")
+        dnc, beats = f"does not exist ({why})", "—"
+    rows = [
+        ("problem", _deep_problem_text(problem)),
+        ("c = K(nλ_HΠλ_l)^(1/(L+1))", _g(p.c, 10)),
+        ("thresholds", f"c_exist = {_g(p.c_exist, 10)}  c_glob = {_g(p.c_glob, 10)}"),
+        ("DNC (THEORY §9.6)", dnc),
+        ("DNC beats the origin", beats),
+    ]
+    if d.exists:
+        rows += [
+            ("DNC geometry", f"every layer's class means an orthogonal frame on K coordinate axes; outputs x_+ Y, "
+                             f"x_+ = {_g(d.x_plus, 10)}"),
+            ("‖W_l‖_F², l = 1..L", _vec(p.layer_norms2)),
+            ("‖μ_k‖ of H_1..H_L", _vec(p.feature_norms)),
+            ("‖w_k‖ (rows of W_L)", _g(d.w_norm, 6)),
+        ]
+    rows.append(("origin W = H = 0", "f = 1/2 (a strict local minimum)"))
+    if p.srg is None:
+        rows.append(("low rank (SRG)", f"K = {p.K} is not C(r, 2): no simple SRG family"))
+    else:
+        s = p.srg
+        if s.exists:
+            ratio = f", {_g(s.loss / d.loss, 3)} L_DNC" if d.exists else ""
+            rows.append(("low rank (SRG)", f"K = C({p.srg_r}, 2): simple family L_SRG = {_g(s.loss, 10)}{ratio} "
+                                           "(an upper bound: free entries and GD go lower)"))
+        else:
+            rows.append(("low rank (SRG)", f"K = C({p.srg_r}, 2): the simple family is no critical point here "
+                                           f"(a width below r = {p.srg_r}, or c_s >= c_exist)"))
+    rows.append(("global minimum", "not known in closed form (low-rank solutions can beat DNC: THEORY §9.6)"))
+    return "\n".join(_rows_text(rows))
+
+
+def format_prediction(problem: Problem, pred) -> str:
+    """A readable table of the theory's prediction (depth > 1: THEORY §9's, with the table of local
+    minima by rank for deep linear, the DNC and SRG values for deep ReLU)."""
+    if isinstance(pred, deep.DeepPrediction):
+        return _format_deep(problem, pred)
+    if isinstance(pred, deep.ReluPrediction):
+        return _format_relu(problem, pred)
+
     def fmt(v):
         return "—" if v is None else (f"{v:.10g}" if isinstance(v, float) else str(v))
     if problem.general:

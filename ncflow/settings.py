@@ -29,9 +29,9 @@ import numpy as np
 
 from ncflow.errors import ConfigError, NcflowError, ProblemError
 
-__all__ = ["DTYPES", "ENGINES", "FLOAT32_MAX", "FLOAT32_TINY", "INT32_MAX", "LANE_KEYS", "LOSSES",
-           "MATMUL_PRECISIONS", "MAX_CPU_DEVICES", "OPTIMIZERS", "PLANS", "PROBLEM", "SETTINGS", "SOLVER", "STARTS",
-           "STOP_RULES", "Setting", "check_applies", "check_required", "field_defaults"]
+__all__ = ["ACTIVATIONS", "DTYPES", "ENGINES", "FLOAT32_MAX", "FLOAT32_TINY", "INT32_MAX", "LANE_KEYS", "LOSSES",
+           "MATMUL_PRECISIONS", "MAX_CPU_DEVICES", "MAX_DEPTH", "OPTIMIZERS", "PLANS", "PROBLEM", "SETTINGS", "SOLVER",
+           "STARTS", "STOP_RULES", "Setting", "check_applies", "check_required", "field_defaults"]
 
 #: the largest int32: step counts, chunk lengths and lane counts must fit in one
 INT32_MAX = 2**31 - 1
@@ -53,6 +53,10 @@ STARTS = ("gaussian", "orthogonal", "small", "saddle")
 STOP_RULES = ("certified", "converged")
 PLANS = ("auto", "cpu", "wide")
 MATMUL_PRECISIONS = ("float32", "tf32", "bf16")
+#: activations of a deep UFM's hidden layers (THEORY §9; the output layer is linear)
+ACTIVATIONS = ("linear", "relu")
+#: the most weight matrices of a deep UFM (``depth``)
+MAX_DEPTH = 64
 
 _ERRORS = {"problem": ProblemError, "solver": ConfigError}
 
@@ -73,8 +77,10 @@ class Setting:
     Attributes:
         name: the API field (``Problem.K``, ``Config.max_steps``); also the TOML key.
         section: "problem" or "solver" (the TOML table and the error class).
-        kind: "int", "float", "bool", "choice" or "sizes" (a list of integers in [low, high], e.g.
-            class sizes; the text form is comma-separated, ``40,10,2,2``).
+        kind: "int", "float", "bool", "choice", "sizes" (a list of at least 2 integers in [low, high],
+            e.g. class sizes; the text form is comma-separated, ``40,10,2,2``), "ints" (one integer
+            or a list of at least 1, each in [low, high]: the deep UFM's hidden widths) or "floats" (a
+            list of numbers in the float range: per-layer coefficients).
         default: the value used when the setting is not given (and applies); None = "auto",
             resolved where it is used (``auto`` says how).
         help: one line for ``--help`` and the docs.
@@ -94,6 +100,8 @@ class Setting:
             False for settings added to the format later, so older sweeps keep their hash.
         lane: a per-run lane of a batch (points of one batch may differ in it).
         arrays: may hold an array of shape (runs,) inside the engine (problem coefficients).
+        per_layer: a "float" that also accepts a list of numbers, one per weight matrix of a deep
+            UFM (``lambda_w``; comma-separated on the command line); a list is returned as a tuple.
     """
 
     name: str
@@ -118,6 +126,7 @@ class Setting:
     hashed: bool = True
     lane: bool = False
     arrays: bool = False
+    per_layer: bool = False
 
     # ----------------------------------------------------------------- what is accepted
     @property
@@ -132,6 +141,10 @@ class Setting:
             text = "true or false (True or False in Python)"
         elif self.kind == "sizes":
             text = f"a comma-separated list of at least 2 integers, each in [{self.low}, {self.high}]"
+        elif self.kind == "ints":
+            text = f"an integer in [{self.low}, {self.high}] or a comma-separated list of such integers"
+        elif self.kind == "floats":
+            text = f"a list of finite numbers {'>' if self.low_open else '>='} {_num(self.low)}"
         elif self.kind == "choice":
             text = "one of " + ", ".join(f'"{c}"' for c in self.choices)
         elif self.kind == "int":
@@ -182,6 +195,12 @@ class Setting:
             raise bad()
         if self.kind == "sizes":
             return self._check_sizes(value, bad)
+        if self.kind == "ints":
+            return self._check_ints(value, bad)
+        if self.kind == "floats":
+            return self._check_floats(value, bad)
+        if self.per_layer and isinstance(value, (list, tuple)):
+            return self._check_per_layer(value)
         if self.arrays and _is_array(value):
             return self._check_array(value, bad)
         if self.kind == "int":
@@ -247,6 +266,54 @@ class Setting:
             out.append(int(v))
         return tuple(out)
 
+    def _check_ints(self, value, bad):
+        """One Python int, or a tuple of them (from a list, tuple or 1-D integer array); no text:
+        the command line splits its comma-separated form before the check."""
+        if _is_array(value):
+            if np.ndim(value) != 1 or not np.issubdtype(np.asarray(value).dtype, np.integer):
+                raise bad()
+            value = [int(v) for v in np.asarray(value)]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            raise bad()
+        for v in items:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise bad()
+            if not self.low <= int(v) <= self.high:
+                raise bad()
+        return tuple(int(v) for v in items) if isinstance(value, (list, tuple)) else int(value)
+
+    def _check_floats(self, value, bad):
+        """A tuple of Python floats (from a list or tuple of numbers), or an ``arrays`` setting's
+        array (one row per lane in a batch), range-checked and kept."""
+        if self.arrays and _is_array(value):
+            return self._check_array(value, bad)
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        out = []
+        for v in value:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise bad()
+            if not self._in_range(np.asarray(float(v))) or abs(float(v)) > FLOAT32_MAX:
+                raise bad()
+            out.append(float(v))
+        return tuple(out)
+
+    def _check_per_layer(self, value) -> tuple:
+        """A ``per_layer`` list: a tuple of at least one float, each as the scalar check wants."""
+        def bad() -> NcflowError:
+            return self.error(f"{self.name} must be {self.range_text} or a list of such numbers (one per weight "
+                              f"matrix), got {list(value)!r}")
+        if not value:
+            raise bad()
+        out = []
+        for v in value:
+            try:
+                out.append(dataclasses.replace(self, per_layer=False, arrays=False).check(v))
+            except NcflowError:
+                raise bad() from None
+        return tuple(out)
+
     def applies_to(self, values: Mapping[str, Any]) -> bool:
         """Whether the setting is used under ``values`` (missing settings take their defaults)."""
         if self.applies is None:
@@ -272,7 +339,9 @@ _TABLE = (
     _p("K", "int", 10, "number of classes K", low=2, high=2**20, flag="--classes", short="-K"),
     _p("d", "int", 10, "feature dimension d", low=1, high=2**16, flag="--dim", short="-d"),
     _p("n", "int", 100, "samples per class n (N = n K < 2^31)", low=1, high=2**24, flag="--per-class", short="-n"),
-    _p("lambda_w", "float", 5e-4, "weight decay λ_W on W", flag="--lambda-w", **_COEF),
+    _p("lambda_w", "float", 5e-4, "weight decay λ_W on W (depth > 1: on every weight matrix, or a comma-separated "
+       "list of depth values λ_1,...,λ_L, one per weight matrix; the field keeps the output layer's λ_L)",
+       flag="--lambda-w", per_layer=True, **_COEF),
     _p("lambda_h", "float", 5e-4, "weight decay λ_H on H", flag="--lambda-h", **_COEF),
     _p("lambda_b", "float", 0.0, "weight decay λ_b on b (0: unregularized bias; must be 0 without a bias)",
        flag="--lambda-b", **_COEF),
@@ -289,6 +358,18 @@ _TABLE = (
     _p("class_sizes", "sizes", None, "per-class sample counts n_1,...,n_K (imbalanced classes; sets K; N = Σ n_k "
        "< 2^31; default: n for every class)", low=1, high=2**24, unset=True, flag="--class-sizes", lane=True,
        arrays=True, toml=False),
+    # the deep UFM (THEORY §9): added after the sweep format, so not in a sweep's hash unless given
+    _p("depth", "int", 1, "number of weight matrices L between the free features H and the output (1: the UFM; "
+       "> 1: the deep UFM of THEORY §9)", low=1, high=MAX_DEPTH, flag="--depth", hashed=False),
+    _p("widths", "ints", None, "hidden widths d_1,...,d_{L-1} of a deep UFM (d_0 = d): one value for every hidden "
+       "layer or a comma-separated list of depth - 1 values (default: d for every hidden layer)", low=1, high=2**16,
+       unset=True, flag="--widths", short="--width", hashed=False),
+    _p("activation", "choice", "linear", "activation of a deep UFM's hidden layers (the output layer is linear): "
+       "linear, or relu (balanced classes, no bias: THEORY §9.6)", choices=ACTIVATIONS, flag="--activation",
+       hashed=False),
+    _p("lambda_hidden", "floats", None, "weight decays λ_1,...,λ_{L-1} of a deep UFM's hidden weight matrices "
+       "(None: lambda_w for every layer; set through a list lambda_w)", low=0.0, unset=True, arrays=True,
+       toml=False, commands=()),
     # ------------------------------------------------------------------ [solver]
     _s("runs", "int", 1000, "number of random starts R", low=1, high=INT32_MAX, flag="--runs", short="-R",
        lane=True),

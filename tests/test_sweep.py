@@ -95,7 +95,7 @@ def sweep64(tmp_path_factory):
     ({"grid": {"d": [4, 0]}}, "grid.d[1] must be an integer in [1, 65536]"),
     ({"grid": {"lambda_w": {"geomspace": [0, 1, 3]}}}, "grid.lambda_w.geomspace must be [start, stop, num]"),
     ({"grid": {"lambda_w": {"logspace": [1, 2, 3]}}}, "grid.lambda_w must be a list or"),
-    ({"grid": {"depth": [1, 2]}}, "grid.depth is not a problem or solver setting"),
+    ({"grid": {"layers": [1, 2]}}, "grid.layers is not a problem or solver setting"),  # depth is one now (§9)
     ({"problem": {"lambda_w": 1e-3}, "grid": {"lambda_w": [1e-3]}}, "problem.lambda_w is also swept by grid.lambda_w"),
     ({"problem": {"bias": False}, "grid": {"lambda_b": [0.0, 0.1]}},
      "point 1 (lambda_b=0.1): grid.lambda_b must be 0 when bias = false"),

@@ -28,7 +28,13 @@ def cmd_theory(args) -> int:
     if args.json:
         print(json.dumps({**prediction_json(problem, pred), "problem": problem.describe()}))
     else:
-        print("Theory prediction (Zhou et al. 2022, closed form)")
+        if problem.depth == 1:
+            print("Theory prediction (Zhou et al. 2022, closed form)")
+        elif problem.activation == "linear":
+            print(f"Theory prediction (deep linear UFM, depth {problem.depth}: THEORY §9, closed form)")
+        else:
+            print(f"Theory prediction (deep ReLU UFM, depth {problem.depth}: THEORY §9.6, closed forms of its "
+                  "known critical points)")
         print(format_prediction(problem, pred))
     return 0
 

@@ -93,11 +93,19 @@ def flag_message(err, extra: dict | None = None) -> str:
 
 def _parse_text(setting: Setting):
     """argparse type of a setting: the text as the setting's kind ("auto" -> None where the
-    setting takes it). Text that does not parse is kept and refused, naming the flag, when the
-    table checks the value (:func:`setting_values`)."""
+    setting takes it; comma-separated text -> a tuple for "ints" and ``per_layer`` settings). Text
+    that does not parse is kept and refused, naming the flag, when the table checks the value
+    (:func:`setting_values`)."""
     def parse(text: str):
         if setting.auto and text == "auto":
             return None
+        if setting.kind == "ints" or (setting.per_layer and "," in text):  # one value or a comma-separated list
+            kind = int if setting.kind == "ints" else float
+            try:
+                items = tuple(kind(t) for t in text.split(","))
+            except ValueError:
+                return text
+            return items[0] if len(items) == 1 and "," not in text else items
         if setting.kind in ("int", "float"):
             try:
                 return int(text) if setting.kind == "int" else float(text)

@@ -156,10 +156,21 @@ def dynamics_for(problem: Problem, config) -> Dynamics:
     return Dynamics(space, stepper)
 
 
+def refuse_missing_engine(problem: Problem) -> None:
+    """THE one refusal of a problem the engine cannot run yet: a deep UFM (depth > 1, THEORY §9),
+    whose closed forms ``ncflow theory --depth`` gives. Called before anything is compiled (by
+    :func:`validate_for_problem` and :func:`default_lr`); the deep engine's wiring removes it."""
+    if problem.depth > 1:
+        raise ProblemError(f"depth must be 1 to run: the deep engine (depth {problem.depth}) is not available yet "
+                           f"in this version; ncflow theory --depth {problem.depth} gives its closed forms "
+                           "(THEORY §9)", field="depth")
+
+
 def validate_for_problem(problem: Problem, config) -> None:
     """The checks that need the (base) problem: init saddle's ``active`` must name a saddle,
     ``0 <= active <= max_active − 1``, of a family with closed-form critical points. Class sizes or
     targets (THEORY §7) take the gaussian and small starts only."""
+    refuse_missing_engine(problem)
     if problem.general and config.init in ("orthogonal", "saddle"):
         raise ConfigError(f"init: {config.init} is not available with class sizes or targets; use gaussian or small",
                           field="init")
@@ -193,6 +204,7 @@ def default_lr(problem: Problem, config) -> float:
     A float32 problem whose default step is below the smallest normal float32 is refused, naming
     the setting that made it so small (:func:`_tiny_step`), not ``lr``, which was not given.
     """
+    refuse_missing_engine(problem)
     lr = _default_lr(problem, config)
     if problem.dtype == "float32" and lr < FLOAT32_TINY:
         raise _tiny_step(problem, config, lr)

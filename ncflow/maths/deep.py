@@ -25,8 +25,9 @@ from ncflow.errors import ProblemError
 from ncflow.maths import imbalanced as _im
 from ncflow.problem import BIAS_MODES, Problem
 
-__all__ = ["DeepPrediction", "LocalMin", "ReluSolution", "c_exist", "c_glob", "critical_point", "gain", "phi",
-           "predict_deep", "relu_dnc", "relu_srg_simple", "x_minus", "x_plus"]
+__all__ = ["DeepPrediction", "LocalMin", "ReluPrediction", "ReluSolution", "c_exist", "c_glob", "critical_point",
+           "gain", "phi", "predict_deep", "predict_relu", "relu_dnc", "relu_srg_simple", "srg_rank", "x_minus",
+           "x_plus"]
 
 #: relative tolerance for tied gains / singular values (from THEORY §7's module)
 TIE_RTOL = _im.TIE_RTOL
@@ -523,3 +524,77 @@ def relu_srg_simple(K: int, r: int, n: int, L: int, lambda_h: float, lambdas, wi
     c_dnc = K * math.exp((math.log(n) + math.log(lh) + sum(math.log(v) for v in lams)) / m)
     ratio = (r * 2.0 ** (L - 3) / (r - 1) ** (L - 2)) ** (1.0 / m)
     return _family(c_dnc * ratio, L, ok)
+
+
+def srg_rank(K: int) -> int | None:
+    """r with K = C(r, 2) = r(r − 1)/2 and r >= 3 (the simple SRG family's graph K_r), else None."""
+    r = int(round((1 + math.sqrt(1 + 8 * K)) / 2))
+    return r if r >= 3 and r * (r - 1) // 2 == K else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReluPrediction:
+    """What THEORY §9.6 gives for a deep ReLU UFM (balanced classes, no bias): the origin, the DNC
+    critical point and the simple low-rank (SRG) family. The global minimum is NOT known in closed
+    form (low-rank solutions beat DNC; GD finds values below the simple family's): ``objective`` is
+    None.
+
+    Attributes:
+        K, n, L: classes, samples per class, weight matrices.
+        widths: (d_1, ..., d_L), the rows of H_1 (free) and of H_2..H_L.
+        lambdas: (λ_1, ..., λ_L); lambda_h: λ_H.
+        c, tau: K (n λ_H Π λ_l)^{1/(L+1)} and (λ_H Π λ_l)^{1/(L+1)}; c_exist, c_glob: the thresholds.
+        origin_value: 1/2, the value at W = H = 0 (a strict local minimum for L >= 2).
+        dnc: the DNC :class:`ReluSolution` (loss NaN where it is no critical point).
+        layer_norms2: (L,) ‖W_l‖_F² at DNC, l = 1..L (None where DNC does not exist).
+        feature_norms: (L,) ‖μ_k‖ of every class mean of H_1, ..., H_L at DNC (an orthogonal frame on
+            K coordinate axes at every layer; the outputs are x_+ Y); None where DNC does not exist.
+        srg_r: r with K = C(r, 2) (None: K is no such number, no simple SRG family).
+        srg: the simple SRG family's :class:`ReluSolution` (an upper bound on the infimum where it
+            exists), or None.
+    """
+
+    K: int
+    n: int
+    L: int
+    widths: tuple
+    lambdas: tuple
+    lambda_h: float
+    c: float
+    tau: float
+    c_exist: float
+    c_glob: float
+    origin_value: float
+    dnc: ReluSolution
+    layer_norms2: np.ndarray | None
+    feature_norms: np.ndarray | None
+    srg_r: int | None
+    srg: ReluSolution | None
+
+    objective = None  #: the global minimum: not known in closed form (THEORY §9.6)
+
+
+def predict_relu(K: int, n: int, L: int, widths, lambda_h: float, lambdas) -> ReluPrediction:
+    """THEORY §9.6's values for the deep ReLU UFM (H_1 free, H_{l+1} = ReLU(W_l H_l), output W_L H_L,
+    no bias): K classes of ``n``, L >= 2 weight matrices, ``widths`` (d_1, ..., d_L) of H_1..H_L,
+    λ_H and (λ_1, ..., λ_L) (or one value). Returns a :class:`ReluPrediction`; bad input raises
+    :class:`~ncflow.errors.ProblemError` naming the argument."""
+    K, n, L, lh, lams = _relu_check(K, n, L, lambda_h, lambdas)
+    if L < 2:
+        raise ProblemError(f"L must be >= 2 for the deep ReLU UFM (a hidden layer), got {L}", field="L")
+    widths = _check_inputs(K, n, L, widths, lh, lams, "none", 0.0)[3]
+    dnc = relu_dnc(K, n, L, widths, lh, lams)
+    m = L + 1
+    tau = math.exp((math.log(lh) + sum(math.log(v) for v in lams)) / m)
+    norms2 = feats = None
+    if dnc.exists:
+        e = (n * dnc.x_plus**2) ** (1.0 / m)  # s^{2/m}, s = √n x_+
+        norms2 = np.array([tau / lam * K * e for lam in lams])
+        # class means after l weight layers (λ_0 = λ_H): Π_{i<=l} (τ/λ_i) s^{2(l+1)/m} / n
+        factors = np.cumprod([tau / v for v in (lh, *lams[:-1])])
+        feats = np.sqrt(factors * e ** np.arange(1, L + 1) / n)
+    r = srg_rank(K)
+    srg = relu_srg_simple(K, r, n, L, lh, lams, widths=widths) if r is not None else None
+    return ReluPrediction(K=K, n=n, L=L, widths=widths, lambdas=lams, lambda_h=lh, c=dnc.c, tau=tau,
+                          c_exist=c_exist(L), c_glob=c_glob(L), origin_value=0.5, dnc=dnc, layer_norms2=norms2,
+                          feature_norms=feats, srg_r=r, srg=srg)

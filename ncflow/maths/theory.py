@@ -1,4 +1,5 @@
-"""Closed-form predictions of the landscape theory (THEORY.md §2–§4).
+"""Closed-form predictions of the landscape theory (THEORY.md §2–§4; depth > 1: §9 through
+:mod:`ncflow.maths.deep`).
 
 Pure functions of a :class:`~ncflow.problem.Problem` with scalar coefficients. Nothing here
 depends on the engine. Every global minimizer and critical point is built from "directions":
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ncflow.maths import deep as _deep
 from ncflow.maths import imbalanced as _im
 from ncflow.maths.objective import Params
 from ncflow.problem import Problem, ProblemError
@@ -231,12 +233,41 @@ def _predict_general(problem: Problem) -> Prediction:
                       general=True)
 
 
-def predict(problem: Problem, dense: bool | None = None) -> Prediction:
+def _predict_deep(problem: Problem):
+    """THEORY §9 for a problem of depth > 1: :func:`ncflow.maths.deep.predict_deep` (linear) or
+    :func:`ncflow.maths.deep.predict_relu` (relu), with the problem's fields; errors name them."""
+    lw, lh, lb = _scalars(problem)
+    lams = tuple(float(v) for v in problem.layer_lambdas)
+    if min(lams) <= 0.0:
+        raise ProblemError(f"lambda_w must be > 0 at every layer for the deep theory (THEORY §9, depth "
+                           f"{problem.depth}), got λ_1..λ_L = {list(lams)}", field="lambda_w")
+    if lh <= 0.0:
+        raise ProblemError(f"lambda_h must be > 0 for the deep theory (THEORY §9, depth {problem.depth}), got {lh:g}",
+                           field="lambda_h")
+    if problem.activation == "relu":
+        return _deep.predict_relu(problem.K, int(problem.sizes[0]), problem.depth, problem.layer_widths, lh, lams)
+    if problem.bias_mode == "regularized" and problem.class_sizes is not None and len(set(problem.class_sizes)) > 1:
+        raise ProblemError("lambda_b must be 0 with unequal class_sizes at depth > 1: the regularized bias has a "
+                           "closed form for balanced classes only (THEORY §9.5)", field="lambda_b")
+    n = problem.class_sizes if problem.class_sizes is not None else problem.n
+    return _deep.predict_deep(problem.K, n, problem.depth, problem.layer_widths, lh, lams, bias=problem.bias_mode,
+                              lambda_b=lb)
+
+
+def predict(problem: Problem, dense: bool | None = None):
     """The theory's prediction for ``problem``'s global minimum (THEORY.md §2; §7 for class sizes
     or targets, through :mod:`ncflow.maths.imbalanced`, always dense).
 
     ``dense``: build the K×K ``gram`` and ``outputs`` (None: only when K <= :data:`DENSE_MAX_K`;
-    the scalars, the spectrum and ``gram_form`` are always there, in O(K) work and memory)."""
+    the scalars, the spectrum and ``gram_form`` are always there, in O(K) work and memory).
+
+    Returns a :class:`Prediction` at depth 1. A deep problem (depth > 1, THEORY §9) returns
+    :class:`ncflow.maths.deep.DeepPrediction` (activation linear: f*, every rank-r local minimum,
+    f_sad, thresholds, per-layer norms) or :class:`ncflow.maths.deep.ReluPrediction` (relu: the DNC
+    critical point and the simple low-rank family; its ``objective`` is None, not known in closed
+    form); ``dense`` does not apply there."""
+    if problem.depth > 1:
+        return _predict_deep(problem)
     if problem.general:
         return _predict_general(problem)
     K, d, n = problem.K, problem.d, problem.n

@@ -40,7 +40,10 @@ class SweepError(ValueError):
 # --------------------------------------------------------------------------- the settings (from the table)
 
 #: [problem] keys: {key: Setting}; each enters the normalized config with its default when not given
-PROBLEM_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "problem" and s.toml}
+PROBLEM_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "problem" and s.toml and s.hashed}
+#: [problem] keys added after the format (the deep UFM's depth, widths, activation): in the normalized
+#: config only where given, so the hash of a sweep written before they existed does not change
+DEEP_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "problem" and s.toml and not s.hashed}
 #: [problem] keys of THEORY §7 (class sizes and the two-level shorthand ``majority``/``ratio``: R
 #: classes of round(ratio n), the other K − R of n): in the normalized config only where given, so the
 #: hash of a sweep written before they existed does not change; grid keys too
@@ -56,7 +59,7 @@ SOLVER_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "solver" and s
 #: the other [solver] keys (optimizer, momentum, init, ...): in the normalized config only where given,
 #: so that the hash of a sweep written before they existed does not change
 _EXTRA_SPECS = {k: s for k, s in SETTINGS.items() if s.section == "solver" and s.toml and not s.hashed}
-SPECS = {**PROBLEM_SPECS, **SIZE_SPECS, **SOLVER_SPECS, **_EXTRA_SPECS}
+SPECS = {**PROBLEM_SPECS, **SIZE_SPECS, **DEEP_SPECS, **SOLVER_SPECS, **_EXTRA_SPECS}
 
 
 def extra_solver_keys() -> dict:
@@ -199,7 +202,8 @@ def _check_keys(raw: Mapping, extras: Mapping) -> None:
             raise SweepError(f"unknown top-level key {k!r}; allowed: description, [problem], [solver], [grid]")
     if "description" in raw and not isinstance(raw["description"], str):
         raise SweepError("description must be a string")
-    known = {"problem": list(PROBLEM_SPECS) + list(SIZE_SPECS), "solver": list(SOLVER_SPECS) + list(extras)}
+    known = {"problem": list(PROBLEM_SPECS) + list(SIZE_SPECS) + list(DEEP_SPECS),
+             "solver": list(SOLVER_SPECS) + list(extras)}
     for section, keys in known.items():
         table = raw.get(section, {})
         if not isinstance(table, Mapping):
@@ -240,7 +244,7 @@ def parse_config(raw: Mapping) -> SweepConfig:
         if k in extras:
             base["solver"][k] = _check_value(k, v, f"solver.{k}")
     for k, v in raw.get("problem", {}).items():
-        if k in SIZE_SPECS:
+        if k in SIZE_SPECS or k in DEEP_SPECS:
             base["problem"][k] = _check_value(k, v, f"problem.{k}")
     grid = {k: _grid_values(k, v) for k, v in raw.get("grid", {}).items()}
     for sec in ("problem", "solver"):
@@ -272,7 +276,8 @@ def parse_config(raw: Mapping) -> SweepConfig:
             if not s["bias"] and s["lambda_b"] != 0.0:
                 raise SweepError(f"{name('lambda_b')} must be 0 when bias = false (there is no bias to regularize)")
             s = _class_sizes(s, name, "K" in given)
-            problem = Problem(**{k: s[k] for k in PROBLEM_SPECS}, class_sizes=s.get("class_sizes"))
+            problem = Problem(**{k: s[k] for k in PROBLEM_SPECS}, **{k: s[k] for k in DEEP_SPECS if k in s},
+                              class_sizes=s.get("class_sizes"))
             config = point_config(s)
             _representation(problem, config)
             lr = s["lr"] if s["lr"] is not None else float(_default_lr(problem, config))
@@ -318,7 +323,7 @@ def point_config(s: Mapping, progress: bool | None = False):
     settings uses exactly this config)."""
     from ncflow.config import Config, cap_chunk
 
-    solver = {k: v for k, v in s.items() if k not in PROBLEM_SPECS and k not in SIZE_SPECS}
+    solver = {k: v for k, v in s.items() if k not in PROBLEM_SPECS and k not in SIZE_SPECS and k not in DEEP_SPECS}
     return cap_chunk(Config(progress=progress, **solver))
 
 
