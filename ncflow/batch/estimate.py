@@ -14,31 +14,64 @@ Memory (bytes):
   (records × runs) buffers, their per-point copies and the long-format table written to disk.
   On CPU the devices ARE host memory: both parts count against the same free memory.
 
-Time (seconds) is an upper bound: every run using its whole step budget (``runs × max_steps``
-run-steps; with early stopping most runs stop far sooner — the default problem's runs stop after a
-median of ~2,000 of 30,000 steps), at a rate modelled per CPU core as ``T0 + flops/FLOPS`` seconds
-per run-step with ``flops = 6 K d N`` (full engine) or ``6 K d K`` (collapsed), float64 counting
-twice. ``T0`` (3 µs collapsed, 10 µs full) and ``FLOPS`` (3e10) were fitted on an AMD EPYC machine
-(2 cores = 2 CPU devices, jax 0.10.2, float32 GD, ``--no-early-stop``, 256 runs): measured 6.0e5
-run-steps/s collapsed K=d=10 n=100 (model 2.0e5), 5.6e4 full K=d=10 n=100 (model 6.7e4), 2.0e4
-full K=10 d=64 n=100 (model 1.5e4), 6.2e3 full K=d=50 n=20 (model 4.0e3): within 3× of those,
-mostly erring long. Other machines differ. There is no measured rate for GPUs or TPUs: there
-the time estimate is None ("unknown").
+Time (seconds) is an upper bound of the stepping loop (``Result.timing["loop_s"]``; compiling a
+new batch shape, seconds, and classifying are not counted) with every run using its whole step
+budget (``runs × max_steps`` run-steps; with early stopping most runs stop far sooner — the default
+problem's runs stop after a median of ~2,000 of 30,000 steps). Each CPU device's seconds are
+modelled (:func:`time_terms`) as
+
+    r1·chunks + r2·group-steps + r3·lane-steps + r4·flops + r5·state bytes
+
+over its chunk calls, the steps of its cache groups, and its lane-steps (lanes × (max_steps + one
+check per chunk)) with their flops (``Dynamics.flops_per_step``: the space's GD step, 4Kd² + 8K²d
+collapsed — its G ← A G Aᵀ is a low-rank update, no d³ term — or 6KdN full, plus the stepper's
+extra) and state bytes. The rates (:data:`CPU_RATES`) are fitted per engine and dtype by
+``benchmarks/estimate_fit.py`` on GD jobs over K 2–100, d 4–512, runs 2–512 and chunks 10–1000:
+the least model that is at least every job's measured stepping time (its minimum over sessions of
+three repeats each). The bound is that model × :data:`SAFETY` (4) × measured factors for what the
+GD terms miss (:data:`CPU_FACTORS`: gradient flow 6, the escape recorder, the optimizers, the wide
+plan) × devices/cores where CPU devices outnumber the cores. Fitted on a 2-core AMD EPYC machine
+(2 CPU devices, jax 0.10.2) shared with other jobs (1-minute load 2.4–12): the same job's time
+varied up to 4× between sessions, which SAFETY covers. There, at load ~8, the bound was 2.0–8.2×
+the measured stepping of ten ``ncflow run`` jobs, among them issue 21's (K=10, d=512, 2 collapsed
+runs of 30,000 steps: bound 106 s, measured 39 s, the earlier flop-only model 0.4 s); on an idle
+machine it is looser (benchmarks/README.md, "Time estimates"). Other machines differ. There is no
+measured rate for GPUs or TPUs: there the time estimate is None ("unknown").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 
 from ncflow.batch.history import KEYS, record_chunks
 from ncflow.batch.memory import auto_group, estimate_memory, host_memory_bytes, state_bytes
 
-#: per CPU core: fixed seconds per run-step (by state space) and flop/s (float32), see the module docstring
-CPU_T0_S = {"collapsed": 3e-6, "full": 1e-5}
-CPU_FLOPS = 3e10
+#: what the stepping time grows with (:func:`time_terms`)
+TERMS = ("chunks", "group_steps", "lane_steps", "flops", "bytes")
+#: per engine and dtype, fitted by benchmarks/estimate_fit.py (module docstring): seconds per chunk,
+#: per group-step, per lane-step, per flop of a lane-step and per byte of a lane's state stepped,
+#: on ONE core
+CPU_RATES = {
+    ("collapsed", "float32"): (8.44e-4, 0.0, 1.81e-6, 3.14e-11, 4.82e-10),
+    ("collapsed", "float64"): (0.0, 0.0, 1.25e-5, 5.12e-11, 6.35e-10),
+    ("full", "float32"): (1.45e-3, 0.0, 1.01e-6, 5.71e-11, 4.27e-10),
+    ("full", "float64"): (1.61e-3, 1.15e-4, 2.49e-6, 2.95e-11, 1.1e-9),
+}
+#: measured multipliers of the GD model for what its terms miss, by (state space or "*", a part of
+#: the dynamics' name, or "wide"): gradient flow's solver and controller work, the escape
+#: recorder's objective per step, the optimizers' extra state, the wide plan on a CPU (every lane
+#: of a device in one vmapped step); each about 1.3–1.6× the largest measured/model ratio of
+#: benchmarks/estimate_fit.py (flow 4.5, escape 2.7 collapsed and 1.3 full, heavy ball and Nesterov
+#: 2.0 and 2.2 collapsed and up to 1.2 full, adam 0.6, wide 1.5)
+CPU_FACTORS = {("*", "flow"): 6.0, ("collapsed", "escape"): 4.0, ("full", "escape"): 1.5,
+               ("collapsed", "momentum"): 3.0, ("collapsed", "nesterov"): 3.0, ("full", "momentum"): 1.5,
+               ("full", "nesterov"): 1.5, ("full", "adam"): 1.5, ("*", "wide"): 2.0}
+#: the fitted model times this (and the factors) is the bound (module docstring)
+SAFETY = 4.0
 #: ``ncflow run`` warns before a job whose upper-bound time exceeds this many seconds
 LONG_JOB_S = 300.0
 #: bytes per lane of the host lane table (~16 columns of 8 bytes) and per run of the summaries,
@@ -88,13 +121,58 @@ def history_rows(max_steps: int, chunk: int) -> int:
     return len(record_chunks(math.ceil(max_steps / min(chunk, max_steps)))) + 2
 
 
-def seconds_per_run_step(problem, dyn, platform: str = "cpu", devices: int = 1) -> float | None:
-    """Modelled seconds per run-step of the whole batch over ``devices`` (None off CPU)."""
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def time_terms(problem, dyn, config, lanes: int, group: int, devices: int = 1, wide: bool = False) -> dict:
+    """What the stepping time of one device grows with, every run using its whole budget: the
+    batch's ``lanes`` (over all devices) in groups of ``group`` lanes (over all devices) on
+    ``devices`` devices. Returns ``{"chunks", "group_steps", "lane_steps", "flops", "bytes"}``
+    (:data:`TERMS`): chunk calls (each with a check and the host's stop rule), group-steps (one
+    step of one cache group; the wide plan steps all of a device's lanes as one group), the
+    device's lane-steps (its lanes × (max_steps + one check per chunk)), and their flops
+    (``dyn.flops_per_step``: the space's GD step plus the stepper's extra) and state bytes."""
+    steps = config.max_steps
+    chunks = math.ceil(steps / max(1, min(config.chunk, steps)))
+    devices = max(devices, 1)
+    lanes_dev = lanes / devices
+    groups_dev = 1 if wide else max(1, lanes // max(group, 1))
+    lane_steps = lanes_dev * (steps + chunks)
+    return {"chunks": float(chunks), "group_steps": float(steps * groups_dev), "lane_steps": lane_steps,
+            "flops": lane_steps * dyn.flops_per_step(problem), "bytes": lane_steps * state_bytes(problem, dyn)}
+
+
+def stepping_seconds(problem, dyn, config, lanes: int, group: int, devices: int = 1, platform: str = "cpu",
+                     wide: bool = False, cores: int | None = None) -> float | None:
+    """Upper bound of the stepping loop's seconds (None off CPU): :data:`SAFETY` × the fitted model
+    of :func:`time_terms` with :data:`CPU_RATES` (unknown spaces or dtypes: the full engine's
+    float64 rates) × the :data:`CPU_FACTORS` of the dynamics' parts and the wide plan, times
+    ``devices / cores`` where the CPU devices outnumber the ``cores`` (default: this process's)."""
     if platform != "cpu":
         return None
-    cols = problem.K if dyn.space.name == "collapsed" else problem.N
-    flops = 6.0 * problem.K * problem.d * cols * (2.0 if problem.dtype == "float64" else 1.0)
-    return (CPU_T0_S.get(dyn.space.name, 1e-5) + flops / CPU_FLOPS) / max(devices, 1)
+    terms = time_terms(problem, dyn, config, lanes, group, devices, wide)
+    space = dyn.space.name
+    rates = CPU_RATES.get((space, str(problem.dtype)), CPU_RATES[("full", "float64")])
+    per_device = sum(r * terms[k] for r, k in zip(rates, TERMS))
+    factor = 1.0
+    for part in dyn.name.split("+")[1:] + (["wide"] if wide else []):
+        factor *= CPU_FACTORS.get((space, part), CPU_FACTORS.get(("*", part), 1.0))
+    share = max(1.0, max(devices, 1) / (cores or cpu_cores()))
+    return SAFETY * factor * share * per_device
+
+
+def batch_lanes(problem, dyn, config, runs: int, devices: int = 1, lanes: int | None = None,
+                group: int | None = None) -> tuple[int, int]:
+    """``(lanes, group)`` over all devices: given ones kept, else the cache group of
+    ``config.group`` (or :func:`~ncflow.batch.memory.auto_group`) on every device and ``runs``
+    rounded up to whole groups."""
+    group = group or (config.group or auto_group(problem, dyn)) * max(devices, 1)
+    return lanes or math.ceil(runs / group) * group, group
 
 
 def estimate(problem, dyn, config, runs: int, *, devices: int = 1, platform: str = "cpu", saved: bool = False,
@@ -107,8 +185,7 @@ def estimate(problem, dyn, config, runs: int, *, devices: int = 1, platform: str
 
     ``device_bytes`` is the peak of ONE device on an accelerator (each device holds its share of
     the lanes) and of all devices together on a CPU (they share the host's memory)."""
-    group = group or (config.group or auto_group(problem, dyn)) * devices
-    lanes = lanes or math.ceil(runs / group) * group
+    lanes, group = batch_lanes(problem, dyn, config, runs, devices, lanes, group)
     item = np.dtype(problem.dtype).itemsize
     K = problem.K
     pred_b = (K * K + 2 * K + 4) * item  # a lane's prediction arrays (Gram, spectrum, scalars)
@@ -123,12 +200,12 @@ def estimate(problem, dyn, config, runs: int, *, devices: int = 1, platform: str
         hist = cells * 8 * (len(KEYS) + len(KEYS) + 1 + 8) + (cells * 8 * 22 if saved else 0)
     pred_dev, pred_host = lanes // per_dev * pred_b, (lanes + 1) * pred_b
     steps = runs * config.max_steps
-    rate = seconds_per_run_step(problem, dyn, platform, devices)
+    secs = stepping_seconds(problem, dyn, config, lanes, group, devices, platform, wide)
     pad = dev_state * (lanes - runs) // lanes if config.group and lanes > runs else 0  # padding of a given group
     return Estimate(device_bytes=dev_state + pred_dev, host_bytes=host_runs + hist + pred_host,
                     parts={"runs": dev_state + host_runs - pad, "group": pad, "history": hist,
                            "K": pred_dev + pred_host},
-                    run_steps=steps, seconds=None if rate is None else steps * rate)
+                    run_steps=steps, seconds=secs)
 
 
 #: the message fragment naming each blamed setting, and what to do about it
