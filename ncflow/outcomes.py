@@ -53,6 +53,9 @@ GTOL_FLOOR = {"float64": 1e-12, "float32": 1e-6}
 LANDSCAPE_FRACTION = 1.0 / 20
 #: the rounding of a computed objective, relative to its scale S, in units of the dtype's eps
 ROUNDING_EPS = 100
+#: the classifier's value windows exceed gap_tol by this fraction of the rounding bound: the summaries
+#: evaluate f again, a few ulps away from the value the stop rule saw
+RECHECK_FRACTION = 0.1
 #: Lanczos resolves a curvature this many times neg_tol (a local_min claim needs it)
 CURVATURE_MARGIN = 10.0
 
@@ -261,6 +264,9 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None):
     def column(name):
         return np.asarray([getattr(t, name) for t in per_point], np.float64)[point]
     gtol, gap_tol, geom_tol, neg_tol, own_gtol = map(column, ("gtol", "gap_tol", "geom_tol", "neg_tol", "own_gtol"))
+    # the stop rule compared the engine's f at its last check; the summaries evaluate f again (another
+    # program, another summation order): allow a tenth of the rounding bound (10 eps S) for that
+    gap_tol = gap_tol + RECHECK_FRACTION * column("rounding")
     resolved, curv_ok = (column(k).astype(bool) for k in ("resolved", "curvature_resolved"))
     finite = np.isfinite(f) & np.isfinite(gnorm)
     diverged = ~finite | (status == DIVERGED)
