@@ -381,8 +381,8 @@ _TABLE = (
     _s("max_steps", "int", 30_000, "step budget per run", low=1, high=INT32_MAX, flag="--max-steps"),
     _s("init_scale", "float", 1.0, "Gaussian init scale: entries N(0, scale²/d); 0 = start at the origin", low=0.0,
        flag="--init-scale", lane=True),
-    _s("engine", "choice", "auto", "state representation of gd (auto: the cheaper exact one)", choices=ENGINES,
-       flag="--engine"),
+    _s("engine", "choice", "auto", "state representation of gd, momentum and nesterov (auto: the cheaper exact one)",
+       choices=ENGINES, flag="--engine"),
     _s("early_stop", "bool", True, "stop each run when it converges or diverges (False: every run takes "
        "exactly max_steps steps, for throughput benchmarks)", flag="--no-early-stop", negate=True),
     _s("stop", "choice", "certified", "stop rule: certified (a gd run stops once THEORY §8 certifies that it "

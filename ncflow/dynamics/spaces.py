@@ -139,7 +139,9 @@ COLLAPSED = CollapsedSpace()
 #: "auto" takes the collapsed step when its flop count is below this fraction of the full one's.
 #: Measured (benchmarks/bench.py, crossover section, K=10, d=64, float32, 2-core CPU): the full
 #: engine was faster up to N = 80 and the collapsed one from N = 160, where the flop models
-#: alone would switch at N ≈ 56; the collapsed step's small products run at a lower rate.
+#: alone would switch at N ≈ 56; the collapsed step's small products run at a lower rate. Heavy ball
+#: (benchmarks/momentum_collapsed.py's engines, same machine, K=10, d=64): full faster up to N = 160
+#: (flop ratio 0.73, speed ratio 0.71), collapsed from N = 320 (0.37, 1.43): the same 0.5 fits.
 CROSSOVER = 0.5
 
 

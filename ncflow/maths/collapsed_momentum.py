@@ -23,7 +23,9 @@ the current G. Cost O(K d² + d²) per step, independent of N; with β = 0 it is
 
 ``T`` is applied without forming it: ``T = T0 + L R`` with ``T0 = [[1 − cλ_H, q], [λ_H, β]] ⊗ I``,
 ``L = [−c; 1] ⊗ Wᵀ/N`` and ``R = [W, 0]``, so ``T S Tᵀ = T0 S T0ᵀ + Z Lᵀ + L Zᵀ`` with
-``Z = T0 S Rᵀ + ½ L (R S Rᵀ)`` (2d, K): two products of size K × d × 2d and O(d²) elementwise work.
+``Z = T0 S Rᵀ + ½ L (R S Rᵀ)`` (2d, K): two products of size K × d × 2d (``W [M | G | C]`` and
+``Wᵀ [R_m | Zᵀ]``, merged with the class means' products as in ``collapsed.gd_step``) and O(d²)
+elementwise work.
 
 Class sizes and targets (THEORY §7) take the same state and the same helpers as collapsed GD
 (:mod:`ncflow.maths.collapsed`): per-sample steps, ``R_m D Mᵀ`` in W's gradient, row-space
@@ -90,35 +92,35 @@ def step(problem: Problem, s: CollapsedMomentum, lr, beta: float, nesterov: bool
         _residual(problem, P[:, :r], b)
     Xe, Xc = P[:, r:r + d], P[:, r + d:]  # W G, W C  (K, d)
     Sk = Xe @ W.T  # W G Wᵀ  (K, K)
+    c, q = coefficients(lr, beta, nesterov)
+    a = 1.0 - c * lh
+    half = (0.5 / N) * (Sk @ W)  # ½ W G Wᵀ W/N  (K, d)
+    Ze = a * Xe + q * Xc - c * half  # Z_eᵀ, Z_vᵀ: the two blocks of Zᵀ  (K, d)
+    Zv = lh * Xe + beta * Xc + half
+    WtRZ = W.T @ jnp.concatenate([Rm, Ze, Zv], axis=1)  # Wᵀ [R_m | Z_eᵀ | Z_vᵀ]  (d, r + 2d)
     # the explicit parts: gradients at the current point (§4), then optax's trace
     gW = (_RDM(n, Rm, M) + Xe) / N + lw * W
-    WtRm = W.T @ Rm
-    gM = WtRm / N + lh * M
+    gM = WtRZ[:, :r] / N + lh * M
     gb = _Rn(problem, n, Rm) / N + coeff(problem, "lambda_b") * b if problem.bias else jnp.zeros_like(b)
     vW, vM, vb = gW + beta * vW, gM + beta * vM, gb + beta * vb
     if nesterov:
         dW, dM, db = gW + beta * vW, gM + beta * vM, gb + beta * vb
     else:
         dW, dM, db = vW, vM, vb
-    # the deviations' second moments: S ← T S Tᵀ = T0 S T0ᵀ + Z Lᵀ + L Zᵀ
-    c, q = coefficients(lr, beta, nesterov)
-    a = 1.0 - c * lh
-    half = (0.5 / N) * (W.T @ Sk)  # ½ (Wᵀ/N) W G Wᵀ  (d, K)
-    Ze = a * Xe.T + q * Xc.T - c * half  # (d, K)
-    Zv = lh * Xe.T + beta * Xc.T + half
-    Y = jnp.concatenate([Ze, Zv], axis=0) @ (W / N)  # [Z_e; Z_v] W/N  (2d, d)
-    Ye, Yv = Y[:d], Y[d:]
+    # the deviations' second moments: S ← T S Tᵀ = T0 S T0ᵀ + Z Lᵀ + L Zᵀ, whose blocks need
+    # Ue = (Z_e W/N)ᵀ = Wᵀ Z_eᵀ/N and Uv = (Z_v W/N)ᵀ  (d, d)
+    Ue, Uv = WtRZ[:, r:r + d] / N, WtRZ[:, r + d:] / N
     Cs = C + C.T
-    G_new = (a * a) * G + (a * q) * Cs + (q * q) * V - c * (Ye + Ye.T)
-    C_new = (a * lh) * G + (a * beta) * C + (q * lh) * C.T + (q * beta) * V + Ye - c * Yv.T
-    V_new = (lh * lh) * G + (lh * beta) * Cs + (beta * beta) * V + Yv + Yv.T
+    G_new = (a * a) * G + (a * q) * Cs + (q * q) * V - c * (Ue + Ue.T)
+    C_new = (a * lh) * G + (a * beta) * C + (q * lh) * C.T + (q * beta) * V + Ue.T - c * Uv
+    V_new = (lh * lh) * G + (lh * beta) * Cs + (beta * beta) * V + Uv + Uv.T
     b_new = b - lr * db if problem.bias else b
     point = Collapsed(W - lr * dW, M - lr * dM, G_new, b_new)
     return CollapsedMomentum(point, Collapsed(vW, vM, V_new, vb), C_new)
 
 
 def flops_per_step(problem: Problem) -> int:
-    """Estimated flops of :func:`step`: the products ``W [M | G | C]`` and ``[Z_e; Z_v] W``
-    (8 K d² + 2 K² d), the K-sized ones (about 8 K² d) and about 30 d² + 20 K d elementwise."""
+    """Estimated flops of :func:`step`: the products ``W [M | G | C]`` and ``Wᵀ [R_m | Zᵀ]``
+    (8 K d² + 4 K² d), the K-sized ones (6 K² d) and about 30 d² + 20 K d elementwise."""
     K, d = problem.K, problem.d
     return 8 * K * d * d + 10 * K * K * d + 30 * d * d + 20 * K * d
