@@ -39,6 +39,7 @@ import numpy as np
 
 from ncflow.codes import CERTIFIED, DIVERGED, LABELS  # noqa: F401  (LABELS re-exported)
 from ncflow.maths import critical
+from ncflow.maths.deep import DeepPrediction
 from ncflow.maths.theory import Prediction
 from ncflow.problem import Problem
 
@@ -148,6 +149,8 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
     tolerance is 1e-4 (float64) or 5e-2 (float32), raised to 4 gtol / (μ ||W*||_F) (twice the Gram
     error a stop at ||∇f|| = gtol allows; capped at 0.25) when that is larger, e.g. for λ_W ≪ λ_H.
     """
+    if isinstance(pred, DeepPrediction):
+        return _deep_tolerances(problem, pred, gtol)
     dt = problem.dtype
     eps = float(np.finfo(dt).eps)
     rel = TARGET_REL[dt]
@@ -186,6 +189,36 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
                       offsets=None if offsets is None else tuple(float(v) for v in offsets),
                       resolved=bool(resolved), curvature_resolved=bool(curvature_resolved),
                       landscape_gap=float(land), rounding=float(rounding))
+
+
+def _deep_tolerances(problem: Problem, pred: DeepPrediction, gtol: float | None) -> Tolerances:
+    """Tolerances of a deep linear UFM (THEORY §9.2): ``offsets`` are f_r − f* of the non-global local
+    minima (a stationary run there is a candidate; Lanczos finds no negative curvature at a local
+    minimum, so it is labelled ``local_min``); the landscape gap is f_sad − f*. As at depth 1, with
+    μ = the smallest λ (λ_H, λ_1..λ_L) standing in for the optimum's slowest curvature:
+    gap_tol = min(10 r S + 100 eps S, (f_sad − f*)/20), own gtol = min(sqrt(2 μ r S), sqrt(2 μ gap_tol)),
+    the Gram tolerance 1e-4 (float64) / 5e-2 (float32)."""
+    dt = problem.dtype
+    eps = float(np.finfo(dt).eps)
+    rel = TARGET_REL[dt]
+    scale = max(abs(pred.objective), 1e-2)
+    rounding = ROUNDING_EPS * eps * scale
+    gap_tol = 10 * rel * scale + rounding
+    land = float(pred.saddle_gap)
+    resolved = True
+    if math.isfinite(land):
+        gap_tol = min(gap_tol, max(LANDSCAPE_FRACTION * land, rounding))
+        resolved = rounding <= LANDSCAPE_FRACTION * land
+    mu = min(pred.lambda_h, *pred.lambdas)
+    own = math.sqrt(2 * mu * rel * scale)
+    if math.isfinite(land):
+        own = min(own, math.sqrt(2 * mu * gap_tol))
+    own = max(own, GTOL_FLOOR[dt])
+    gtol = own if gtol is None else gtol
+    return Tolerances(gtol=float(gtol), ftol=rel * scale, gap_tol=float(gap_tol), geom_tol=GEOM_TOL[dt],
+                      neg_tol=math.sqrt(eps), strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])), own_gtol=float(own),
+                      offsets=tuple(float(v) for v in pred.critical_offsets()), resolved=bool(resolved),
+                      curvature_resolved=True, landscape_gap=land, rounding=float(rounding))
 
 
 def class_fates(W: np.ndarray, M: np.ndarray, tol: float, scale: tuple[float, float] | None = None) -> tuple[str, str]:
@@ -238,7 +271,7 @@ def near_critical_value(gap: np.ndarray, offsets: tuple | None, window: np.ndarr
     return np.isfinite(gap) & (nearest <= window)
 
 
-def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None):
+def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None, critical_error=None):
     """Label every run (see the module doc).
 
     Args:
@@ -252,6 +285,10 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None):
         hessian_extremes: ``fn(indices) -> (min Ritz values, max Ritz values)`` for the runs at
             ``indices`` (only runs that are stationary, not global and at a non-global critical
             value of a resolved landscape are asked for).
+        critical_error: None, or (R,) the model's distance of each run's geometry to the predicted
+            critical point of its kind (the deep UFM: P M J's singular values against the local
+            minimum of the run's rank, THEORY §9.2): a run counts as at a non-global critical value
+            only where it is <= geom_tol too (NaN: no such critical point).
 
     Returns:
         ``(labels (R,) str, min_eig (R,), max_eig (R,))``; Hessian estimates are NaN for runs that
@@ -282,6 +319,8 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None):
         rows = order[starts[i]:starts[i + 1]]
         if rows.size:
             near[rows] = near_critical_value(gap[rows], t.offsets, gap_tol[rows])
+    if critical_error is not None:
+        near &= np.asarray(critical_error, np.float64) <= geom_tol
     cand = np.nonzero(stationary & ~is_global & near & resolved)[0]  # at a non-global critical value
     min_eig = np.full(R, np.nan)
     max_eig = np.full(R, np.nan)

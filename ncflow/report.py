@@ -12,6 +12,7 @@ import numpy as np
 from ncflow.errors import ProblemError
 from ncflow.maths import deep, imbalanced, theory
 from ncflow.problem import Problem
+from ncflow.stats import wilson_interval
 
 
 def median(a) -> float | None:
@@ -359,9 +360,14 @@ def format_result(result) -> str:
                  f"lr={result.config['lr']:.4g}, init scale {result.config['init_scale']:g}, "
                  f"budget {result.config['max_steps']} steps, stop rule {result.stop_rule})")
     lines.append(f"  {'outcome':<14}{'count':>7}{'fraction':>10}   95% interval")
+    ranks = result.rank_counts() or {}
     for label, o in result.outcomes().items():
         lo, hi = o["ci95"]
         lines.append(f"  {label:<14}{o['count']:>7}{o['fraction']:>10.3f}   [{lo:.3f}, {hi:.3f}]")
+        if label in ("global", "local_min"):  # a model with ranks: its runs of each rank (THEORY §9.2)
+            for r, k in ranks.get(label, {}).items():
+                lo, hi = wilson_interval(k, result.runs)
+                lines.append(f"    {f'(rank {r})':<12}{k:>7}{k / result.runs:>10.3f}   [{lo:.3f}, {hi:.3f}]")
     advice = result.tolerances.advice(result.problem.dtype)  # the dtype cannot resolve the landscape
     if advice:
         lines.append(f"Note: {advice}")

@@ -123,6 +123,21 @@ class Result:
             out[label] = {"count": k, "fraction": k / self.runs, "ci95": [float(lo), float(hi)]}
         return out
 
+    def rank_counts(self) -> dict | None:
+        """Where the model has ranks (the deep linear UFM's per-run ``rank`` column, THEORY §9.2):
+        {label: {rank: count}} over the runs with a finite rank, ranks as strings ascending; None
+        otherwise."""
+        if "rank" not in self.per_run:
+            return None
+        rank = np.asarray(self.per_run["rank"], np.float64)
+        out = {}
+        for label in LABELS:
+            sel = (self.outcome == label) & np.isfinite(rank)
+            if sel.any():
+                values, counts = np.unique(rank[sel].astype(np.int64), return_counts=True)
+                out[label] = {str(int(v)): int(c) for v, c in zip(values, counts)}
+        return out
+
     def final_objective(self) -> dict:
         """``min``, ``median``, ``max`` of the final objective over finite runs (None if none)."""
         f = self.per_run["objective"]
@@ -174,7 +189,10 @@ class Result:
 
     @property
     def stop_rule(self) -> str:
-        """The stop rule that produced this result ("certified" or "converged")."""
+        """The stop rule that produced this result ("certified" or "converged"; a deep UFM's runs stop
+        by the converged rule whatever was asked: THEORY §9.3's certificate forbids practical steps)."""
+        if self.problem.depth > 1:
+            return "converged"
         return str(self.config.get("stop", "converged"))
 
     def certified(self) -> dict:
@@ -194,7 +212,10 @@ class Result:
         ``W Wᵀ`` (self-duality h_k ∝ w_k makes W̃H̄ ∝ W̃W̃ᵀ, so NC3 = NC2); NC2/NC3 are None
         where the Gram is not unique (rank-limited) or zero. Class sizes or targets (THEORY §7): NC3
         from the predicted W M with μ_G the sample-weighted mean (h_k ∝ w_k/√n_k: NC3 ≠ NC2), None
-        without classes. Not the state at the stop."""
+        without classes. Not the state at the stop. A deep UFM (no certificate, THEORY §9.3): f* and
+        NC1 = 0, NC2/NC3 None."""
+        if self.problem.depth > 1:
+            return {"objective": float(self.prediction.objective), "nc1": 0.0, "nc2": None, "nc3": None}
         if self.prediction.general:
             return self._limit_general()
         nc2 = None
@@ -237,6 +258,7 @@ class Result:
             "problem": self.problem.describe(),
             "runs": self.runs,
             "outcomes": self.outcomes(),
+            **({} if self.rank_counts() is None else {"rank_counts": self.rank_counts()}),
             "final_objective": self.final_objective(),
             "median_metrics": med,
             "timing": dict(self.timing),

@@ -21,10 +21,13 @@ MARGIN = 0.1
 
 def point_gap(problem: Problem, config) -> float | None:
     """f_sad − f* of a point, or None where no early call is made: optimizers other than plain GD
-    (the theorem is about GD steps), float32 steps whose matrix products run at a reduced precision
-    (``matmul_precision`` tf32/bf16: inexact gradient steps, outside the theorem), and the cases
+    (the theorem is about GD steps), deep UFMs (THEORY §9.3: L_deep forbids practical steps),
+    float32 steps whose matrix products run at a reduced precision (``matmul_precision``
+    tf32/bf16: inexact gradient steps, outside the theorem), and the cases
     without a proof (``certificate.saddle_gap``)."""
     if config.optimizer != "gd":
+        return None
+    if problem.depth > 1:  # THEORY §9.3: L_deep forbids practical steps; deep runs stop by the converged rule
         return None
     if problem.dtype == "float32" and getattr(config, "matmul_precision", "float32") != "float32":
         return None
@@ -41,6 +44,8 @@ def certified_lanes(base: Problem, lanes, f: np.ndarray, space: str, sq_norm: np
     class sizes. ``xp``: numpy (the host, cpu plan) or jax.numpy (traced in the wide plan's device
     loop: every lane is evaluated and masked, since the lanes that need it are not known at trace
     time)."""
+    if space not in certificate.SPACES:  # a state space without the certificate's formulas (the deep UFM's)
+        return xp.zeros(f.shape, bool)
     live = lanes.running & ~xp.isnan(lanes.saddle_gap) & xp.isfinite(f)
     idx = slice(None)
     if xp is np:

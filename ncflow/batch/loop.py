@@ -73,8 +73,8 @@ def _check_points(points: Sequence[Point]) -> Problem:
     shape = _shape(base)
     for p in points[1:]:
         if _shape(p.problem) != shape:
-            raise ConfigError("points of one batch must share K, d, n, bias, loss and dtype (and class sizes or "
-                              "targets either all or none; targets of one shape)")
+            raise ConfigError("points of one batch must share K, d, n, bias, loss, dtype, depth, widths and "
+                              "activation (and class sizes or targets either all or none; targets of one shape)")
     if base.dtype == "float64" and not jax.config.read("jax_enable_x64"):
         raise ConfigError("dtype float64 needs jax_enable_x64 (set it before JAX starts; the CLI does)")
     if base.class_sizes is not None and base.targets is None:
@@ -85,7 +85,12 @@ def _check_points(points: Sequence[Point]) -> Problem:
 
 def _shape(q: Problem) -> tuple:
     data = (q.class_sizes is not None, None if q.targets is None else q.targets.shape, q.labels is not None)
-    return (q.K, q.d, q.n if not q.general else None, q.bias, q.loss, q.dtype) + data
+    return (q.K, q.d, q.n if not q.general else None, q.bias, q.loss, q.dtype) + data + _model(q)
+
+
+def _model(q: Problem) -> tuple:
+    """The model's static shape (depth, hidden widths, activation): one per batch."""
+    return (q.depth, tuple(q.layer_widths), q.activation)
 
 
 def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds, space: str = "full"):
@@ -99,7 +104,11 @@ def _device_lanes(points, base: Problem, lanes: LaneTable, layout: Layout, preds
     coeffs = {f: np.asarray([float(getattr(p.problem, f)) for p in points], dt)[pt] for f in COEFF_FIELDS}
     if base.general:  # THEORY §7: class sizes, targets and labels are per-lane values too
         coeffs.update(_data_lanes(points, base, pt, space))
-    prob = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt, **coeffs)
+    if any(p.problem.lambda_hidden is not None for p in points):  # λ_1..λ_{L−1}: (lanes, L − 1)
+        coeffs["lambda_hidden"] = np.asarray([[float(v) for v in p.problem.layer_lambdas[:-1]] for p in points],
+                                             dt)[pt]
+    prob = Problem(K=base.K, d=base.d, n=base.n, bias=base.bias, loss=base.loss, dtype=dt, depth=base.depth,
+                   widths=base.widths, activation=base.activation, **coeffs)
     prob_b = jax.tree_util.tree_map(layout.put, prob)  # unflattening does not re-validate
     lr = layout.put(np.asarray([p.lr for p in points], dt)[pt])
     scales = layout.put(np.asarray([p.init_scale for p in points], dt)[pt])
@@ -389,7 +398,8 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     def hessian(idx):
         return progs.hessian_extremes(x_all, prob_all, idx, config.lanczos_iters)
 
-    outcome, min_eig, max_eig = classify(f, gn, dist, tols, status, hessian, point_of=point_of)
+    outcome, min_eig, max_eig = classify(f, gn, dist, tols, status, hessian, point_of=point_of,
+                                         critical_error=extra.get("critical_error"))
     return dict(x=x_all, f=f, gn=gn, nc=nc, dist=dist, extra=extra, steps=steps, status=status,
                 outcome=outcome, min_eig=min_eig, max_eig=max_eig,
                 certified_step=np.where(cert_step >= 0, cert_step, np.nan), certified_margin=cert_margin,

@@ -9,7 +9,6 @@ import os
 import jax
 import numpy as np
 
-from ncflow.maths.objective import Params
 from ncflow.problem import Problem
 
 #: largest cache group; groups never depend on the number of runs, so a run computes with the
@@ -46,9 +45,7 @@ def host_memory_bytes() -> int:
 def state_bytes(problem: Problem, dyn) -> int:
     """Bytes of one run's carried state under ``dyn`` (a :class:`~ncflow.dynamics.build.Dynamics`),
     from its abstract state (nothing is allocated)."""
-    dt = problem.dtype
-    K, d, N = problem.K, problem.d, problem.N
-    params = Params(jax.ShapeDtypeStruct((K, d), dt), jax.ShapeDtypeStruct((d, N), dt), jax.ShapeDtypeStruct((K,), dt))
+    params = dyn.space.abstract_params(problem)
     state = jax.eval_shape(lambda p: dyn.from_params(problem, p), params)
     return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(state)))
 

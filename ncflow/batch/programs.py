@@ -52,7 +52,6 @@ from ncflow.config import effective
 from ncflow.dynamics import precision as _prec
 from ncflow.dynamics import starts
 from ncflow.maths import metrics as _m
-from ncflow.maths import objective as _o
 from ncflow.maths.lanczos import lanczos_extremes
 from ncflow.problem import Problem
 
@@ -88,7 +87,8 @@ def clear_cache() -> None:
 
 
 def _statics(problem: Problem) -> tuple:
-    return (problem.K, problem.d, problem.n, problem.bias, problem.loss, problem.dtype)
+    return (problem.K, problem.d, problem.n, problem.bias, problem.loss, problem.dtype, problem.depth,
+            problem.widths, problem.activation)
 
 
 def _tree_take(tree, idx):
@@ -125,7 +125,8 @@ class Programs:
         self.group = layout.group
         # starts are drawn full-size and collapsed: the wide plan draws them in batches of at most
         # ~256 MiB of full parameters instead of all lanes of a device at once
-        full_bytes = (problem.K * problem.d + problem.d * problem.N + problem.K) * np.dtype(problem.dtype).itemsize
+        full_bytes = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(dyn.space.abstract_params(problem))) \
+            * np.dtype(problem.dtype).itemsize
         self.init_group = max(1, min(layout.lanes_per_device, 2**28 // (3 * full_bytes))) if plan.wide else layout.group
         self.compile_s = 0.0
         self.compiled_now = 0
@@ -201,13 +202,13 @@ class Programs:
         dyn, g = self.dyn, self.init_group
         init_fn = starts.initializer(self.problem, self.start)
 
-        K, d, N = self.problem.K, self.problem.d, self.problem.N
+        shapes = [a.shape for a in jax.tree_util.tree_leaves(dyn.space.abstract_params(self.problem))]
 
         def local(prob_b, seed_run, scales):
             def one(a):
                 p, k, s = a  # k: (seed, run index); the run's key is fold_in(key(seed), run)
                 params = init_fn(p, starts.run_key(k[0], k[1]), s)
-                chex.assert_shape([params.W, params.H, params.b], [(K, d), (d, N), (K,)])  # at trace time
+                chex.assert_shape(jax.tree_util.tree_leaves(params), shapes)  # at trace time
                 return dyn.from_params(p, params)
             return jax.lax.map(one, (prob_b, seed_run, scales), batch_size=g)
         return local
@@ -306,7 +307,8 @@ class Programs:
         dyn, N = self.dyn, self.problem.N
         f, gn = dyn.value_and_grad_norm(p, xi)
         st = dyn.stats(p, xi)
-        return f, gn, _m.nc_metrics(st, N), _m.optimum_distance(p, pa, st, f), dyn.extras(p, xi)
+        return (f, gn, _m.nc_metrics(st, N), dyn.distance(p, pa, xi, f),
+                {**dyn.columns(p, pa, xi), **dyn.extras(p, xi)})
 
     def _summaries_local(self):
         return self._host_map(self._summary_one)
@@ -330,7 +332,7 @@ class Programs:
             flat, unravel = ravel_pytree(params)
 
             def mv(v):
-                return ravel_pytree(_o.hvp(p, params, unravel(v)))[0]
+                return ravel_pytree(dyn.hvp(p, params, unravel(v)))[0]
 
             v0 = jax.random.normal(key, flat.shape, flat.dtype)
             r = lanczos_extremes(mv, v0, iters)

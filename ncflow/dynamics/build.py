@@ -96,6 +96,18 @@ class Dynamics:
         """Class statistics of the point (``ncflow.maths.metrics.ClassStats``)."""
         return self.space.stats(problem, self.stepper.point(x))
 
+    def distance(self, problem: Problem, prediction, x, value):
+        """The space's distance of the point to the prediction (``OptimumDistance``)."""
+        return self.space.distance(problem, prediction, self.stepper.point(x), value)
+
+    def columns(self, problem: Problem, prediction, x) -> dict:
+        """The model's per-run columns of the point (the deep UFM's ``rank``, ...; {} at depth 1)."""
+        return self.space.columns(problem, prediction, self.stepper.point(x))
+
+    def hvp(self, problem: Problem, params, tangent):
+        """Hessian-vector product of the full objective at full ``params`` (:meth:`to_params`)."""
+        return self.space.hvp(problem, params, tangent)
+
     def extras(self, problem: Problem, x) -> dict:
         """The stepper's per-run columns (``flow_time``, ``escape_step``)."""
         return self.stepper.extras(problem, x)
@@ -156,21 +168,35 @@ def dynamics_for(problem: Problem, config) -> Dynamics:
     return Dynamics(space, stepper)
 
 
-def refuse_missing_engine(problem: Problem) -> None:
-    """THE one refusal of a problem the engine cannot run yet: a deep UFM (depth > 1, THEORY §9),
-    whose closed forms ``ncflow theory --depth`` gives. Called before anything is compiled (by
-    :func:`validate_for_problem` and :func:`default_lr`); the deep engine's wiring removes it."""
-    if problem.depth > 1:
-        raise ProblemError(f"depth must be 1 to run: the deep engine (depth {problem.depth}) is not available yet "
-                           f"in this version; ncflow theory --depth {problem.depth} gives its closed forms "
-                           "(THEORY §9)", field="depth")
+def refuse_missing_engine(problem: Problem, config=None) -> None:
+    """THE one refusal of what the engine cannot run yet, before anything is compiled (called by
+    :func:`validate_for_problem` and :func:`default_lr`): at depth > 1 (THEORY §9) the deep ReLU UFM
+    (``ncflow theory --depth`` gives its closed forms), a batch whose lanes differ in class sizes,
+    and with a ``config``, optimizers other than plain GD and starts other than gaussian/small."""
+    if problem.depth == 1:
+        return
+    L = problem.depth
+    if problem.activation != "linear":
+        raise ProblemError(f"activation {problem.activation} cannot run yet at depth {L}: the engine runs the deep "
+                           f"LINEAR UFM; ncflow theory --depth {L} --activation {problem.activation} gives its closed "
+                           "forms (THEORY §9.6)", field="activation")
+    if problem.class_sizes is not None and problem.columns is not None:
+        raise ProblemError(f"class_sizes must be the same for every point of a batch at depth {L} (the deep engine's "
+                           "shape is static)", field="class_sizes")
+    if config is None:
+        return
+    if config.optimizer != "gd":
+        raise ConfigError(f"optimizer must be gd at depth {L} (the deep engine runs plain gradient descent), got "
+                          f"{config.optimizer!r}", field="optimizer")
+    if config.init not in ("gaussian", "small"):
+        raise ConfigError(f"init must be gaussian or small at depth {L}, got {config.init!r}", field="init")
 
 
 def validate_for_problem(problem: Problem, config) -> None:
     """The checks that need the (base) problem: init saddle's ``active`` must name a saddle,
     ``0 <= active <= max_active − 1``, of a family with closed-form critical points. Class sizes or
     targets (THEORY §7) take the gaussian and small starts only."""
-    refuse_missing_engine(problem)
+    refuse_missing_engine(problem, config)
     if problem.general and config.init in ("orthogonal", "saddle"):
         raise ConfigError(f"init: {config.init} is not available with class sizes or targets; use gaussian or small",
                           field="init")
@@ -204,7 +230,7 @@ def default_lr(problem: Problem, config) -> float:
     A float32 problem whose default step is below the smallest normal float32 is refused, naming
     the setting that made it so small (:func:`_tiny_step`), not ``lr``, which was not given.
     """
-    refuse_missing_engine(problem)
+    refuse_missing_engine(problem, config)
     lr = _default_lr(problem, config)
     if problem.dtype == "float32" and lr < FLOAT32_TINY:
         raise _tiny_step(problem, config, lr)

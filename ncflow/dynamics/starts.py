@@ -39,6 +39,8 @@ def initializer(problem: Problem, config):
 
     The kinds are those of :data:`INITIALIZERS` (the names of ``ncflow.config.STARTS``).
     """
+    if problem.depth > 1:
+        return _deep_initializer(problem, config.init)
     try:
         make = INITIALIZERS[config.init]
     except KeyError:
@@ -167,3 +169,19 @@ INITIALIZERS = {
     "small": lambda problem, config: small,
     "saddle": saddle_factory,
 }
+
+
+def _deep_initializer(problem: Problem, init: str):
+    """The deep UFM's start ``fn(problem, key, scale) -> DeepParams`` (THEORY §9): the fan-in Gaussian of
+    :func:`ncflow.maths.deep_objective.gaussian_start` (W_l ~ N(0, s²/d_{l−1}), H ~ N(0, s²/d_0), b = 0)
+    with the batch's static shape (``problem``: the base problem), scale ``s`` (``small``: × SMALL_FACTOR)."""
+    from ncflow.maths import deep_objective as _do
+
+    if init not in ("gaussian", "small"):
+        raise ValueError(f"init must be gaussian or small at depth {problem.depth}, got {init!r}")
+    spec = _do.spec_of(problem)
+    factor = SMALL_FACTOR if init == "small" else 1.0
+
+    def fn(p, key, scale):
+        return _do.gaussian_start(spec, key, jnp.asarray(scale, spec.dtype) * factor)
+    return fn

@@ -25,9 +25,9 @@ from ncflow.errors import ProblemError
 from ncflow.maths import imbalanced as _im
 from ncflow.problem import BIAS_MODES, Problem
 
-__all__ = ["DeepPrediction", "LocalMin", "ReluPrediction", "ReluSolution", "c_exist", "c_glob", "critical_point",
-           "gain", "phi", "predict_deep", "predict_relu", "relu_dnc", "relu_srg_simple", "srg_rank", "x_minus",
-           "x_plus"]
+__all__ = ["DeepPrediction", "DeepPredictionArrays", "LocalMin", "ReluPrediction", "ReluSolution", "c_exist",
+           "c_glob", "critical_point", "default_step_size", "gain", "phi", "predict_deep", "predict_relu", "relu_dnc",
+           "relu_srg_simple", "srg_rank", "x_minus", "x_plus"]
 
 #: relative tolerance for tied gains / singular values (from THEORY §7's module)
 TIE_RTOL = _im.TIE_RTOL
@@ -235,6 +235,56 @@ class DeepPrediction:
     def saddle_gap(self) -> float:
         """f_sad − f* (+inf when the optimum is the only critical point)."""
         return self.saddle_value - self.objective
+
+    def critical_offsets(self) -> np.ndarray:
+        """f_r − f* of every NON-global local minimum (ascending): the critical values a stationary
+        run may end at besides f* (THEORY §9.2; saddles are transients)."""
+        return np.sort([m.value - self.objective for m in self.local_minima if not m.is_global])
+
+    def arrays(self, K: int, dtype) -> "DeepPredictionArrays":
+        """The prediction as numpy arrays of fixed shapes (stackable over the points of a batch): the
+        fields of :class:`~ncflow.maths.theory.PredictionArrays` (``gram`` = W_L W_Lᵀ, ``gram_h`` = MᵀM
+        of H, ``cross`` unused: zeros) and every local minimum's f_r and P M J singular values,
+        indexed by rank and padded with NaN to K + 1 ranks."""
+        gram = np.zeros((K, K)) if self.gram_w is None else self.gram_w
+        spec = np.sort(np.linalg.eigvalsh(gram))[::-1] if self.gram_w is not None else np.zeros(K)
+        values = np.full(K + 1, np.nan)
+        svs = np.full((K + 1, K), np.nan)
+        for m in self.local_minima:
+            values[m.rank] = m.value
+            svs[m.rank] = m.singular_values[:K]
+        bias = np.zeros(K) if self.bias is None else self.bias
+        a = lambda v: np.asarray(v, dtype)  # noqa: E731
+        return DeepPredictionArrays(
+            objective=a(self.objective), gram=a(gram), spectrum=a(spec), bias=a(bias),
+            gram_unique=np.asarray(self.gram_unique), geometry_known=np.asarray(True),
+            gram_h=a(np.zeros((K, K)) if self.gram_h is None else self.gram_h), cross=a(np.zeros((K, K))),
+            singular_values=a(self.singular_values[:K]), minima_values=a(values), minima_singular=a(svs),
+            threshold=a((self.L - 1) / (2 * self.L)))
+
+
+class DeepPredictionArrays(NamedTuple):
+    """A :class:`DeepPrediction` as arrays for the engine (one run's; a batch stacks them).
+
+    ``objective ()``, ``gram (K, K)`` (W_L W_Lᵀ at the optimum, zeros where not unique), ``spectrum (K,)``
+    its eigenvalues, ``bias (K,)``, ``gram_unique``, ``geometry_known`` (bool ()), ``gram_h (K, K)``
+    (MᵀM of H), ``cross (K, K)`` (zeros: not compared), ``singular_values (K,)`` of P M J at the optimum,
+    ``minima_values (K + 1,)`` f_r by rank r and ``minima_singular (K + 1, K)`` their P M J singular values
+    (NaN where no local minimum of that rank exists), ``threshold ()`` = (L − 1)/(2L), the alive cut of
+    THEORY §9.2."""
+
+    objective: np.ndarray
+    gram: np.ndarray
+    spectrum: np.ndarray
+    bias: np.ndarray
+    gram_unique: np.ndarray
+    geometry_known: np.ndarray
+    gram_h: np.ndarray
+    cross: np.ndarray
+    singular_values: np.ndarray
+    minima_values: np.ndarray
+    minima_singular: np.ndarray
+    threshold: np.ndarray
 
 
 def _positive(v) -> bool:
@@ -598,3 +648,26 @@ def predict_relu(K: int, n: int, L: int, widths, lambda_h: float, lambdas) -> Re
     return ReluPrediction(K=K, n=n, L=L, widths=widths, lambdas=lams, lambda_h=lh, c=dnc.c, tau=tau,
                           c_exist=c_exist(L), c_glob=c_glob(L), origin_value=0.5, dnc=dnc, layer_norms2=norms2,
                           feature_norms=feats, srg_r=r, srg=srg)
+
+
+def default_step_size(pred: DeepPrediction, init_scale: float = 1.0) -> float:
+    """The default GD step of a deep linear UFM, ``1/L_GN`` with L_GN a Gauss–Newton curvature bound at
+    the larger of the optimum and a typical Gaussian start of scale ``init_scale`` (float).
+
+    Factors i = 0..L (H, W_1, ..., W_L) with squared operator norms a_i² (H's divided by N): at the
+    optimum (τ/λ_i) s^{2/m} for the strongest alive direction s = x_+ σ, at the start
+    (scale²/d_{i−1})(√d_i + √d_{i−1})² (H: (scale²/d_0)(√d_0 + √N)²/N). L_GN = 1 + Σ_i Π_{j≠i} a_j² + max λ
+    (the 1: the bias direction, kept as a floor). L = 1: the same form as ``theory.default_step_size``."""
+    dims = (*pred.widths, pred.K)
+    N = pred.N
+    lams = (pred.lambda_h, *pred.lambdas)
+    alive = np.nan_to_num(pred.x_plus * pred.sigma)
+    e = float(np.max(alive, initial=0.0)) ** (2.0 / (pred.L + 1))
+    opt = [pred.tau / lam * e for lam in lams]
+    opt[0] /= N
+    s2 = init_scale**2
+    start = [s2 / dims[0] * (math.sqrt(dims[0]) + math.sqrt(N)) ** 2 / N]
+    start += [s2 / dims[i - 1] * (math.sqrt(dims[i]) + math.sqrt(dims[i - 1])) ** 2 for i in range(1, pred.L + 1)]
+    a2 = [max(o, t) for o, t in zip(opt, start)]
+    gn = sum(math.prod(a2[:i] + a2[i + 1:]) for i in range(len(a2)))
+    return 1.0 / (1.0 + gn + max(max(lams), pred.lambda_b))

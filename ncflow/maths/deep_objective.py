@@ -37,9 +37,9 @@ from ncflow.problem import BIAS_MODES, DTYPES
 from ncflow.settings import ACTIVATIONS
 
 __all__ = ["ACTIVATIONS", "DeepCoeffs", "DeepParams", "DeepSpec", "DeepStats", "class_moments", "class_stats",
-           "coeffs", "counts", "flops_per_step", "gaussian_start", "gd_step", "gradient", "hvp", "inner_size", "labels",
-           "last_layer", "layer_gradients", "objective", "product_chain", "sq_norm", "value_and_grad_norm",
-           "value_and_gradient"]
+           "coeffs", "coeffs_of", "counts", "flops_per_step", "gaussian_start", "gd_step", "gradient", "hvp",
+           "inner_size", "labels", "last_layer", "layer_gradients", "objective", "pmj_singular", "product_chain",
+           "spec_of", "sq_norm", "value_and_grad_norm", "value_and_gradient"]
 
 
 def _is_int(v) -> bool:
@@ -405,3 +405,32 @@ def gaussian_start(spec: DeepSpec, key, scale) -> DeepParams:
     H = zh.reshape(d[0], spec.N) if spec.balanced else zh.reshape(spec.N, d[0]).T
     return DeepParams(tuple(Ws), H, jnp.zeros((spec.K,), dt))
 
+
+
+# ----------------------------------------------------------------------------------- from a Problem
+def spec_of(problem) -> DeepSpec:
+    """The :class:`DeepSpec` of a (base, concrete) :class:`~ncflow.problem.Problem` of any depth: its K,
+    class sizes (n for every class, or ``class_sizes``), ``layer_widths``, activation, bias mode and
+    dtype. A batch whose lanes differ in class sizes has no single spec (the engine refuses it)."""
+    sizes = tuple(int(v) for v in problem.sizes)
+    return DeepSpec(K=problem.K, sizes=sizes, widths=tuple(problem.layer_widths), activation=problem.activation,
+                    bias=problem.bias_mode, dtype=problem.dtype)
+
+
+def coeffs_of(spec: DeepSpec, problem) -> DeepCoeffs:
+    """The :class:`DeepCoeffs` of ONE run's problem (its coefficients may be traced lane values):
+    ``layer_lambdas`` (L,), λ_H and λ_b (0 bias-free), in ``spec.dtype``; not re-validated."""
+    dt = jnp.dtype(spec.dtype)
+    lams = jnp.stack([jnp.asarray(v, dt) for v in problem.layer_lambdas])
+    lb = jnp.asarray(problem.lambda_b, dt) if spec.has_bias else jnp.zeros((), dt)
+    return DeepCoeffs(lams, jnp.asarray(problem.lambda_h, dt), lb)
+
+
+def pmj_singular(spec: DeepSpec, Ws: tuple, M: Float[Array, "d0 K"]) -> Float[Array, " K"]:
+    """Singular values (K,) of P M J, descending (THEORY §9.2's x_i for balanced classes): P = W_L⋯W_1,
+    M (d_0, K) the class means of H, J = I − 11ᵀ/K in bias mode (A), I otherwise."""
+    P = product_chain(tuple(Ws))[0]
+    PM = P @ M
+    if spec.bias == "unregularized":
+        PM = PM - jnp.mean(PM, axis=1, keepdims=True)
+    return jnp.linalg.svd(PM, compute_uv=False)

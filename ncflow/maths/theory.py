@@ -413,6 +413,8 @@ def default_step_size(problem: Problem, init_scale: float = 1.0) -> float:
     (``||W||_op ≈ σ(√K+√d)``, ``||H||_op ≈ σ(√d+√N)``, σ = scale/√d); add the largest λ.
     For rescaled MSE the data term is multiplied by max(α, 1).
     """
+    if problem.depth > 1:  # THEORY §9: the deep linear bound
+        return _deep.default_step_size(predict(problem), init_scale)
     lw, lh, lb = _scalars(problem)
     K, d, N = problem.K, problem.d, problem.N
     pred = predict(problem)
