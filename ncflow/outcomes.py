@@ -135,6 +135,25 @@ def _radial_curvature(problem: Problem, offsets_known: bool) -> float:
     return (4 * tau * s / N) / ((k2 + 1 / k2) * s / N + lw + lh)
 
 
+def _windows(dt: str, scale: float, land: float, mu: float) -> tuple[float, float, bool, float]:
+    """The value and gradient windows of a landscape whose nearest non-global critical value lies
+    ``land`` above f* (inf: none; NaN: unknown), at objective scale ``scale`` and slowest curvature
+    ``mu``: ``(gap_tol, own gtol, resolved, rounding)`` with rounding = 100 eps S,
+    gap_tol = min(10 r S + rounding, max(land/20, rounding)), own gtol = max(min(sqrt(2 μ r S),
+    sqrt(2 μ gap_tol)), the dtype's floor), resolved = rounding <= land/20."""
+    eps, rel = float(np.finfo(dt).eps), TARGET_REL[dt]
+    rounding = ROUNDING_EPS * eps * scale
+    gap_tol = 10 * rel * scale + rounding
+    resolved = True
+    if math.isfinite(land):
+        gap_tol = min(gap_tol, max(LANDSCAPE_FRACTION * land, rounding))
+        resolved = rounding <= LANDSCAPE_FRACTION * land
+    own = math.sqrt(2 * mu * rel * scale) if mu > 0 else 0.0
+    if mu > 0 and math.isfinite(land):
+        own = min(own, math.sqrt(2 * mu * gap_tol))
+    return gap_tol, max(own, GTOL_FLOOR[dt]), resolved, rounding
+
+
 def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = None) -> Tolerances:
     """Tolerances that suit the dtype, the problem's curvature scale and its landscape.
 
@@ -160,17 +179,8 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
     scalar = not any(np.ndim(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b"))
     offsets = critical.critical_offsets(problem) if scalar else None
     mu = min(lw, lh / (1.0 + rho / problem.N), _radial_curvature(problem, offsets is not None))
-    rounding = ROUNDING_EPS * eps * scale
-    gap_tol = 10 * rel * scale + rounding
     land = float(offsets[0]) if offsets is not None and offsets.size else (math.nan if offsets is None else math.inf)
-    resolved = True
-    if math.isfinite(land):
-        gap_tol = min(gap_tol, max(LANDSCAPE_FRACTION * land, rounding))
-        resolved = rounding <= LANDSCAPE_FRACTION * land
-    own = math.sqrt(2 * mu * rel * scale) if mu > 0 else 0.0
-    if mu > 0 and math.isfinite(land):
-        own = min(own, math.sqrt(2 * mu * gap_tol))
-    own = max(own, GTOL_FLOOR[dt])
+    gap_tol, own, resolved, rounding = _windows(dt, scale, land, mu)
     if gtol is None:
         gtol = own
     geom_tol = GEOM_TOL[dt]
@@ -202,23 +212,12 @@ def _deep_tolerances(problem: Problem, pred: DeepPrediction, gtol: float | None)
     eps = float(np.finfo(dt).eps)
     rel = TARGET_REL[dt]
     scale = max(abs(pred.objective), 1e-2)
-    rounding = ROUNDING_EPS * eps * scale
-    gap_tol = 10 * rel * scale + rounding
-    land = float(pred.saddle_gap)
-    resolved = True
-    if math.isfinite(land):
-        gap_tol = min(gap_tol, max(LANDSCAPE_FRACTION * land, rounding))
-        resolved = rounding <= LANDSCAPE_FRACTION * land
-    mu = min(pred.lambda_h, *pred.lambdas)
-    own = math.sqrt(2 * mu * rel * scale)
-    if math.isfinite(land):
-        own = min(own, math.sqrt(2 * mu * gap_tol))
-    own = max(own, GTOL_FLOOR[dt])
+    gap_tol, own, resolved, rounding = _windows(dt, scale, float(pred.saddle_gap), min(pred.lambda_h, *pred.lambdas))
     gtol = own if gtol is None else gtol
     return Tolerances(gtol=float(gtol), ftol=rel * scale, gap_tol=float(gap_tol), geom_tol=GEOM_TOL[dt],
                       neg_tol=math.sqrt(eps), strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])), own_gtol=float(own),
                       offsets=tuple(float(v) for v in pred.critical_offsets()), resolved=bool(resolved),
-                      curvature_resolved=True, landscape_gap=land, rounding=float(rounding))
+                      curvature_resolved=True, landscape_gap=float(pred.saddle_gap), rounding=float(rounding))
 
 
 def class_fates(W: np.ndarray, M: np.ndarray, tol: float, scale: tuple[float, float] | None = None) -> tuple[str, str]:
