@@ -22,6 +22,36 @@ def median(a) -> float | None:
     return float(np.median(a)) if a.size else None
 
 
+#: the per-layer columns of a deep run (THEORY §9.2; ``nc1_l0``.. for layer 0 = H, layer l after l weights)
+LAYER_METRICS = ("nc1", "nc2", "nc3", "rank")
+
+
+def layer_medians(per_run: dict) -> list:
+    """Per-layer medians of a deep run's ``nc1_l{l}``, ``nc2_l{l}``, ``nc3_l{l}``, ``rank_l{l}`` columns:
+    [{"layer": l, "nc1": …, "nc2": …, "nc3": …, "rank": …}] for l = 0, 1, … while the columns exist
+    (empty for a model without them, e.g. depth 1); a median is None where no run has a finite value."""
+    out = []
+    while f"nc1_l{len(out)}" in per_run:
+        i = len(out)
+        out.append({"layer": i, **{k: median(per_run[f"{k}_l{i}"]) for k in LAYER_METRICS}})
+    return out
+
+
+def _layer_lines(per_run: dict) -> list:
+    """One line per layer: its median NC1, NC2, NC3 and class-mean rank (nothing at depth 1)."""
+    rows = layer_medians(per_run)
+    if not rows:
+        return []
+
+    def g(v, fmt):
+        return "—" if v is None else format(v, fmt)
+    lines = ["Per layer (median, state at stop; layer 0 = H, layer l = features after l weight layers)"]
+    for row in rows:
+        lines.append(f"  layer {row['layer']}  NC1 {g(row['nc1'], '.2e')}  NC2 {g(row['nc2'], '.2e')}  "
+                     f"NC3 {g(row['nc3'], '.2e')}  rank {g(row['rank'], 'g')}")
+    return lines
+
+
 def _vec(v, digits: int = 6) -> str:
     return "—" if v is None else "[" + ", ".join(f"{float(x):.{digits}g}" for x in v) + "]"
 
@@ -395,6 +425,8 @@ def format_result(result) -> str:
     elif all(v is not None for v in m.values()):
         lines.append(f"Median (state at stop) NC1 {m['nc1']:.2e}  NC2 {m['nc2']:.2e}  NC3 {m['nc3']:.2e}  "
                      f"Gram error {m['gram_error']:.2e}")
+    if classes:
+        lines += _layer_lines(result.per_run)
     if "merged" in result.per_run:
         lines += _fates_lines(result)
     hint = budget_hint(result)

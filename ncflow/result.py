@@ -16,7 +16,7 @@ from ncflow.dynamics.replay import replay
 from ncflow.maths.theory import Prediction
 from ncflow.outcomes import LABELS, Tolerances
 from ncflow.problem import Problem
-from ncflow.report import format_result, has_classes, median, prediction_json
+from ncflow.report import format_result, has_classes, layer_medians, median, prediction_json
 from ncflow.stats import wilson_interval
 
 RESULT_FILES = ("summary.json", "config.json", "runs.csv", "runs.parquet")
@@ -74,6 +74,8 @@ class Result:
             ``objective``, ``gap``, ``grad_norm``, ``nc1``–``nc4``, ``nc2_uncentered``,
             ``within_between``, ``gram_error``, ``self_duality``, ``w_norm``, ``h_norm``,
             ``bias_error``, ``min_hessian_eig`` / ``max_hessian_eig`` (NaN where not computed).
+            Deep linear runs (depth L > 1) add ``rank``, ``critical_error``, ``rank_gap`` and, per
+            layer l = 0..L−1 (0 = H), ``nc1_l{l}``, ``nc2_l{l}``, ``nc3_l{l}``, ``rank_l{l}`` (docs/deep.md).
         history: None, or ``step (records,)`` and ``objective``, ``gap``, ``grad_norm``, ``nc1``,
             ``nc2``, ``nc3`` of shape (records, runs), at log-spaced steps.
         timing: ``compile_s``, ``run_s`` (device work of the stepping loop), ``loop_s`` (the whole
@@ -247,7 +249,9 @@ class Result:
     def summary(self) -> dict:
         """The JSON summary (the object ``ncflow run --json`` prints). ``final_objective`` and
         ``median_metrics`` are of the runs' states at their stop (``state_at_stop``); with the
-        "certified" stop rule a certified run's limit is ``limit`` (from theory), not its state."""
+        "certified" stop rule a certified run's limit is ``limit`` (from theory), not its state.
+        Deep runs add ``median_layer_metrics``: per layer its median NC1, NC2, NC3 and class-mean rank
+        (:func:`ncflow.report.layer_medians`)."""
         med = {k: median(self.per_run[k]) for k in ("nc1", "nc2", "nc3", "nc4", "gram_error", "grad_norm")}
         return {
             "stop_rule": self.stop_rule,
@@ -261,6 +265,7 @@ class Result:
             **({} if self.rank_counts() is None else {"rank_counts": self.rank_counts()}),
             "final_objective": self.final_objective(),
             "median_metrics": med,
+            **({"median_layer_metrics": layer_medians(self.per_run)} if layer_medians(self.per_run) else {}),
             "timing": dict(self.timing),
             "engine": self.representation,
             "tolerances": self.tolerances.to_json(),

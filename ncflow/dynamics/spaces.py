@@ -227,14 +227,17 @@ class DeepFullSpace(StateSpace):
         """``rank``: r = #{x_i > (L − 1)/(2L)} of the singular values x_i of P M J (THEORY §9.2);
         ``critical_error``: max_i |x_i − x_i(r)| / max(1, max_i x_i(r)) against the rank-r local
         minimum's predicted singular values (NaN where no local minimum has rank r); ``rank_gap``:
-        f − f_r (NaN likewise). All shape ()."""
+        f − f_r (NaN likewise); then the per-layer NC metrics ``nc1_l{l}``, ``nc2_l{l}``, ``nc3_l{l}``,
+        ``rank_l{l}`` of the features of layer l = 0..L−1 (:func:`~ncflow.maths.deep_objective.layer_metrics`).
+        All shape ()."""
         st = self.deep_stats(problem, x)
         sv = _do.pmj_singular(self.spec, st.Ws, st.means[0])
         r = jnp.sum(sv > prediction.threshold)
         want = prediction.minima_singular[r]
         err = jnp.max(jnp.abs(sv - want)) / jnp.maximum(jnp.max(want), 1.0)
         f = self.objective(problem, x)
-        return {"rank": r.astype(sv.dtype), "critical_error": err, "rank_gap": f - prediction.minima_values[r]}
+        return {"rank": r.astype(sv.dtype), "critical_error": err, "rank_gap": f - prediction.minima_values[r],
+                **_do.layer_metrics(self.spec, st)}
 
 
 @dataclasses.dataclass(frozen=True)

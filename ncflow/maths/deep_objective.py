@@ -32,14 +32,14 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ncflow.errors import ProblemError
-from ncflow.maths.metrics import ClassStats
+from ncflow.maths.metrics import ClassStats, class_mean_metrics
 from ncflow.problem import BIAS_MODES, DTYPES
 from ncflow.settings import ACTIVATIONS
 
 __all__ = ["ACTIVATIONS", "DeepCoeffs", "DeepParams", "DeepSpec", "DeepStats", "class_moments", "class_stats",
            "coeffs", "coeffs_of", "counts", "flops_per_step", "gaussian_start", "gd_step", "gradient", "hvp",
-           "inner_size", "labels", "last_layer", "layer_gradients", "objective", "pmj_singular", "product_chain",
-           "spec_of", "sq_norm", "value_and_grad_norm", "value_and_gradient"]
+           "inner_size", "labels", "last_layer", "layer_gradients", "layer_metrics", "objective", "pmj_singular",
+           "product_chain", "spec_of", "sq_norm", "value_and_grad_norm", "value_and_gradient"]
 
 
 def _is_int(v) -> bool:
@@ -380,6 +380,26 @@ def class_stats(spec: DeepSpec, params: DeepParams) -> DeepStats:
     pre = [class_moments(spec, Zl) for Zl in pres] if spec.activation == "relu" else []
     return DeepStats(tuple(params.Ws), tuple(m for m, _ in feats), tuple(g for _, g in feats),
                      tuple(m for m, _ in pre), tuple(g for _, g in pre), params.b, counts(spec, params.H.dtype))
+
+
+def layer_metrics(spec: DeepSpec, stats: DeepStats) -> dict:
+    """Per-layer NC metrics of one run, {name: shape ()}, for the features A_l of layer l = 0..L−1
+    (A_0 = H, A_l = features after l weight layers) and W_{l+1}, the weights that read them
+    (:func:`ncflow.maths.metrics.class_mean_metrics`):
+
+    ``nc1_l{l}`` NC1 of A_l; ``nc2_l{l}`` NC2 of A_l's class means against the simplex ETF (bias modes
+    (A), (C)) or the orthogonal frame I/√K ((B)); ``nc3_l{l}`` ||W_{l+1}ᵀW_{l+1}/‖·‖_F − M̄_lM̄_lᵀ/‖·‖_F||_F;
+    ``rank_l{l}`` the numerical rank (:func:`~ncflow.maths.metrics.numerical_rank`: singular values above
+    sqrt(eps of ``spec.dtype``) · max(s_1, 1)) of the class-mean matrix M̄_l (d_l, K). Class means are
+    centered (M − μ_G) in mode (A) only, as :func:`pmj_singular` centers P M: at a rank-r local minimum of
+    THEORY §9.2 every rank_l is r.
+    """
+    center = spec.bias == "unregularized"
+    frame = "orthogonal" if spec.bias == "none" else "etf"
+    per_layer = [class_mean_metrics(stats.Ws[i], stats.means[i], stats.scatters[i], stats.counts, spec.N, center,
+                                    frame, spec.dtype) for i in range(spec.L)]
+    return {f"{name}_l{i}": vals[j] for j, name in enumerate(("nc1", "nc2", "nc3", "rank"))
+            for i, vals in enumerate(per_layer)}
 
 
 # ----------------------------------------------------------------------------------- start

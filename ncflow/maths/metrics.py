@@ -166,6 +166,57 @@ def _nc1(X: Float[Array, "d K"], Sw: Float[Array, "d d"], K: int, dtype) -> Floa
     return jnp.maximum(jnp.sum(inv_s2 * proj) / K, 0.0)
 
 
+def rank_tolerance(dtype) -> float:
+    """The cut-off factor of :func:`numerical_rank` for values carried in ``dtype``: sqrt(eps)
+    (1.5e-8 in float64, 3.5e-4 in float32). Rounding alone leaves singular values near eps·s_1; a
+    direction that GD is killing decays only geometrically (by about 1 − ηλ per step), so a stopped
+    run still carries it at roughly ||∇f||/λ: sqrt(eps) sits between the two at the default stop."""
+    return float(np.sqrt(np.finfo(np.dtype(dtype)).eps))
+
+
+def numerical_rank(X: Float[Array, "d K"], dtype) -> Float[Array, ""]:
+    """#{s_i > tol · max(s_1, 1)} over the singular values s (descending) of ``X``, tol =
+    :func:`rank_tolerance` (dtype): relative to the largest singular value, and absolute below 1 (so
+    a point shrinking to 0, such as a run at the origin W = H = 0, has rank 0, not the rank of its
+    vanishing remainder). A float of X's dtype, shape ()."""
+    s = jnp.linalg.svd(X, compute_uv=False)
+    return jnp.sum(s > jnp.maximum(jnp.max(s), 1.0) * rank_tolerance(dtype)).astype(X.dtype)
+
+
+def normalized_distance(A: Float[Array, "m m"], B: Float[Array, "m m"]) -> Float[Array, ""]:
+    """||A/||A||_F − B/||B||_F||_F, shape (): the distance of two matrices' directions (a zero matrix
+    normalizes to zero)."""
+    return jnp.sqrt(jnp.sum((_safe_normalize(A) - _safe_normalize(B)) ** 2))
+
+
+def class_mean_metrics(W_next: Float[Array, "e d"], M: Float[Array, "d K"], G: Float[Array, "d d"],
+                       counts, N: int, center: bool, frame: str, dtype) -> tuple:
+    """NC metrics of ONE layer of a deep model: ``(nc1, nc2, nc3, rank)``, each shape ().
+
+    ``M (d, K)``, ``G (d, d)``: the layer's class means and within-class scatter Σ e eᵀ; ``W_next
+    (e, d)``: the weights that read this layer; ``counts`` n_k (K,) or None (balanced); ``center``: use
+    M̄ = M − μ_G (μ_G as :func:`nc_metrics`) for NC2, NC3 and the rank, else M itself; ``frame``: "etf"
+    (target P of §5) or "orthogonal" (I/√K) for NC2; ``dtype``: the state's dtype (cut-offs).
+
+    - nc1 = tr(Σ_W Σ_B^†)/K, exactly :func:`nc_metrics`' NC1 of these statistics;
+    - nc2 = ||M̄ᵀM̄/||M̄ᵀM̄||_F − T||_F, T the frame's Gram (||T||_F = 1);
+    - nc3 = ||W_nextᵀW_next/||·||_F − M̄M̄ᵀ/||·||_F||_F: the weights' row space and scale profile against
+      the class means' (a Gram form of self-duality that needs no e = K; 0 at every critical point of
+      THEORY §9.2 whose alive directions share one x);
+    - rank = :func:`numerical_rank` of M̄ (d, K).
+    """
+    d, K = M.shape
+    muG = jnp.mean(M, axis=1) if counts is None else M @ counts / jnp.sum(counts)
+    N = N if counts is None else jnp.sum(counts)
+    Hbar = M - muG[:, None]
+    nc1 = _nc1(Hbar / float(np.sqrt(K)), G / N, K, dtype)
+    Mb = Hbar if center else M
+    target = _etf_target(K, M.dtype) if frame == "etf" else jnp.eye(K, dtype=M.dtype) / float(np.sqrt(K))
+    nc2 = normalized_distance(Mb.T @ Mb, target)
+    nc3 = normalized_distance(W_next.T @ W_next, Mb @ Mb.T)
+    return nc1, nc2, nc3, numerical_rank(Mb, dtype)
+
+
 def optimum_distance(problem: Problem, prediction: PredictionArrays, stats: ClassStats,
                      value: Float[Array, ""]) -> OptimumDistance:
     """Distance of one run (its class statistics and objective ``value``) to the prediction.
