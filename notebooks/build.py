@@ -27,7 +27,7 @@ import jupytext
 import nbformat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NOTEBOOKS = ("quickstart", "theory_check", "phase_diagrams", "convergence_rates", "imbalance")
+NOTEBOOKS = ("quickstart", "theory_check", "phase_diagrams", "convergence_rates", "imbalance", "deep")
 KERNEL = "python3"
 DEFAULT_TIMEOUT = 600
 STAMP = "ncflow_build"  # notebook metadata key of the build stamp

@@ -29,7 +29,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
-NOTEBOOKS = ("quickstart", "theory_check", "phase_diagrams", "convergence_rates", "imbalance")
+NOTEBOOKS = ("quickstart", "theory_check", "phase_diagrams", "convergence_rates", "imbalance", "deep")
 CELL_TIMEOUT = 600
 
 
