@@ -8,7 +8,9 @@
 * ``Result.final_params(i, exact=True)`` on every collapsed result: ``AttributeError: 'FullSpace'
   object has no attribute 'step'`` (and, for a saddle start, the engine name "collapsed+escape"
   refused as a Config field);
-* ``ncflow run -K 10 -n 4635`` (N > 46,340, float32): N² reached a jitted function as a 32-bit int.
+* ``ncflow run -K 10 -n 4635`` (N > 46,340, float32): N² reached a jitted function as a 32-bit int;
+* found on the way: the Hessian probe of a saddle candidate of a collapsed ``targets`` run could not
+  trace the expansion of its state (``TracerArrayConversionError``).
 
 The matrix of tests/test_matrix.py runs every optimizer on every problem kind; these tests pin the
 reported commands and check the repaired values against an independent computation.
@@ -121,6 +123,18 @@ def test_final_params_of_a_collapsed_targets_run_with_labels():
         f = float(r.per_run["objective"][i])
         assert float(objective(p, r.final_params(i))) == pytest.approx(f, rel=1e-12)
         assert float(objective(p, r.final_params(i, exact=True))) == pytest.approx(f, rel=1e-9)
+
+
+def test_hessian_probe_of_a_collapsed_targets_run():
+    """A stationary, non-global collapsed targets run (no bias, started at the origin: a saddle) is
+    probed by Lanczos on its expanded point inside the engine: the expansion must trace (it called
+    numpy on the per-lane row basis). Same outcome and λ_min as the full engine."""
+    T = np.random.default_rng(6).standard_normal((3, 6))
+    p = Problem(K=3, d=4, targets=T, bias=False, lambda_w=1e-2, lambda_h=1e-2, dtype="float64")
+    kw = dict(runs=2, max_steps=20, init_scale=0.0, progress=False)
+    col, full = simulate(p, engine="collapsed", **kw), simulate(p, engine="full", **kw)
+    assert list(col.outcome) == list(full.outcome) == ["saddle", "saddle"]
+    np.testing.assert_allclose(col.per_run["min_hessian_eig"], full.per_run["min_hessian_eig"], rtol=1e-8)
 
 
 def test_final_params_exact_on_a_collapsed_result_is_the_full_engine_run():

@@ -94,17 +94,15 @@ def expand(problem: Problem, x: Collapsed) -> Params:
     invariant under that mixing, so they are exact on the rebuilt point. Needs N − K ≥ rank(G)
     (true whenever G came from a real H); otherwise the excess is dropped.
     """
-    if problem.row_basis is not None:
-        rb = problem.row_basis
-        own = np.linalg.norm(np.asarray(rb.Q), axis=0) > 0  # a lane's own columns (the rest is zero padding)
-        P = np.asarray(rb.Q)[:, own]
-        U, sv, _ = np.linalg.svd(np.eye(P.shape[0]) - P @ P.T)
-        Phi = U[:, sv > 0.5]  # orthonormal columns spanning the complement of span Q
+    if problem.row_basis is not None:  # traceable: the engine's Hessian probes expand per-lane states
+        Q = jnp.asarray(problem.row_basis.Q, x.G.dtype)  # (N, r), zero columns past a lane's own r
+        N = Q.shape[0]
+        pe, pv = jnp.linalg.eigh(jnp.eye(N, dtype=Q.dtype) - Q @ Q.T)  # eigenvalues 0 (span Q), 1 (its complement)
+        m = min(problem.d, N)
+        Phi = pv[:, N - m:] * (pe[N - m:] > 0.5)  # the m last: orthonormal complement vectors, or zero (span Q)
         evals, evecs = jnp.linalg.eigh(x.G)
-        root = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
-        m = min(problem.d, Phi.shape[1])
-        E = root[:, problem.d - m:] @ jnp.asarray(Phi[:, :m].T, x.G.dtype)
-        return Params(x.W, x.M[:, own] @ jnp.asarray(P.T, x.M.dtype) + E, x.b)
+        root = evecs * jnp.sqrt(jnp.clip(evals, 0.0))  # ascending: G's largest directions meet Phi's nonzero ones
+        return Params(x.W, x.M @ Q.T + root[:, problem.d - m:] @ Phi.T, x.b)
     if problem.general:
         return _expand_sizes(problem, x)
     d, K, n = problem.d, problem.K, problem.n

@@ -75,10 +75,15 @@ def targets_and_weights(problem: Problem) -> tuple[Float[Array, "K N"], Float[Ar
     """Regression targets ``T (K, N)`` and per-entry weights ``Ω (K, N)`` (None for plain MSE).
 
     Plain MSE: ``T = Y``. Rescaled MSE: ``T = M Y`` and ``Ω = 1 + (α − 1) Y``, so that the
-    per-sample loss is ``α (z_y − M)² + Σ_{j≠y} z_j²``.
+    per-sample loss is ``α (z_y − M)² + Σ_{j≠y} z_j²``. A target matrix given in row-space
+    coordinates (``row_basis``, the collapsed engine's lanes): ``T = T_Q Qᵀ``, exact, as T's rows lie
+    in span Q.
     """
     if problem.targets is not None:
         return jnp.asarray(problem.targets, problem.dtype), None
+    if problem.row_basis is not None:
+        rb = problem.row_basis
+        return jnp.asarray(rb.TQ, problem.dtype) @ jnp.asarray(rb.Q, problem.dtype).T, None
     Y = labels(problem)
     if problem.loss == "mse":
         return Y, None
