@@ -343,16 +343,21 @@ def _fates_lines(result) -> list[str]:
     m = {k: median(pr[k]) for k in ("gram_h_error", "cross_error", "nc1_weighted")}
     out = [f"Median (state at stop) MᵀM error {m['gram_h_error']:.2e}  W M error {m['cross_error']:.2e}  "
            f"NC1 (n_k-weighted Σ_B) {m['nc1_weighted']:.2e}"]
-    want_m = "; ".join("{" + ",".join(map(str, g)) + "}" for g in pred.merged) or "none"
-    want_v = ", ".join(map(str, pred.vanished)) or "none"
-    out.append(f"Classes (theory)  merged {want_m}  vanished {want_v}"
-               + ("" if pred.gram is not None else "  (Gram not unique: not compared)"))
+    predicted = hasattr(pred, "merged")  # the deep UFM's prediction names no class fates
+    gram = pred.gram if predicted else None
+    if predicted:
+        want_m = "; ".join("{" + ",".join(map(str, g)) + "}" for g in pred.merged) or "none"
+        want_v = ", ".join(map(str, pred.vanished)) or "none"
+        out.append(f"Classes (theory)  merged {want_m}  vanished {want_v}"
+                   + ("" if gram is not None else "  (Gram not unique: not compared)"))
+    else:
+        out.append("Classes (last layer; the theory names no class fates here: not compared)")
     # a run stopped by the certificate (THEORY §8) is not converged: its state's classes have not
     # merged or vanished yet, while its limit, a global minimizer, has the theory's (unique) Grams
     certified = np.asarray(pr.get("stop", np.full(len(pr["merged"]), "")), dtype=object) == "certified"
     if certified.any():
         out.append(f"  certified {int(certified.sum()):>3}  their limit's classes are the theory's"
-                   + ("" if pred.gram is not None else " (up to the non-unique Gram)")
+                   + ("" if gram is not None else " (up to the non-unique Gram)")
                    + "; their state at the stop is not compared")
     combos: dict = {}
     for mg, vn in zip(pr["merged"][~certified], pr["vanished"][~certified]):
@@ -360,7 +365,7 @@ def _fates_lines(result) -> list[str]:
         combos[key] = combos.get(key, 0) + 1
     for (mg, vn), count in sorted(combos.items(), key=lambda kv: -kv[1]):
         out.append(f"  runs {count:>6}  merged {mg}  vanished {vn}")
-    if pred.gram is not None and (~certified).any():
+    if gram is not None and (~certified).any():
         ok = int(np.sum(np.asarray(pr["classes_as_predicted"], bool)[~certified]))
         out.append(f"  as predicted: {ok} of {int((~certified).sum())} runs"
                    + (" (not stopped by the certificate)" if certified.any() else ""))

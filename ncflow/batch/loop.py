@@ -465,32 +465,38 @@ def _general_columns(problem: Problem, pred, tol, final, sel, x) -> dict:
     the prediction, which classes merged and vanished (in the state at the stop), and whether that is
     what the theory predicts (for a run stopped by the certificate: of its limit, by the theorem).
     ``x``: the runs' points (``Dynamics.point`` of the carried states: Params or Collapsed, leading
-    axis the batch), not an optimizer's or the flow's state around them. A target matrix without
+    axis the batch; the deep linear UFM's DeepParams or DeepCollapsed: its classifier W_L and the last
+    layer's class means), not an optimizer's or the flow's state around them. A target matrix without
     labels has no classes: every class metric (NC1-NC4, ``h_norm``, ``self_duality``, ...) is NaN."""
     nc, dist = final["nc"], final["dist"]
-    W = np.asarray(x.W[sel])  # only these rows to the host (final states may be on the devices)
     out = {"nc1_weighted": nc.nc1_weighted[sel], "gram_h_error": dist.gram_h_error[sel],
            "cross_error": dist.cross_error[sel]}
     if problem.label_vector() is None:  # a target matrix without labels: no classes, so no class metrics
         none = np.full(len(out["nc1_weighted"]), np.nan)
         return {k: none for k in ("nc1", "nc2", "nc3", "nc4", "nc2_uncentered", "within_between", "h_norm",
                                   "self_duality", *out)}
+    Ws = getattr(x, "Ws", None)  # a deep linear UFM: the classifier W_L reads W_{L-1}⋯W_1 H's class means
+    W = np.asarray((x.W if Ws is None else Ws[-1])[sel])  # only these rows to the host (states may be on devices)
     if hasattr(x, "M"):
         M = np.asarray(x.M[sel])
     else:  # full: class means of H (columns of a class by its labels)
         Y = np.eye(problem.K)[:, problem.label_vector()]
         M = np.asarray(x.H[sel]) @ Y.T / Y.sum(axis=1)
-    scale = (float(np.max(pred.w_norms, initial=0.0)) ** 2 if pred.w_norms is not None else 0.0,
-             float(np.max(pred.h_norms, initial=0.0)) ** 2 if pred.h_norms is not None else 0.0)
+    for Wl in (Ws or ())[:-1]:
+        M = np.asarray(Wl[sel]) @ M
+    predicted = hasattr(pred, "merged")  # the deep UFM's prediction names no class fates: judged by the run's scale
+    scale = None if not predicted else (
+        float(np.max(pred.w_norms, initial=0.0)) ** 2 if pred.w_norms is not None else 0.0,
+        float(np.max(pred.h_norms, initial=0.0)) ** 2 if pred.h_norms is not None else 0.0)
     fates = [class_fates(W[r], M[r], max(tol.geom_tol, 1e-6), scale) for r in range(W.shape[0])]
-    want = fates_text(pred.merged, pred.vanished)
+    want = fates_text(pred.merged, pred.vanished) if predicted else None
     # a run stopped by the certificate has not merged or vanished yet, but its limit is a global
     # minimizer, whose classes are the theory's wherever the predicted Gram is unique
     certified = final["status"][sel] == CERTIFIED
     return {**out, "merged": np.asarray([m for m, _ in fates]),
             "vanished": np.asarray([v for _, v in fates]),
-            "classes_as_predicted": np.asarray([f == want for f in fates]) | certified if pred.gram is not None
-            else np.full(W.shape[0], np.nan)}
+            "classes_as_predicted": np.asarray([f == want for f in fates]) | certified
+            if predicted and pred.gram is not None else np.full(W.shape[0], np.nan)}
 
 
 def _local(arr: jax.Array, layout: Layout) -> np.ndarray:
