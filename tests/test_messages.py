@@ -288,6 +288,15 @@ def test_targets_without_labels_report_no_class_metrics(tmp_path, capsys):
     assert "NC1" not in stdout and "NC2" not in stdout and "no classes" in stdout
 
 
+def test_targets_without_labels_history_has_no_class_metrics():
+    """The history's NC columns are NaN too (they recorded NC1 = 0 and NC2 = 0.335 of no classes);
+    its objective and gradient columns are still recorded."""
+    T = np.random.default_rng(0).random((3, 6))
+    r = ncflow.simulate(ncflow.Problem(targets=T, dtype="float64"), runs=2, max_steps=50, history=True)
+    assert all(np.isnan(r.history[k]).all() for k in ("nc1", "nc2", "nc3"))
+    assert np.isfinite(r.history["objective"]).any()
+
+
 def test_theory_json_for_targets_has_the_threshold_not_c(tmp_path, capsys):
     T = np.array([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]])
     np.save(tmp_path / "T.npy", T)

@@ -232,13 +232,16 @@ class _LoopState:
 
 
 def _record(progs, layout, history, st: _LoopState) -> None:
-    """Write history row ``st.chunk_i`` (NC1–NC3 of every lane, f and ||∇f|| of the last check)."""
-    if progs.plan.batched_lapack:  # accelerators: computed where the lanes live, only scalars travel
+    """Write history row ``st.chunk_i`` (NC1–NC3 of every lane, f and ||∇f|| of the last check; the
+    NC columns NaN for a target matrix without labels, which has no classes)."""
+    f, g = _gather_host(st.f, layout), _gather_host(st.g, layout)
+    if progs.problem.label_vector() is None:
+        nc = (np.full(f.shape, np.nan),) * 3
+    elif progs.plan.batched_lapack:  # accelerators: computed where the lanes live, only scalars travel
         nc = layout.gather(progs.diagnostics_on_devices(st.dev.problem, st.dev.x))
     else:
         nc = progs.diagnostics(*layout.gather((st.dev.problem, st.dev.x)))
-    cols = dict(zip(("nc1", "nc2", "nc3"), nc), objective=_gather_host(st.f, layout),
-                grad_norm=_gather_host(st.g, layout))
+    cols = dict(zip(("nc1", "nc2", "nc3"), nc), objective=f, grad_norm=g)
     history.write(st.chunk_i, _gather_host(st.lanes.batch, layout), cols)
 
 
