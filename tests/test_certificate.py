@@ -504,3 +504,17 @@ def test_certified_vectorized_inputs_and_refusals():
     for bad in (1.0, -0.1):
         with pytest.raises(ConfigError, match="margin"):
             cert.certified(p, f, lr, f_star, gap, margin=bad)
+
+
+def test_no_certificate_for_deep_problems():
+    """THEORY §9.3: the deep curvature bound forbids practical steps, so no deep point gets a gap (no early
+    call); the same problem at depth 1 does."""
+    from ncflow.batch import certify
+    from ncflow.config import Config
+    from ncflow.problem import Problem
+    deep = Problem(K=4, d=8, n=5, lambda_w=5e-3, lambda_h=5e-3, depth=2)
+    assert np.isnan(cert.saddle_gaps(deep)) and cert.saddle_gap(deep) is None
+    assert certify.point_gap(deep, Config()) is None
+    shallow = Problem(K=4, d=8, n=5, lambda_w=5e-3, lambda_h=5e-3)
+    assert cert.saddle_gap(shallow) > 0
+    assert certify.point_gap(shallow, Config()) == pytest.approx(cert.saddle_gap(shallow))

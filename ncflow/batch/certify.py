@@ -21,13 +21,10 @@ MARGIN = 0.1
 
 def point_gap(problem: Problem, config) -> float | None:
     """f_sad − f* of a point, or None where no early call is made: optimizers other than plain GD
-    (the theorem is about GD steps), deep UFMs (THEORY §9.3: L_deep forbids practical steps),
-    float32 steps whose matrix products run at a reduced precision (``matmul_precision``
-    tf32/bf16: inexact gradient steps, outside the theorem), and the cases
-    without a proof (``certificate.saddle_gap``)."""
+    (the theorem is about GD steps), float32 steps whose matrix products run at a reduced precision
+    (``matmul_precision`` tf32/bf16: inexact gradient steps, outside the theorem), and the cases
+    without a proof (``certificate.saddle_gap``; deep UFMs among them, THEORY §9.3)."""
     if config.optimizer != "gd":
-        return None
-    if problem.depth > 1:  # THEORY §9.3: L_deep forbids practical steps; deep runs stop by the converged rule
         return None
     if problem.dtype == "float32" and getattr(config, "matmul_precision", "float32") != "float32":
         return None

@@ -77,11 +77,14 @@ def saddle_gaps(problem: Problem) -> np.ndarray:
     for the (d+1)-th (ties are global); +inf with no alive direction (the zero solution and every
     minority collapse down to it). (C) λ_b > 0: NaN for every d (THEORY §7 characterizes the critical
     points of (A) and (B) only; with sizes or targets there is no closed form for f_sad, even for
-    d >= K+1 where strict saddles are shown). λ_W = 0 or λ_H = 0: NaN.
+    d >= K+1 where strict saddles are shown). λ_W = 0 or λ_H = 0: NaN. Deep UFMs (depth > 1): NaN
+    (THEORY §9.3's L_deep is sound but forbids practical steps; not implemented).
     """
     K, n, d = problem.K, problem.n, problem.d
     lw, lh, lb = (_coef(problem, k) for k in ("lambda_w", "lambda_h", "lambda_b"))
     lw, lh, lb = np.broadcast_arrays(lw, lh, lb)
+    if problem.depth > 1:  # THEORY §9.3: L_deep forbids practical steps; deep runs stop by the converged rule
+        return np.full(lw.shape, np.nan)
     c = K * np.sqrt(n * lw * lh)
     gap = (1.0 - c) ** 2 / (2 * K)
     if problem.bias:
