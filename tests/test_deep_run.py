@@ -76,6 +76,7 @@ def test_wide_plan_equals_cpu_plan():
     np.testing.assert_allclose(cpu.per_run["objective"], wide.per_run["objective"], rtol=1e-12)
 
 
+@pytest.mark.slow  # ~12 s: a converged run at the default step (the other tests set lr)
 def test_default_step_size_runs():
     """No lr given: the deep default step (a Gauss–Newton bound) is stable and reaches f*."""
     r = ncflow.simulate(Problem(**A1), runs=1, init_scale=1.0, max_steps=60000, seed=0, engine="collapsed")
