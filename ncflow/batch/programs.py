@@ -162,7 +162,7 @@ class Programs:
         return hit
 
     def precompile(self, lanes_abstract, seed_run, scales, lanes_abstract_cols=None) -> float:
-        """Compile every program of the batch, concurrently on accelerators (XLA compiles outside the GIL), and
+        """Compile every program of the batch concurrently (XLA compiles outside the GIL) and
         return the wall seconds it took (≈ 0 when everything was cached). ``lanes_abstract_cols``:
         the device lane columns (:meth:`device_columns`) the wide plan's loop carries."""
         lay = self.layout
@@ -192,13 +192,6 @@ class Programs:
             jobs.append(lambda: self._program("summ", self._summaries_local, _abstract((dl.problem, dl.x, dl.pred)),
                                               sharded=False))
         t0 = time.perf_counter()
-        if self.layout.mesh.devices.flat[0].platform == "cpu":
-            # one after another on CPUs: concurrent XLA:CPU compilations segfaulted (jaxlib 0.10.2) in a
-            # long-lived process that had compiled many programs (the test suite, twice in a row at the same
-            # test; that test alone passes)
-            for j in jobs:
-                j()
-            return time.perf_counter() - t0
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as ex:
             for fut in [ex.submit(j) for j in jobs]:
                 fut.result()
