@@ -51,6 +51,8 @@ _LAZY = {
     "Params": ("ncflow.maths.objective", "Params"),
     "Collapsed": ("ncflow.maths.collapsed", "Collapsed"),
     "LABELS": ("ncflow.codes", "LABELS"),
+    "RELU_LABELS": ("ncflow.codes", "RELU_LABELS"),
+    "ALL_LABELS": ("ncflow.codes", "ALL_LABELS"),
     "Tolerances": ("ncflow.outcomes", "Tolerances"),
     "Result": ("ncflow.result", "Result"),
     "load_summary": ("ncflow.result", "load_summary"),

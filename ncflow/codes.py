@@ -24,5 +24,11 @@ CERTIFIED = 5
 STOP_REASONS = {RUNNING: "running", CONVERGED: "converged", DIVERGED: "diverged", BUDGET: "budget",
                 STEP_FAILED: "step_failed", CERTIFIED: "certified"}
 
-#: outcome labels of a finished run, in report order (codes 0–4)
+#: outcome labels of a finished run of the one-layer and the deep linear UFM, in report order (codes 0–4)
 LABELS = ("global", "saddle", "local_min", "not_converged", "diverged")
+#: outcome labels of a deep ReLU UFM run (THEORY §9.6: no global minimum is known in closed form), in
+#: report order: deep neural collapse, a loss below DNC's (low-rank), anything else at a plateau
+#: (e.g. merged classes), then as above
+RELU_LABELS = ("dnc", "low_rank", "other", "not_converged", "diverged")
+#: every label any model reports (codes 0–7), the categories of a table that mixes models
+ALL_LABELS = LABELS + RELU_LABELS[:3]

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import equinox as eqx
 import numpy as np
 
+from ncflow.codes import LABELS, RELU_LABELS
 from ncflow.errors import ProblemError
 from ncflow.settings import ACTIVATIONS, DTYPES, FLOAT32_MAX, INT32_MAX, LOSSES, PROBLEM, SETTINGS, check_applies
 
@@ -338,6 +339,13 @@ class Problem(eqx.Module):
         depth 1."""
         hidden = self.widths if self.widths is not None else (self.d,) * (self.depth - 1)
         return (self.d, *hidden)
+
+    @property
+    def outcome_labels(self) -> tuple:
+        """The outcome labels a run of this model can end with, in report order: ``ncflow.RELU_LABELS``
+        (dnc, low_rank, other, not_converged, diverged; THEORY §9.6) for the deep ReLU UFM, else
+        ``ncflow.LABELS`` (global, saddle, local_min, not_converged, diverged)."""
+        return RELU_LABELS if self.depth > 1 and self.activation == "relu" else LABELS
 
     @property
     def layer_lambdas(self) -> tuple:
