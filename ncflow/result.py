@@ -14,7 +14,7 @@ from ncflow import io as _io
 from ncflow.config import Config
 from ncflow.dynamics.replay import replay
 from ncflow.maths.theory import Prediction
-from ncflow.outcomes import LABELS, Tolerances
+from ncflow.outcomes import Tolerances
 from ncflow.problem import Problem
 from ncflow.report import format_result, has_classes, layer_medians, median, prediction_json
 from ncflow.stats import wilson_interval
@@ -119,7 +119,7 @@ class Result:
     def outcomes(self) -> dict:
         """For each label: ``count``, ``fraction`` and the 95% Wilson interval ``ci95``."""
         out = {}
-        for label in LABELS:
+        for label in self.problem.outcome_labels:
             k = int(np.sum(self.outcome == label))
             lo, hi = wilson_interval(k, self.runs)
             out[label] = {"count": k, "fraction": k / self.runs, "ci95": [float(lo), float(hi)]}
@@ -133,7 +133,7 @@ class Result:
             return None
         rank = np.asarray(self.per_run["rank"], np.float64)
         out = {}
-        for label in LABELS:
+        for label in self.problem.outcome_labels:
             sel = (self.outcome == label) & np.isfinite(rank)
             if sel.any():
                 values, counts = np.unique(rank[sel].astype(np.int64), return_counts=True)
@@ -216,8 +216,10 @@ class Result:
         from the predicted W M with μ_G the sample-weighted mean (h_k ∝ w_k/√n_k: NC3 ≠ NC2), None
         without classes. Not the state at the stop. A deep UFM (no certificate, THEORY §9.3): f* and
         NC1 = 0, NC2/NC3 None."""
-        if self.problem.depth > 1:
-            return {"objective": float(self.prediction.objective), "nc1": 0.0, "nc2": None, "nc3": None}
+        if self.problem.depth > 1:  # the deep ReLU UFM's global minimum is not known (objective None)
+            known = self.prediction.objective is not None
+            return {"objective": float(self.prediction.objective) if known else None, "nc1": 0.0 if known else None,
+                    "nc2": None, "nc3": None}
         if self.prediction.general:
             return self._limit_general()
         nc2 = None
@@ -328,11 +330,11 @@ class Result:
         """The per-run table as a ``pandas.DataFrame`` (runs, columns): one row per run, the columns
         of ``per_run`` (``run``, ``outcome``, ``steps``, ``objective``, ..., see the class doc).
         Integers stay int64, floats float64 (NaN where not computed); ``outcome`` is a ``category``
-        whose categories are every outcome label (``ncflow.LABELS``, in that order), so
+        whose categories are every outcome label of the model (``Problem.outcome_labels``: ``ncflow.LABELS``, or ``ncflow.RELU_LABELS`` for the deep ReLU UFM, in that order), so
         ``df.outcome.value_counts()`` counts those no run reached too; other text columns take
         pandas' default string dtype. Needs pandas (``pip install ncflow[pandas]``); raises a
         one-line ImportError naming that extra where it is missing."""
-        return _io.to_dataframe(self.table(), categories={"outcome": LABELS})
+        return _io.to_dataframe(self.table(), categories={"outcome": self.problem.outcome_labels})
 
 
 def check_output_dir(directory: str, overwrite: bool = False) -> None:
