@@ -330,7 +330,8 @@ class Result:
         """The per-run table as a ``pandas.DataFrame`` (runs, columns): one row per run, the columns
         of ``per_run`` (``run``, ``outcome``, ``steps``, ``objective``, ..., see the class doc).
         Integers stay int64, floats float64 (NaN where not computed); ``outcome`` is a ``category``
-        whose categories are every outcome label of the model (``Problem.outcome_labels``: ``ncflow.LABELS``, or ``ncflow.RELU_LABELS`` for the deep ReLU UFM, in that order), so
+        whose categories are every outcome label of the model (``Problem.outcome_labels``: ``ncflow.LABELS``,
+        or ``ncflow.RELU_LABELS`` for the deep ReLU UFM, in that order), so
         ``df.outcome.value_counts()`` counts those no run reached too; other text columns take
         pandas' default string dtype. Needs pandas (``pip install ncflow[pandas]``); raises a
         one-line ImportError naming that extra where it is missing."""
