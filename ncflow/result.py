@@ -191,10 +191,9 @@ class Result:
 
     @property
     def stop_rule(self) -> str:
-        """The stop rule that produced this result ("certified" or "converged"; a deep UFM's runs stop
-        by the converged rule whatever was asked: THEORY §9.3's certificate forbids practical steps)."""
-        if self.problem.depth > 1:
-            return "converged"
+        """The stop rule that produced this result ("certified" or "converged"). At depth > 1 the
+        certificate (THEORY §9.3) holds only at small steps: at practical ones no deep linear run is
+        certified and "certified" runs stop by the converged rule (the deep ReLU UFM: never certified)."""
         return str(self.config.get("stop", "converged"))
 
     def certified(self) -> dict:
@@ -214,8 +213,8 @@ class Result:
         ``W Wᵀ`` (self-duality h_k ∝ w_k makes W̃H̄ ∝ W̃W̃ᵀ, so NC3 = NC2); NC2/NC3 are None
         where the Gram is not unique (rank-limited) or zero. Class sizes or targets (THEORY §7): NC3
         from the predicted W M with μ_G the sample-weighted mean (h_k ∝ w_k/√n_k: NC3 ≠ NC2), None
-        without classes. Not the state at the stop. A deep UFM (no certificate, THEORY §9.3): f* and
-        NC1 = 0, NC2/NC3 None."""
+        without classes. Not the state at the stop. A deep UFM (THEORY §9.3): f* and NC1 = 0,
+        NC2/NC3 None."""
         if self.problem.depth > 1:  # the deep ReLU UFM's global minimum is not known (objective None)
             known = self.prediction.objective is not None
             return {"objective": float(self.prediction.objective) if known else None, "nc1": 0.0 if known else None,
