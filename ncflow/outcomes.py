@@ -37,9 +37,9 @@ import math
 
 import numpy as np
 
-from ncflow.codes import CERTIFIED, DIVERGED, LABELS  # noqa: F401  (LABELS re-exported)
+from ncflow.codes import CERTIFIED, DIVERGED, LABELS, RELU_LABELS  # noqa: F401  (LABELS re-exported)
 from ncflow.maths import critical
-from ncflow.maths.deep import DeepPrediction
+from ncflow.maths.deep import DeepPrediction, ReluPrediction
 from ncflow.maths.theory import Prediction
 from ncflow.problem import Problem
 
@@ -59,6 +59,13 @@ ROUNDING_EPS = 100
 RECHECK_FRACTION = 0.1
 #: Lanczos resolves a curvature this many times neg_tol (a local_min claim needs it)
 CURVATURE_MARGIN = 10.0
+#: the deep ReLU UFM (THEORY §9.6), relative to S = max(L_DNC, 1e-2): ``low_rank`` needs f < L_DNC − m S,
+#: ``dnc`` −m S < f − L_DNC < 10 m S, and every label but diverged needs an f-plateau: |Δf| <= m S over the
+#: last 1,000 steps (``ncflow.batch.stop.PLATEAU_STEPS``)
+RELU_MARGIN = 1e-3
+#: ``dnc`` needs the last features' NC2 against the orthogonal frame below this (THEORY §9.6: it decays
+#: sublinearly, ≈ 0.07 after 30k steps at lr 0.5)
+RELU_NC2 = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +94,11 @@ class Tolerances:
             (|λ_min| >= 10 neg_tol); ``local_min`` needs it.
         landscape_gap: f_sad − f* (inf: the optimum is the only critical point; NaN: unknown).
         rounding: the rounding of a computed f, 100 eps S.
+        rule: "landscape" (the labels above) or "relu" (THEORY §9.6's dnc / low_rank / other, judged
+            by an f-plateau, f against L_DNC and the ranks, never by ||∇f||: see :func:`classify_relu`).
+        plateau: (relu) the largest |Δf| over the last 1,000 steps of a run on a plateau; also the margin
+            m S around L_DNC (``gap_tol`` is the same number).
+        dnc_rank: (relu) the class-mean rank every layer has at DNC (K), 0 where DNC does not exist.
     """
 
     gtol: float
@@ -101,6 +113,9 @@ class Tolerances:
     curvature_resolved: bool = True
     landscape_gap: float = math.nan
     rounding: float = 0.0
+    rule: str = "landscape"
+    plateau: float = math.nan
+    dnc_rank: int = 0
 
     def to_json(self) -> dict:
         """The tolerances as a plain dict (``offsets`` as a list, or None)."""
@@ -170,6 +185,8 @@ def default_tolerances(problem: Problem, pred: Prediction, gtol: float | None = 
     """
     if isinstance(pred, DeepPrediction):
         return _deep_tolerances(problem, pred, gtol)
+    if isinstance(pred, ReluPrediction):
+        return _relu_tolerances(problem, pred)
     dt = problem.dtype
     eps = float(np.finfo(dt).eps)
     rel = TARGET_REL[dt]
@@ -218,6 +235,60 @@ def _deep_tolerances(problem: Problem, pred: DeepPrediction, gtol: float | None)
                       neg_tol=math.sqrt(eps), strict_gtol=float(max(gtol * 1e-3, GTOL_FLOOR[dt])), own_gtol=float(own),
                       offsets=tuple(float(v) for v in pred.critical_offsets()), resolved=bool(resolved),
                       curvature_resolved=True, landscape_gap=float(pred.saddle_gap), rounding=float(rounding))
+
+
+def _relu_tolerances(problem: Problem, pred: ReluPrediction) -> Tolerances:
+    """Tolerances of a deep ReLU UFM (THEORY §9.6). Its runs chatter across ReLU kinks and never pass a
+    gradient test, so none stops by one (gtol = 0: a run takes its budget unless it diverges, or sits
+    exactly at a point of zero gradient such as the origin); the labels use an f-plateau and a window of
+    ``RELU_MARGIN`` · max(L_DNC, 1e-2) around L_DNC (:func:`classify_relu`)."""
+    dt = problem.dtype
+    ref = pred.reference
+    scale = max(abs(ref), 1e-2) if math.isfinite(ref) else 1e-2
+    m = RELU_MARGIN * scale
+    eps = float(np.finfo(dt).eps)
+    return Tolerances(gtol=0.0, ftol=TARGET_REL[dt] * scale, gap_tol=m, geom_tol=GEOM_TOL[dt], neg_tol=math.sqrt(eps),
+                      strict_gtol=0.0, own_gtol=0.0, offsets=None, resolved=True, curvature_resolved=False,
+                      landscape_gap=math.nan, rounding=ROUNDING_EPS * eps * scale, rule="relu", plateau=m,
+                      dnc_rank=problem.K if pred.dnc.exists else 0)
+
+
+def classify_relu(f, f_change, dist, tols, status, columns, point_of=None) -> np.ndarray:
+    """THEORY §9.6's labels of deep ReLU runs, (R,) str (``ncflow.RELU_LABELS``):
+
+    * ``diverged``: non-finite f, or the engine's DIVERGED status;
+    * ``not_converged``: f moved by more than ``plateau`` over the last 1,000 steps (no f-plateau; a run
+      shorter than that has none either);
+    * ``low_rank``: on a plateau with f < L_DNC − m (a loss below deep neural collapse's);
+    * ``dnc``: on a plateau, −m < f − L_DNC < 10 m, every layer's class means (features and
+      pre-activations) of rank K and the last features' NC2 against the orthogonal frame below
+      ``RELU_NC2``;
+    * ``other``: any other plateau (e.g. classes merged: a class-mean rank below K with f above L_DNC).
+
+    ``f_change`` (R,): f's change over the last 1,000 steps (``ncflow.batch.stop.plateau_columns``);
+    ``dist.gap`` = f − L_DNC; ``columns``: the model's per-run columns ``rank`` (the smallest class-mean rank of any layer) and ``dnc_nc2``; ``tols``,
+    ``point_of`` as :func:`classify`. Never ``global``: the global minimum is not known (low-rank solutions
+    beat DNC)."""
+    R = len(f)
+    per_point = list(tols)
+    point = np.arange(R) if point_of is None else np.asarray(point_of, np.int64)
+    m = np.asarray([t.plateau for t in per_point], np.float64)[point]
+    full = np.asarray([t.dnc_rank for t in per_point], np.float64)[point]
+    gap = np.asarray(dist.gap, np.float64)
+    f = np.asarray(f, np.float64)
+    diverged = ~np.isfinite(f) | (np.asarray(status) == DIVERGED)
+    flat = ~diverged & (np.abs(np.asarray(f_change, np.float64)) <= m)
+    rank = np.asarray(columns["rank"], np.float64)
+    nc2 = np.asarray(columns["dnc_nc2"], np.float64)
+    with np.errstate(invalid="ignore"):
+        low = flat & (gap < -m)
+        dnc = flat & (gap > -m) & (gap < 10 * m) & (full > 0) & (rank == full) & (nc2 < RELU_NC2)
+    code = np.full(R, RELU_LABELS.index("not_converged"), np.int8)
+    code[flat] = RELU_LABELS.index("other")
+    code[low] = RELU_LABELS.index("low_rank")
+    code[dnc] = RELU_LABELS.index("dnc")
+    code[diverged] = RELU_LABELS.index("diverged")
+    return np.asarray(RELU_LABELS)[code]
 
 
 def class_fates(W: np.ndarray, M: np.ndarray, tol: float, scale: tuple[float, float] | None = None) -> tuple[str, str]:
@@ -270,8 +341,10 @@ def near_critical_value(gap: np.ndarray, offsets: tuple | None, window: np.ndarr
     return np.isfinite(gap) & (nearest <= window)
 
 
-def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None, critical_error=None):
-    """Label every run (see the module doc).
+def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None, critical_error=None, f_change=None,
+             columns=None):
+    """Label every run (see the module doc; the deep ReLU UFM's tolerances, ``rule`` "relu", hand the runs
+    to :func:`classify_relu` with ``f_change`` and ``columns``, and no Hessian is asked for).
 
     Args:
         f, gnorm: final objective and full gradient norm, (R,).
@@ -284,6 +357,8 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None, crit
         hessian_extremes: ``fn(indices) -> (min Ritz values, max Ritz values)`` for the runs at
             ``indices`` (only runs that are stationary, not global and at a non-global critical
             value of a resolved landscape are asked for).
+        f_change, columns: (relu only) f's change over the last 1,000 steps, (R,), and the model's
+            per-run columns (see :func:`classify_relu`).
         critical_error: None, or (R,) the model's distance of each run's geometry to the predicted
             critical point of its kind (the deep UFM: P M J's singular values against the local
             minimum of the run's rank, THEORY §9.2): a run counts as at a non-global critical value
@@ -295,6 +370,9 @@ def classify(f, gnorm, dist, tols, status, hessian_extremes, point_of=None, crit
     """
     R = len(f)
     per_point = list(tols)
+    if per_point and per_point[0].rule == "relu":
+        nan = np.full(R, np.nan)
+        return classify_relu(f, f_change, dist, per_point, status, columns, point_of), nan, nan.copy()
     point = np.arange(R) if point_of is None else np.asarray(point_of, np.int64)
 
     def column(name):

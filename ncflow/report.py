@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from ncflow.errors import ProblemError
-from ncflow.maths import deep, imbalanced, theory
+from ncflow.maths import certificate, deep, imbalanced, theory
 from ncflow.problem import Problem
 from ncflow.stats import wilson_interval
 
@@ -27,13 +27,16 @@ LAYER_METRICS = ("nc1", "nc2", "nc3", "rank")
 
 
 def layer_medians(per_run: dict) -> list:
-    """Per-layer medians of a deep run's ``nc1_l{l}``, ``nc2_l{l}``, ``nc3_l{l}``, ``rank_l{l}`` columns:
+    """Per-layer medians of a deep run's ``nc1_l{l}``, ``nc2_l{l}``, ``nc3_l{l}``, ``rank_l{l}`` columns (and
+    ``rank_pre_l{l}`` as ``rank_pre`` where the model has them: deep ReLU, l >= 1):
     [{"layer": l, "nc1": …, "nc2": …, "nc3": …, "rank": …}] for l = 0, 1, … while the columns exist
     (empty for a model without them, e.g. depth 1); a median is None where no run has a finite value."""
     out = []
     while f"nc1_l{len(out)}" in per_run:
         i = len(out)
         out.append({"layer": i, **{k: median(per_run[f"{k}_l{i}"]) for k in LAYER_METRICS}})
+        if f"rank_pre_l{i}" in per_run:  # the deep ReLU UFM: the rank of the pre-activations Z_l too
+            out[-1]["rank_pre"] = median(per_run[f"rank_pre_l{i}"])
     return out
 
 
@@ -47,8 +50,9 @@ def _layer_lines(per_run: dict) -> list:
         return "—" if v is None else format(v, fmt)
     lines = ["Per layer (median, state at stop; layer 0 = H, layer l = features after l weight layers)"]
     for row in rows:
+        pre = f"  pre-activation rank {g(row['rank_pre'], 'g')}" if "rank_pre" in row else ""
         lines.append(f"  layer {row['layer']}  NC1 {g(row['nc1'], '.2e')}  NC2 {g(row['nc2'], '.2e')}  "
-                     f"NC3 {g(row['nc3'], '.2e')}  rank {g(row['rank'], 'g')}")
+                     f"NC3 {g(row['nc3'], '.2e')}  rank {g(row['rank'], 'g')}{pre}")
     return lines
 
 
@@ -382,6 +386,10 @@ def budget_hint(result) -> str | None:
     n = int(np.sum((outcome == "not_converged") & (stop == "budget")))
     if n == 0:
         return None
+    if result.tolerances.rule == "relu":
+        return (f"Note: {n} of {result.runs} runs ended their budget of {result.config['max_steps']} steps still "
+                "moving (f changed by more than the plateau tolerance over the last 1,000 steps): not_converged; "
+                "a larger --max-steps lets them settle")
     return (f"Note: {n} of {result.runs} runs used their whole budget of {result.config['max_steps']} steps without "
             "becoming stationary: the budget, not the landscape, decided their outcome (not_converged); a larger "
             "--max-steps (or a looser --gtol) lets them finish")
@@ -399,13 +407,19 @@ def format_result(result) -> str:
     for label, o in result.outcomes().items():
         lo, hi = o["ci95"]
         lines.append(f"  {label:<14}{o['count']:>7}{o['fraction']:>10.3f}   [{lo:.3f}, {hi:.3f}]")
-        if label in ("global", "local_min"):  # a model with ranks: its runs of each rank (THEORY §9.2)
+        if label in ("global", "local_min", "low_rank", "other"):  # a model with ranks: runs per rank (§9.2, §9.6)
             for r, k in ranks.get(label, {}).items():
                 lo, hi = wilson_interval(k, result.runs)
                 lines.append(f"    {f'(rank {r})':<12}{k:>7}{k / result.runs:>10.3f}   [{lo:.3f}, {hi:.3f}]")
     advice = result.tolerances.advice(result.problem.dtype)  # the dtype cannot resolve the landscape
     if advice:
         lines.append(f"Note: {advice}")
+    if result.tolerances.rule == "relu":
+        m = result.tolerances.plateau
+        lines.append(f"Labels (THEORY §9.6; ReLU runs never pass a gradient test, so each takes its budget): an "
+                     f"f-plateau (|Δf| <= {m:.2g} over the last 1,000 steps), then f against L_DNC (low_rank: "
+                     f"f < L_DNC − {m:.2g}; dnc: within [−{m:.2g}, {10 * m:.2g}] of it, every class-mean rank K, "
+                     "NC2 < 0.2); rank = the smallest class-mean rank of any layer (σ_i/σ_1 > 1e-3)")
     cert = result.certified()
     lines.append("")
     classes = has_classes(result.problem)
@@ -419,10 +433,17 @@ def format_result(result) -> str:
         st = cert["step"]
         lines.append(f"Certificate of THEORY §8 held (not used to stop) for {cert['count']} runs, first at step "
                      f"min {st['min']:.0f}  median {st['median']:.0f}  max {st['max']:.0f}")
+    elif result.stop_rule == "certified" and result.problem.depth > 1 \
+            and float(result.config["lr"]) >= (eta := certificate.step_limit(result.problem)):  # NaN: no line
+        lines.append(f"The certificate of THEORY §9.3 needs η < {eta:.2g} at this problem; runs stopped by the "
+                     "converged rule")
     fo = result.final_objective()
     if fo["median"] is not None:
+        pred = result.prediction
+        ref = f"f* = {pred.objective:.10g}" if pred.objective is not None else \
+            f"L_DNC = {pred.reference:.10g}; the global minimum is not known"
         lines.append(f"Final objective (state at stop)  min {fo['min']:.10g}  median {fo['median']:.10g}  "
-                     f"max {fo['max']:.10g}   (f* = {result.prediction.objective:.10g})")
+                     f"max {fo['max']:.10g}   ({ref})")
     m = {k: median(result.per_run[k]) for k in ("nc1", "nc2", "nc3", "gram_error")}
     if not classes:  # a target matrix without labels: no class metrics, only W Wᵀ against the theory's
         if m["gram_error"] is not None:

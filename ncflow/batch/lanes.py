@@ -42,9 +42,13 @@ class LaneTable:
         steps: steps taken.
         f0: objective at the start (the divergence reference).
         f_prev: objective at the previous check.
+        f_mark, f_change: f at the last check that crossed a multiple of 1,000 steps, and its change
+            since the mark before (NaN before the first): what an f-plateau test reads
+            (:func:`ncflow.batch.stop.plateau_columns`).
         gtol, strict_gtol, ftol, gap_tol, f_star: the stop rule's tolerances and the predicted f*.
         lr, lambda_w, lambda_h, lambda_b: the lane's step size and coefficients (what the
             certificate's curvature bound L(f) needs).
+        lambda_hidden: (lanes, L − 1) λ_1..λ_{L−1} of a deep UFM's hidden layers (0 columns at depth 1).
         saddle_gap: f_sad − f* of the lane's problem (THEORY §8), NaN where no certificate applies.
         samples, target_norm, data_floor: N, ||T||_F and the least data term of the lane's
             problem (what the certificate's bounds need per lane: the points of a §7 batch may have
@@ -59,6 +63,8 @@ class LaneTable:
     steps: np.ndarray
     f0: np.ndarray
     f_prev: np.ndarray
+    f_mark: np.ndarray
+    f_change: np.ndarray
     gtol: np.ndarray
     strict_gtol: np.ndarray
     ftol: np.ndarray
@@ -68,6 +74,7 @@ class LaneTable:
     lambda_w: np.ndarray
     lambda_h: np.ndarray
     lambda_b: np.ndarray
+    lambda_hidden: np.ndarray
     saddle_gap: np.ndarray
     samples: np.ndarray
     target_norm: np.ndarray
@@ -92,13 +99,15 @@ class LaneTable:
         return cls(
             batch=np.asarray(batch, np.int64), point=point,
             status=np.where(real, RUNNING, PADDING).astype(np.int8), steps=np.zeros(n, np.int64),
-            f0=np.zeros(n), f_prev=np.zeros(n),
+            f0=np.zeros(n), f_prev=np.zeros(n), f_mark=np.zeros(n), f_change=np.full(n, np.nan),
             gtol=per_point([t.gtol for t in tolerances]), strict_gtol=per_point([t.strict_gtol for t in tolerances]),
             ftol=per_point([t.ftol for t in tolerances]), gap_tol=per_point([t.gap_tol for t in tolerances]),
             f_star=per_point(f_star), lr=per_point([p.lr for p in points]),
             lambda_w=per_point([float(p.problem.lambda_w) for p in points]),
             lambda_h=per_point([float(p.problem.lambda_h) for p in points]),
             lambda_b=per_point([float(p.problem.lambda_b) for p in points]),
+            lambda_hidden=np.asarray([[float(v) for v in p.problem.layer_lambdas[:-1]] for p in points],
+                                     np.float64).reshape(len(points), points[0].problem.depth - 1)[point],
             saddle_gap=per_point([np.nan if s is None else s for s in saddle_gap]),
             samples=per_point([float(N) for N, _ in norms]), target_norm=per_point([float(t) for _, t in norms]),
             data_floor=per_point([certificate.data_floor(p.problem) for p in points]),

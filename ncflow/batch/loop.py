@@ -181,7 +181,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     tols = [default_tolerances(p.problem, pr, config.gtol) for p, pr in zip(points, preds)]
     point_of = np.concatenate([np.full(p.runs, i) for i, p in enumerate(points)])  # batch index -> point
     lanes = LaneTable.build(layout.lane_batch_index()[layout.local_lanes()], point_of, points, tols,
-                            [pr.objective for pr in preds], [certify.point_gap(p.problem, config) for p in points])
+                            [pr.reference for pr in preds], [certify.point_gap(p.problem, config) for p in points])
     dev, seed_run, scales = _device_lanes(points, base, lanes, layout, preds, dyn.space.name)
 
     progs = Programs(base, dyn, StartSpec.of(config), config.chunk, layout, plan)
@@ -189,7 +189,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     compile_wall = progs.precompile(dev, seed_run, scales, cols_abstract)
     dev = dev._replace(x=progs.init(dev.problem, seed_run, scales))
     f, g = (_local(v, layout) for v in progs.check(dev.x, dev.problem)[:2])
-    lanes = lanes.replace(f0=f.copy(), f_prev=f.copy())
+    lanes = lanes.replace(f0=f.copy(), f_prev=f.copy(), f_mark=f.copy())
 
     history = History(R, math.ceil(config.max_steps / config.chunk), config.chunk, config.max_steps) \
         if config.history else None
@@ -268,7 +268,7 @@ def _cpu_loop(progs, config, base, dyn, layout, history, bar, st: _LoopState) ->
         status = stop.next_status(lanes, f, g, done > 0, failed > 0,
                                   cert if config.stop == "certified" else None,
                                   early_stop=config.early_stop, max_steps=config.max_steps)
-        lanes = lanes.replace(status=status, f_prev=f)
+        lanes = lanes.replace(status=status, f_prev=f, **stop.plateau_columns(lanes, f, budget))
         _progress(bar, lanes, layout, config.max_steps)
         order = _compaction_order(lanes, layout)
         if order is not None:
@@ -401,8 +401,9 @@ def _classify(progs, config, dev, lanes, layout, tols, point_of):
     def hessian(idx):
         return progs.hessian_extremes(x_all, prob_all, idx, config.lanczos_iters)
 
+    f_change = _gather_host(lanes.f_change, layout)[by_batch]
     outcome, min_eig, max_eig = classify(f, gn, dist, tols, status, hessian, point_of=point_of,
-                                         critical_error=extra.get("critical_error"))
+                                         critical_error=extra.get("critical_error"), f_change=f_change, columns=extra)
     return dict(x=x_all, f=f, gn=gn, nc=nc, dist=dist, extra=extra, steps=steps, status=status,
                 outcome=outcome, min_eig=min_eig, max_eig=max_eig,
                 certified_step=np.where(cert_step >= 0, cert_step, np.nan), certified_margin=cert_margin,
@@ -447,7 +448,7 @@ def _results(points, preds, tols, config, dyn, layout, final, history, timing, R
             config={**dataclasses.asdict(config), "runs": p.runs, "seed": p.seed, "lr": p.lr,
                     "init_scale": p.init_scale, "engine": dyn.name, "group": layout.group, "plan": timing["plan"],
                     "devices": layout.n_devices},
-            per_run=per_run, history=None if history is None else history.for_runs(sel, preds[i].objective),
+            per_run=per_run, history=None if history is None else history.for_runs(sel, preds[i].reference),
             timing=point_timing, final_state=_rows(final["x"], sel),
             representation=dyn.name, device=str(layout.mesh.devices.flat[0].device_kind), to_params=dyn.to_params,
         ))

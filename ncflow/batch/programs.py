@@ -270,7 +270,7 @@ class Programs:
                 lanes = certify.record_first(lanes, cert, f, xp=jnp)
                 status = stop.next_status(lanes, f, g, done, failed, cert if plan.certified_rule else None,
                                           early_stop=plan.early_stop, max_steps=limit, xp=jnp)
-                lanes = lanes.replace(status=status, f_prev=f)
+                lanes = lanes.replace(status=status, f_prev=f, **stop.plateau_columns(lanes, f, budget, jnp))
                 return i + 1, x, dataclasses.asdict(lanes), g
 
             g0 = jnp.full_like(cols["f_prev"], jnp.nan)  # varying over the lanes like the columns

@@ -24,6 +24,20 @@ from ncflow.codes import BUDGET, CERTIFIED, CONVERGED, DIVERGED, RUNNING, STEP_F
 DIVERGENCE_FACTOR = 1e6
 
 
+#: the window of the f-plateau test (THEORY §9.6's ReLU labels): f's change over the last this many steps
+PLATEAU_STEPS = 1000
+
+
+def plateau_columns(lanes, f, budget, xp=np) -> dict:
+    """The lanes' ``f_mark`` (f at the last check that crossed a multiple of :data:`PLATEAU_STEPS`) and
+    ``f_change`` (f minus the previous mark: f's change over the last ~1,000 steps; NaN before the first),
+    after a check at which ``lanes.steps`` already includes this chunk's ``budget`` (lanes,). Exact
+    windows when the chunk divides 1,000 (the default chunk 100 does); else the checks nearest them."""
+    crossed = (lanes.steps // PLATEAU_STEPS) > ((lanes.steps - budget) // PLATEAU_STEPS)
+    return {"f_change": xp.where(crossed, f - lanes.f_mark, lanes.f_change),
+            "f_mark": xp.where(crossed, f, lanes.f_mark)}
+
+
 def next_status(lanes, f: np.ndarray, g: np.ndarray, stepper_done: np.ndarray, stepper_failed: np.ndarray,
                 certified: np.ndarray | None = None, *, early_stop: bool, max_steps: int, xp=np) -> np.ndarray:
     """The lanes' status after a check.

@@ -170,16 +170,12 @@ def dynamics_for(problem: Problem, config) -> Dynamics:
 
 def refuse_missing_engine(problem: Problem, config=None) -> None:
     """THE one refusal of what the engine cannot run yet, before anything is compiled (called by
-    :func:`validate_for_problem` and :func:`default_lr`): at depth > 1 (THEORY §9) the deep ReLU UFM
-    (``ncflow theory --depth`` gives its closed forms), a batch whose lanes differ in class sizes,
-    and with a ``config``, optimizers other than plain GD and starts other than gaussian/small."""
+    :func:`validate_for_problem` and :func:`default_lr`): at depth > 1 (THEORY §9) a batch whose lanes
+    differ in class sizes, and with a ``config``, optimizers other than plain GD and starts other than
+    gaussian/small."""
     if problem.depth == 1:
         return
     L = problem.depth
-    if problem.activation != "linear":
-        raise ProblemError(f"activation {problem.activation} cannot run yet at depth {L}: the engine runs the deep "
-                           f"LINEAR UFM; ncflow theory --depth {L} --activation {problem.activation} gives its closed "
-                           "forms (THEORY §9.6)", field="activation")
     if problem.class_sizes is not None and problem.columns is not None:
         raise ProblemError(f"class_sizes must be the same for every point of a batch at depth {L} (the deep engine's "
                            "shape is static)", field="class_sizes")

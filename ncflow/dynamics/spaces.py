@@ -272,14 +272,36 @@ class DeepCollapsedSpace(DeepFullSpace):
         return _dc.flops_per_step(self.spec)
 
 
+@dataclasses.dataclass(frozen=True)
+class DeepReluSpace(DeepFullSpace):
+    """The deep ReLU UFM's full parameters (THEORY §9.6; no collapsed form: masks act per sample). Runs
+    are measured against the DNC critical point (``gap`` = f − L_DNC, the Grams of W_L and of the last
+    features against DNC's), and carry §9.6's per-layer ranks."""
+
+    name = "deep_relu"
+
+    def distance(self, problem, prediction, x, value):
+        """:func:`~ncflow.maths.metrics.optimum_distance` of the last layer against DNC (``gap`` =
+        f − L_DNC; Gram errors 0 where DNC does not exist), ``cross_error`` 0."""
+        base = _m.optimum_distance(problem, prediction, self.stats(problem, x), value)
+        return base._replace(cross_error=jnp.zeros((), value.dtype))
+
+    def columns(self, problem, prediction, x):
+        """:func:`~ncflow.maths.deep_objective.relu_metrics`: per-layer NC1–NC3 and class-mean ranks of
+        the features and pre-activations, ``rank_out`` and ``rank`` (the smallest), all shape ()."""
+        return _do.relu_metrics(self.spec, self.deep_stats(problem, x))
+
+
 FULL = FullSpace()
 COLLAPSED = CollapsedSpace()
 
 
 def deep_spaces(problem: Problem) -> tuple[DeepFullSpace, DeepCollapsedSpace]:
-    """(DEEP_FULL, DEEP_COLLAPSED) of a deep problem's (static) shape."""
+    """(full, collapsed) spaces of a deep problem's (static) shape: the full one is a
+    :class:`DeepReluSpace` for activation relu (whose collapsed space is never chosen)."""
     spec = _do.spec_of(problem)
-    return DeepFullSpace(spec), DeepCollapsedSpace(spec)
+    full = DeepReluSpace(spec) if spec.activation == "relu" else DeepFullSpace(spec)
+    return full, DeepCollapsedSpace(spec)
 
 #: "auto" takes the collapsed step when its flop count is below this fraction of the full one's.
 #: Measured (benchmarks/bench.py, crossover section, K=10, d=64, float32, 2-core CPU): the full

@@ -232,6 +232,11 @@ class DeepPrediction:
         return int(self.class_sizes.sum())
 
     @property
+    def reference(self) -> float:
+        """The value runs are measured against: f*."""
+        return float(self.objective)
+
+    @property
     def saddle_gap(self) -> float:
         """f_sad − f* (+inf when the optimum is the only critical point)."""
         return self.saddle_value - self.objective
@@ -622,6 +627,32 @@ class ReluPrediction:
     srg: ReluSolution | None
 
     objective = None  #: the global minimum: not known in closed form (THEORY §9.6)
+
+    @property
+    def reference(self) -> float:
+        """The value runs are measured against: L_DNC (NaN where DNC is no critical point). Not f*."""
+        return float(self.dnc.loss)
+
+    @property
+    def N(self) -> int:
+        """Total number of samples K n."""
+        return self.K * self.n
+
+    def arrays(self, K: int, dtype) -> "DeepPredictionArrays":
+        """The DNC critical point as engine arrays (the fields of :class:`DeepPredictionArrays`):
+        ``objective`` = L_DNC, ``gram`` = W_L W_Lᵀ = ‖w‖² I (K, K), its ``spectrum``, ``gram_h`` = MᵀM of
+        H_1's class means = ‖μ‖² I; zeros and ``geometry_known`` False where DNC does not exist; the
+        deep-linear fields (local minima by rank, P M J singular values, threshold) are NaN."""
+        a = lambda v: np.asarray(v, dtype)  # noqa: E731
+        ok = self.dnc.exists
+        w2 = self.dnc.w_norm**2 if ok else 0.0
+        h2 = self.dnc.h_norm**2 if ok else 0.0
+        nan = np.full(K, np.nan)
+        return DeepPredictionArrays(
+            objective=a(self.reference), gram=a(w2 * np.eye(K)), spectrum=a(np.full(K, w2)), bias=a(np.zeros(K)),
+            gram_unique=np.asarray(True), geometry_known=np.asarray(ok), gram_h=a(h2 * np.eye(K)),
+            cross=a(np.zeros((K, K))), singular_values=a(nan), minima_values=a(np.full(K + 1, np.nan)),
+            minima_singular=a(np.full((K + 1, K), np.nan)), threshold=a(np.nan))
 
 
 def predict_relu(K: int, n: int, L: int, widths, lambda_h: float, lambdas) -> ReluPrediction:

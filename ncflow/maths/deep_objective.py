@@ -402,6 +402,36 @@ def layer_metrics(spec: DeepSpec, stats: DeepStats) -> dict:
             for i, vals in enumerate(per_layer)}
 
 
+#: THEORY §9.6's rank cut for the deep ReLU UFM: singular values of a class-mean matrix above this
+#: fraction of the largest count (ReLU runs chatter across kinks, so the dtype's own cut would count noise)
+RELU_RANK_TOL = 1e-3
+
+
+def _relative_rank(X: Float[Array, "d K"]) -> Float[Array, ""]:
+    """#{s_i > RELU_RANK_TOL · s_1} over the singular values of ``X`` (0 where X = 0), shape ()."""
+    s = jnp.linalg.svd(X, compute_uv=False)
+    top = jnp.max(s)
+    return jnp.where(top > 0, jnp.sum(s > RELU_RANK_TOL * top), 0).astype(X.dtype)
+
+
+def relu_metrics(spec: DeepSpec, stats: DeepStats) -> dict:
+    """Per-layer metrics of ONE deep ReLU run (THEORY §9.6), {name: shape ()}: :func:`layer_metrics`
+    (``nc1_l{l}``, ``nc2_l{l}`` against the orthogonal frame, ``nc3_l{l}`` of the features A_l, l = 0..L−1,
+    A_0 = H) with ``rank_l{l}`` = the rank of A_l's class means at §9.6's cut (singular values above
+    ``RELU_RANK_TOL`` = 1e-3 of the largest), ``rank_pre_l{l}`` the same of the pre-activations
+    Z_l = W_l A_{l−1}, l = 1..L−1, ``rank_out`` of the outputs' class means W_L M_{L−1}, ``rank``: the
+    smallest of them all (K at DNC; r < K for a low-rank solution), and ``dnc_nc2``: the last features'
+    NC2 against the orthogonal frame (= ``nc2_l{L−1}``; 0 at DNC)."""
+    out = layer_metrics(spec, stats)
+    ranks = {f"rank_l{i}": _relative_rank(M) for i, M in enumerate(stats.means)}
+    ranks |= {f"rank_pre_l{i + 1}": _relative_rank(M) for i, M in enumerate(stats.pre_means)}
+    ranks["rank_out"] = _relative_rank(stats.Ws[-1] @ stats.means[-1])
+    out |= ranks
+    out["rank"] = jnp.min(jnp.stack(list(ranks.values())))
+    out["dnc_nc2"] = out[f"nc2_l{spec.L - 1}"]
+    return out
+
+
 # ----------------------------------------------------------------------------------- start
 def gaussian_start(spec: DeepSpec, key, scale) -> DeepParams:
     """Gaussian start of ONE run: entries of W_l (d_l, d_{l−1}) are N(0, scale²/d_{l−1}) (fan-in), of

@@ -112,6 +112,11 @@ class Prediction:
         a, b = self.gram_form
         return a * (np.eye(K) - 1.0 / K) + b / K
 
+    @property
+    def reference(self) -> float:
+        """The value runs are measured against (the ``gap`` column, the stop rule's f*): f*."""
+        return float(self.objective)
+
     def arrays(self, K: int, dtype) -> "PredictionArrays":
         """The prediction as arrays (vmappable across problems of one shape)."""
         spec = np.zeros(K)
@@ -411,10 +416,16 @@ def default_step_size(problem: Problem, init_scale: float = 1.0) -> float:
     1 is the bias direction, kept as a floor for bias-free problems too), evaluated at the larger of the optimum
     (from :func:`predict`) and a typical Gaussian start of scale ``init_scale``
     (``||W||_op ≈ σ(√K+√d)``, ``||H||_op ≈ σ(√d+√N)``, σ = scale/√d); add the largest λ.
-    For rescaled MSE the data term is multiplied by max(α, 1).
+    For rescaled MSE the data term is multiplied by max(α, 1). Depth > 1: :func:`ncflow.maths.deep.default_step_size`;
+    the deep ReLU UFM takes that bound at the DNC point only (the start's Gaussian bound, loose at depth,
+    would give steps ~100× below the lr 0.5 of THEORY §9.6's measurements).
     """
     if problem.depth > 1:  # THEORY §9: the deep linear bound
-        return _deep.default_step_size(predict(problem), init_scale)
+        pred = predict(problem)
+        if isinstance(pred, _deep.ReluPrediction):  # §9.6: the bound at DNC (= the bias-free deep linear optimum)
+            linear = _deep.predict_deep(pred.K, pred.n, pred.L, pred.widths, pred.lambda_h, pred.lambdas, bias="none")
+            return _deep.default_step_size(linear, 0.0)
+        return _deep.default_step_size(pred, init_scale)
     lw, lh, lb = _scalars(problem)
     K, d, N = problem.K, problem.d, problem.N
     pred = predict(problem)
