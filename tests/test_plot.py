@@ -340,3 +340,100 @@ def test_default_formats_write_a_pdf_beside_every_png(tmp_path):
     for f in files:
         assert os.path.exists(f)
         assert open(f, "rb").read(5) == b"%PDF-" if f.endswith(".pdf") else assert_real_png(f) is None
+
+
+# --------------------------------------------------------------------------- other models' tables
+
+
+def _label_table(param, values, counts: dict, runs=20):
+    """A synthetic summary table with the given {label: counts (points,)} columns, in that order."""
+    from ncflow.stats import wilson_interval
+
+    m = len(values)
+    t = {"point": np.arange(m), param: np.asarray(values), "runs": np.full(m, runs), "K": np.full(m, 4),
+         "n": np.full(m, 5), "d": np.full(m, 4), "c": np.full(m, 0.5), "dtype": np.full(m, "float64"),
+         "stop": np.full(m, "converged")}
+    for name, c in counts.items():
+        c = np.asarray(c)
+        lo, hi = wilson_interval(c, runs)
+        t.update({f"{name}_count": c, f"{name}_fraction": c / runs, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+    return t
+
+
+def _legend_texts(fig):
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+def test_a_relu_table_draws_its_own_labels(tmp_path):
+    """A deep ReLU sweep's table (dnc, low_rank, other, ...) draws those series in their colours, and
+    `ncflow plot` of such a sweep writes its fractions (no rank figure: ReLU runs have no rank)."""
+    from ncflow import plot
+    from ncflow.codes import RELU_LABELS
+
+    counts = {"dnc": [2, 10, 18], "low_rank": [15, 8, 1], "other": [3, 0, 0], "not_converged": [0, 2, 1],
+              "diverged": [0, 0, 0]}
+    t = _label_table("init_scale", [0.1, 1.0, 10.0], counts)
+    fig = plot.fractions_figure(t, "init_scale")
+    ax = fig.axes[0]
+    series = _errorbar_series(ax)
+    drawn = [lb for lb in RELU_LABELS if lb == "dnc" or sum(counts[lb]) > 0]
+    assert _legend_texts(fig) == [lb.replace("_", " ") for lb in drawn]
+    from matplotlib.colors import to_hex
+
+    assert [to_hex(s.lines[0].get_color()) for s in series] == [plot.COLORS[lb].lower() for lb in drawn]
+    assert len({plot.COLORS[lb] for lb in plot.COLORS}) == len(plot.COLORS)  # every label its own colour
+    assert len(set(plot.MARKERS.values())) == len(plot.MARKERS)
+    lows = series[0].lines[2][0].get_segments()
+    np.testing.assert_allclose([b[0][1] for b in lows], t["dnc_ci_low"], atol=1e-12)
+    assert_legends_off_the_data(fig)
+    sweep = tmp_path / "relu"
+    sweep.mkdir()
+    nio.write_table_csv(sweep / "summary.csv", t)
+    nio.write_json(sweep / "manifest.json", {"format": "ncflow-sweep/1", "swept": ["init_scale"]})
+    files = plot.plot_directory(sweep, formats=("png",))
+    assert files == [str(sweep / "fractions_init_scale.png")]
+    assert_real_png(files[0])
+    # a 2-D ReLU sweep's phase diagram colours the cells by DNC
+    lw, lh = np.meshgrid([1e-3, 1e-2], [1e-3, 1e-2])
+    t2 = _label_table("lambda_w", lw.ravel(), {k: v + [v[-1]] for k, v in counts.items()})
+    t2["lambda_h"] = lh.ravel()
+    fig = plot.phase_figure(t2, "lambda_w", "lambda_h")
+    assert "18/20" in _all_text(fig)
+
+
+def _rank_table(values, counts, star, runs=20):
+    t = _label_table("lambda_w", values, {f"rank{r}": c for r, c in enumerate(counts)}, runs)
+    t["rank_star"] = np.asarray(star)
+    return t
+
+
+def test_ranks_figure_marks_the_global_rank():
+    from ncflow import plot
+
+    values = [1e-3, 1e-2, 1e-1, 1.0]
+    counts = [[0, 1, 5, 20], [2, 4, 8, 0], [0, 0, 0, 0], [18, 15, 7, 0]]
+    fig = plot.ranks_figure(_rank_table(values, counts, [3] * 4), "lambda_w")
+    assert _legend_texts(fig) == ["rank 0", "rank 1", "rank 3 (global)"]  # rank 2: never reached, not global
+    series = _errorbar_series(fig.axes[0])
+    for s, r in zip(series, (0, 1, 3)):
+        from ncflow.stats import wilson_interval
+
+        lo, hi = wilson_interval(np.asarray(counts[r]), 20)
+        seg = s.lines[2][0].get_segments()
+        np.testing.assert_allclose([b[0][1] for b in seg], lo, atol=1e-12)
+        np.testing.assert_allclose([b[1][1] for b in seg], hi, atol=1e-12)
+    assert fig.axes[0].xaxis.get_scale() == "log"
+    assert_readable_log_axes(fig)
+    assert_legends_off_the_data(fig)
+    colors = [s.lines[0].get_color() for s in series]
+    assert len(set(colors)) == 3
+    # the optimum's rank changes with λ_W (3 below c_glob, 0 past it): filled where global, open elsewhere
+    fig = plot.ranks_figure(_rank_table(values, counts, [3, 3, 0, 0]), "lambda_w")
+    assert "(global)" not in " ".join(_legend_texts(fig))
+    assert "filled: the optimum's rank" in _all_text(fig)
+    ax = fig.axes[0]
+    filled = [ln for ln in ax.lines if ln.get_linestyle() == "None" and ln.get_marker() not in ("_", "|", "")]
+    assert sorted(len(ln.get_xdata()) for ln in filled) == [2, 2]  # rank 0 at 0.1, 1; rank 3 at 1e-3, 1e-2
+    with pytest.raises(ValueError, match="no rank"):
+        plot.ranks_figure(_table("lambda_w", values), "lambda_w")
+

@@ -190,6 +190,12 @@ def test_files_manifest_and_summary(sweep64):
     for label in ncflow.LABELS:
         for suffix in ("count", "fraction", "ci_low", "ci_high"):
             assert f"{label}_{suffix}" in s
+    # a depth-1 sweep's layout (module doc of ncflow.sweep): no rank columns, the labels in report order
+    assert list(s) == (["point", "lambda_w", "K", "d", "n", "lambda_h", "lambda_b", "bias", "init_scale", "runs",
+                        "lr_used", "c", "geometry", "f_star"]
+                       + [f"{lb}_{k}" for lb in ncflow.LABELS for k in ("count", "fraction", "ci_low", "ci_high")]
+                       + ["objective_median", "objective_min", "objective_max", "nc1_median", "nc2_median",
+                          "nc3_median", "steps_median"])
     assert s["global_count"].tolist() == [6, 6] and s["geometry"].tolist() == ["simplex_etf"] * 2
     pred = ncflow.predict(ncflow.Problem(K=3, d=3, n=2, lambda_w=2e-2, lambda_h=5e-2, dtype="float64"))
     assert s["f_star"][1] == pred.objective and s["c"][1] == pytest.approx(pred.c)

@@ -3,13 +3,16 @@
 * :mod:`ncflow.plot.theme` — the house style (one column of a paper, a colour-blind-safe
   palette, log axes with readable ticks on any range, titles that carry the problem, dtype, c,
   runs and stop rule, PDF beside PNG), used by these figures and by the notebooks;
-* :mod:`ncflow.plot.figures` — :func:`fractions_figure`, :func:`phase_figure`,
+* :mod:`ncflow.plot.figures` — :func:`fractions_figure`, :func:`ranks_figure`, :func:`phase_figure`,
   :func:`convergence_figure`;
 * here: the files. :func:`plot_directory` picks the figures from what a directory holds: a sweep
-  with one swept parameter gets the fractions plot, with two a phase diagram, with more a
-  fractions plot against the point index; every result with ``history.csv`` gets convergence
-  curves. Files go next to the results (``DIR/fractions_<param>.png``, ``DIR/phase_<x>_<y>.png``,
-  ``DIR/points/<i>/convergence.png``, and the same names in every requested format: PNG and PDF
+  with one swept parameter gets the fractions plot (one series per outcome label of its model), with
+  two a phase diagram, with more a fractions plot against the point index; a deep linear sweep (its
+  summary has ``rank<r>_*`` columns) also gets the fraction per rank reached against its one swept
+  parameter (against the point index with more); every result with ``history.csv`` gets convergence
+  curves. Files go next to the results (``DIR/fractions_<param>.png``, ``DIR/ranks_<param>.png``,
+  ``DIR/phase_<x>_<y>.png``, ``DIR/points/<i>/convergence.png``, and the same names in every
+  requested format: PNG and PDF
   by default). :func:`sweep_columns` reads a sweep's summary with what its points add (stop rule,
   dtype, the runs' ‖W‖²).
 
@@ -30,6 +33,9 @@ from ncflow.plot.figures import (
     convergence_figure,
     fractions_figure,
     phase_figure,
+    ranks_figure,
+    table_labels,
+    table_ranks,
 )
 from ncflow.plot.theme import (
     COLORS,
@@ -38,6 +44,7 @@ from ncflow.plot.theme import (
     OKABE_ITO,
     PAGE_WIDTH,
     PALETTE,
+    RANK_MARKERS,
     STYLE,
     describe,
     describe_summary,
@@ -46,6 +53,7 @@ from ncflow.plot.theme import (
     interval_errorbars,
     log_axis,
     log_ticks,
+    rank_style,
     save_figure,
     style,
     suptitle,
@@ -55,10 +63,11 @@ from ncflow.plot.theme import (
 )
 
 __all__ = ["AXIS_LABELS", "COLORS", "COLUMN_WIDTH", "GEOMETRY_COLORS", "GEOMETRY_NAMES", "MARKERS", "OKABE_ITO",
-           "PAGE_WIDTH", "PALETTE", "STYLE", "PlotError", "convergence_figure", "describe", "describe_summary",
-           "describe_table", "fraction_errorbars", "fractions_figure", "interval_errorbars", "load_history",
-           "log_axis", "log_ticks", "phase_figure", "plot_directory", "plot_result", "plot_sweep", "save_figure",
-           "style", "suptitle", "sweep_progress", "sweep_columns", "table_const", "use_style", "wrap_about"]
+           "PAGE_WIDTH", "PALETTE", "RANK_MARKERS", "STYLE", "PlotError", "convergence_figure", "describe",
+           "describe_summary", "describe_table", "fraction_errorbars", "fractions_figure", "interval_errorbars",
+           "load_history", "log_axis", "log_ticks", "phase_figure", "plot_directory", "plot_result", "plot_sweep",
+           "rank_style", "ranks_figure", "save_figure", "style", "suptitle", "sweep_progress", "sweep_columns",
+           "table_const", "table_labels", "table_ranks", "use_style", "wrap_about"]
 
 
 class PlotError(ValueError):
@@ -180,6 +189,11 @@ def plot_sweep(sweep_dir: str, formats=("png", "pdf")) -> list[str]:
         elif len(swept) >= 2:
             written += save_figure(fractions_figure(table, "point", title="Outcomes of every point"),
                                    os.path.join(sweep_dir, "fractions_point"), formats)
+        if table_ranks(table) and swept:  # a deep linear sweep: the rank each run reached
+            param = swept[0] if len(swept) == 1 else "point"
+            title = None if len(swept) == 1 else "Rank reached at every point"
+            written += save_figure(ranks_figure(table, param, title=title),
+                                   os.path.join(sweep_dir, f"ranks_{param}"), formats)
     points_dir = os.path.join(sweep_dir, "points")
     if os.path.isdir(points_dir):
         for name in sorted(os.listdir(points_dir)):

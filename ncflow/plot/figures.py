@@ -2,7 +2,9 @@
 :mod:`ncflow.plot.theme`.
 
 * :func:`fractions_figure` — outcome fractions against one parameter, 95% Wilson error bars
-  (log, symlog or linear axis after the values);
+  (log, symlog or linear axis after the values), one series per outcome label of the table's model(s);
+* :func:`ranks_figure` — a deep linear sweep's fraction of runs per rank reached (alive directions,
+  THEORY §9.2) against one parameter, 95% Wilson error bars, the optimum's rank marked;
 * :func:`phase_figure` — a 2-D phase diagram coloured by the geometry the runs reached (the
   predicted optimum's where most runs reach it: simplex ETF for c < 1, the zero solution past
   c = 1; else their most frequent outcome), every cell labelled k/n with its interval, the c = 1
@@ -19,7 +21,7 @@ import math
 
 import numpy as np
 
-from ncflow.outcomes import LABELS
+from ncflow.codes import ALL_LABELS
 from ncflow.plot.theme import (
     COLORS,
     COLUMN_WIDTH,
@@ -30,6 +32,7 @@ from ncflow.plot.theme import (
     interval_errorbars,
     log_axis,
     pyplot,
+    rank_style,
     style,
     suptitle,
     table_const,
@@ -89,17 +92,55 @@ def _x_axis(values, param: str = ""):
     return x, ("symlog" if th else "linear"), th
 
 
-def fractions_figure(table: dict, param: str, title: str | None = None):
-    """Outcome fractions (one series per label seen, always ``global``) against ``table[param]``
-    with 95% Wilson intervals, the runs per point and the rest of :func:`describe_table` in the
-    title, the legend above the axes. ``table`` has summary.csv's columns (points,). Non-numeric
-    parameters are placed at evenly spaced categories; log-spaced ones get a log axis, or a symlog
-    one when they include 0."""
-    plt = pyplot()
+def table_labels(table: dict) -> list[str]:
+    """The outcome labels (of ``ncflow.ALL_LABELS``) whose ``<label>_count`` column ``table`` has, in
+    the table's column order (summary.csv's: the model's report order)."""
+    return [name[:-len("_count")] for name in table if name.endswith("_count")
+            and name[:-len("_count")] in ALL_LABELS]
+
+
+def table_ranks(table: dict) -> list[int]:
+    """The ranks r whose ``rank<r>_count`` column ``table`` has (a deep linear sweep's), ascending."""
+    ranks = [name[len("rank"):-len("_count")] for name in table if name.startswith("rank") and name.endswith("_count")]
+    return sorted(int(r) for r in ranks if r.isdigit())
+
+
+def _reference_label(labels: list[str]) -> str | None:
+    """The label a model's runs aim at: ``global`` (the UFM, deep linear) or ``dnc`` (deep ReLU)."""
+    return next((lb for lb in ("global", "dnc") if lb in labels), labels[0] if labels else None)
+
+
+def _series_axes(table: dict, param: str):
+    """(order, x, kind, linthresh) of a figure against ``table[param]``: the points in ascending
+    order of a numeric parameter (else as given) and :func:`_x_axis` of the ordered values."""
     x_raw = np.asarray(table[param])
     order = np.argsort(x_raw, kind="stable") if _numeric(x_raw) else np.arange(len(x_raw))
     x, kind, th = _x_axis(x_raw[order], param)
-    shown = [lb for lb in LABELS if lb == "global" or np.any(np.asarray(table[f"{lb}_count"]) > 0)]
+    return order, x, kind, th
+
+
+def _finish_axes(ax, table, param, order, x, kind, th) -> None:
+    if kind in ("log", "symlog"):
+        log_axis(ax, "x", linthresh=th)
+    if kind == "category":
+        ax.set_xticks(x, [str(v) for v in np.asarray(table[param])[order]])
+    ax.set_ylim(-0.04, 1.04)
+    ax.set_xlabel(_label(param))
+    ax.set_ylabel("fraction of runs")
+
+
+def fractions_figure(table: dict, param: str, title: str | None = None):
+    """Outcome fractions (one series per label of the table seen — every label whose
+    ``<label>_count`` column it has, :func:`table_labels`, in its order — always ``global``, or
+    ``dnc`` for a deep ReLU sweep) against ``table[param]`` with 95% Wilson intervals, the runs per
+    point and the rest of :func:`describe_table` in the title, the legend below the axes. ``table``
+    has summary.csv's columns (points,). Non-numeric parameters are placed at evenly spaced
+    categories; log-spaced ones get a log axis, or a symlog one when they include 0."""
+    plt = pyplot()
+    order, x, kind, th = _series_axes(table, param)
+    labels = table_labels(table)
+    ref = _reference_label(labels)
+    shown = [lb for lb in labels if lb == ref or np.nansum(np.asarray(table[f"{lb}_count"], np.float64)) > 0]
     with style():
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.7))
         for j, label in enumerate(shown):
@@ -107,16 +148,56 @@ def fractions_figure(table: dict, param: str, title: str | None = None):
             interval_errorbars(ax, x, col("fraction"), col("ci_low"), col("ci_high"),
                        offset_points=2.5 * (j - (len(shown) - 1) / 2), color=COLORS.get(label),
                        marker=MARKERS.get(label, "o"), ms=3.5, lw=1.0, label=label.replace("_", " "))
-        if kind in ("log", "symlog"):
-            log_axis(ax, "x", linthresh=th)
-        if kind == "category":
-            ax.set_xticks(x, [str(v) for v in x_raw[order]])
-        ax.set_ylim(-0.04, 1.04)
-        ax.set_xlabel(_label(param))
-        ax.set_ylabel("fraction of runs")
+        _finish_axes(ax, table, param, order, x, kind, th)
         fig.legend(loc="outside lower center", ncols=min(len(shown), 5), handlelength=1.6, columnspacing=1.0,
                    title="outcome (bars: 95% Wilson interval)")
         suptitle(fig, title or f"Outcomes against {_label(param).split(' (')[0]}", describe_table(table))
+    return fig
+
+
+def ranks_figure(table: dict, param: str, title: str | None = None):
+    """A deep linear sweep's fraction of runs per rank reached (``rank<r>_fraction``: runs ending
+    with r alive directions, THEORY §9.2; :func:`table_ranks`) against ``table[param]`` with 95%
+    Wilson intervals: one series per rank some run reached or the optimum has, colours along a
+    sequential map (:func:`~ncflow.plot.theme.rank_style`). The optimum's rank (``rank_star``) is
+    named "rank r (global)" in the legend where it is the same at every point; where it changes with
+    the parameter, a rank's markers are filled at the points where it is the optimum's and open
+    elsewhere. Points without ranks (of another model, in a mixed sweep) are left out. Axes as
+    :func:`fractions_figure`. Raises ValueError when the table has no rank columns."""
+    ranks = table_ranks(table)
+    if not ranks:
+        raise ValueError("the table has no rank<r>_count columns (not a deep linear sweep)")
+    plt = pyplot()
+    order, x, kind, th = _series_axes(table, param)
+    m = len(order)
+    star = np.asarray(table.get("rank_star", np.full(m, np.nan)), np.float64)[order]
+    stars = np.unique(star[np.isfinite(star)]).astype(int).tolist()
+    fixed = stars[0] if len(stars) == 1 else None
+    col = lambda r, k: np.asarray(table[f"rank{r}_{k}"], np.float64)[order]  # noqa: E731
+    shown = [r for r in ranks if r in stars or np.nansum(col(r, "count")) > 0] or ranks[:1]
+    with style():
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.9))
+        for j, r in enumerate(shown):
+            color, marker = rank_style(r, ranks[-1])
+            off = 2.5 * (j - (len(shown) - 1) / 2)
+            name = f"rank {r}" + (" (global)" if r == fixed else "")
+            opened = {} if fixed is not None or not stars else {"mfc": "white"}
+            interval_errorbars(ax, x, col(r, "fraction"), col(r, "ci_low"), col(r, "ci_high"), offset_points=off,
+                               color=color, marker=marker, ms=3.5, lw=1.0, label=name, **opened)
+            at_star = star == r
+            if opened and np.any(at_star):  # filled where r is the optimum's rank
+                from matplotlib.transforms import offset_copy
+
+                tr = offset_copy(ax.transData, fig=fig, x=off, y=0, units="points") if off else ax.transData
+                ax.plot(x[at_star], col(r, "fraction")[at_star], ls="none", marker=marker, ms=3.5, color=color,
+                        transform=tr, zorder=3)
+        _finish_axes(ax, table, param, order, x, kind, th)
+        legend_title = "alive directions where each run stopped (bars: 95% Wilson interval)"
+        if fixed is None and stars:
+            legend_title += "\nfilled: the optimum's rank at that value"
+        fig.legend(loc="outside lower center", ncols=min(len(shown), 4), handlelength=1.6, columnspacing=1.0,
+                   title=legend_title)
+        suptitle(fig, title or f"Rank reached against {_label(param).split(' (')[0]}", describe_table(table))
     return fig
 
 
@@ -133,10 +214,12 @@ def _reached(table: dict) -> tuple[np.ndarray, dict]:
     """Per point (points,): the category a phase diagram colours it by — the predicted geometry
     (``geometry`` column) where at least half the runs reached the predicted optimum, else the most
     frequent other outcome — and {category: (colour, legend name)}."""
-    m = len(table["global_fraction"])
-    frac = np.asarray(table["global_fraction"], np.float64)
+    labels = table_labels(table)
+    ref = _reference_label(labels)
+    m = len(table[f"{ref}_fraction"])
+    frac = np.asarray(table[f"{ref}_fraction"], np.float64)
     geo = np.asarray(table["geometry"]).astype(str) if "geometry" in table else np.full(m, "global")
-    others = [lb for lb in LABELS if lb != "global"]
+    others = [lb for lb in labels if lb != ref]
     counts = np.stack([np.asarray(table.get(f"{lb}_count", np.zeros(m)), np.float64) for lb in others], axis=1)
     cat = np.where(frac >= 0.5, np.char.add("geometry:", geo), np.asarray(others)[np.argmax(counts, axis=1)])
     legend = {}
@@ -174,8 +257,9 @@ def _phase_cells(ax, table, x, y, xs, ys, xlog, ylog):
     ax.grid(False)
     if idx.size <= 64:
         runs = np.asarray(table["runs"])
-        count = np.asarray(table["global_count"])
-        lo, hi = np.asarray(table["global_ci_low"], np.float64), np.asarray(table["global_ci_high"], np.float64)
+        ref = _reference_label(table_labels(table))
+        count = np.asarray(table[f"{ref}_count"])
+        lo, hi = np.asarray(table[f"{ref}_ci_low"], np.float64), np.asarray(table[f"{ref}_ci_high"], np.float64)
         small = 6 if max(xs.size, ys.size) <= 5 else 5
         for (i, j), p in cells.items():
             dark = legend[cat[p]][0] in (OKABE_ITO["blue"], OKABE_ITO["purple"], OKABE_ITO["vermillion"])

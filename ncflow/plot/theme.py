@@ -2,7 +2,8 @@
 
 * :data:`STYLE`, :func:`style` (a context), :func:`use_style` (process-wide) — fonts and sizes for
   one column of a two-column paper (:data:`COLUMN_WIDTH`; :data:`PAGE_WIDTH` for both columns), the
-  Okabe–Ito colour-blind-safe palette (:data:`PALETTE`; outcomes in :data:`COLORS`, :data:`MARKERS`),
+  Okabe–Ito colour-blind-safe palette (:data:`PALETTE`; outcomes in :data:`COLORS`, :data:`MARKERS`;
+  the ranks of a deep linear sweep in :func:`rank_style`),
   constrained layout, 300 dpi PNG and TrueType fonts in PDF;
 * :func:`log_axis` — a log axis (a symlog one with ``linthresh``, for values that include 0) whose
   ticks stay readable on any range: :class:`ReadableLogLocator` keeps >= 2 labelled ticks in view
@@ -32,9 +33,17 @@ OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green":
              "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7",
              "grey": "#999999"}
 PALETTE = tuple(OKABE_ITO[k] for k in ("blue", "orange", "green", "vermillion", "purple", "sky", "black", "yellow"))
+#: a colour per outcome label (every label of ``ncflow.ALL_LABELS``; no two alike, so a table that
+#: mixes models stays readable): the deep ReLU UFM's dnc / low_rank / other take the palette's blue,
+#: sky and black
 COLORS = {"global": OKABE_ITO["green"], "saddle": OKABE_ITO["orange"], "local_min": OKABE_ITO["vermillion"],
-          "not_converged": OKABE_ITO["grey"], "diverged": OKABE_ITO["purple"]}
-MARKERS = {"global": "o", "saddle": "s", "local_min": "D", "not_converged": "v", "diverged": "X"}
+          "not_converged": OKABE_ITO["grey"], "diverged": OKABE_ITO["purple"], "dnc": OKABE_ITO["blue"],
+          "low_rank": OKABE_ITO["sky"], "other": OKABE_ITO["black"]}
+#: a marker per outcome label (no two alike)
+MARKERS = {"global": "o", "saddle": "s", "local_min": "D", "not_converged": "v", "diverged": "X", "dnc": "P",
+           "low_rank": "^", "other": "*"}
+#: markers of the rank series (rank r takes ``RANK_MARKERS[r % 8]``), see :func:`rank_style`
+RANK_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
 STYLE = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
     "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 8, "legend.frameon": False,
@@ -44,6 +53,17 @@ STYLE = {
     "figure.figsize": (COLUMN_WIDTH, 2.6), "figure.dpi": 150, "savefig.dpi": 300,
     "figure.constrained_layout.use": True, "pdf.fonttype": 42, "ps.fonttype": 42,
 }
+
+
+def rank_style(r: int, top: int) -> tuple[str, str]:
+    """(colour, marker) of the series of rank ``r`` among ranks 0..``top``: ranks are ordered, so
+    their colours run along the colour-blind-safe sequential map viridis (dark for rank 0, stopping
+    short of its pale yellow end), each with its own marker (:data:`RANK_MARKERS`)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    t = 0.0 if top <= 0 else r / top
+    return to_hex(colormaps["viridis"](0.88 * t)), RANK_MARKERS[r % len(RANK_MARKERS)]
 
 
 def pyplot():

@@ -11,11 +11,11 @@ import os
 import numpy as np
 
 from ncflow import io as _io
-from ncflow.outcomes import LABELS
+from ncflow.codes import ALL_LABELS, LABELS, RELU_LABELS
 from ncflow.sweep.config import point_dir
 from ncflow.sweep.run import load_sweep
 
-__all__ = ["sweep_table"]
+__all__ = ["sweep_outcome_labels", "sweep_table"]
 
 
 def sweep_table(out_dir: str | os.PathLike, per_run: bool = False):
@@ -24,9 +24,10 @@ def sweep_table(out_dir: str | os.PathLike, per_run: bool = False):
     ``per_run=False`` (default): one row per complete point, (points, columns): the columns of
     summary.csv (module doc of :mod:`ncflow.sweep`): ``point``, every swept key, the other problem
     parameters, ``lr_used``, ``c``, ``geometry``, ``f_star``, ``runs``, for each outcome label
-    ``<label>_count`` / ``_fraction`` / ``_ci_low`` / ``_ci_high`` (95% Wilson), the objective and
-    NC medians, ``steps_median``. E.g. ``df.pivot(index="lambda_h", columns="lambda_w",
-    values="global_fraction")`` is a phase diagram.
+    ``<label>_count`` / ``_fraction`` / ``_ci_low`` / ``_ci_high`` (95% Wilson; the labels of the
+    sweep's model), deep linear sweeps' ``rank_star`` and ``rank<r>_count`` / ``_fraction`` /
+    ``_ci_low`` / ``_ci_high``, the objective and NC medians, ``steps_median``. E.g.
+    ``df.pivot(index="lambda_h", columns="lambda_w", values="global_fraction")`` is a phase diagram.
 
     ``per_run=True``: one row per run of every complete point, (points × runs, columns):
     ``point``, the swept keys of that point, then the per-run columns of its runs.csv (``run``,
@@ -35,7 +36,8 @@ def sweep_table(out_dir: str | os.PathLike, per_run: bool = False):
     :func:`ncflow.load_table`, so a damaged one is refused (``ResultIncompleteError``, one line).
 
     Dtypes: int64 / float64 / bool as in the files, text as pandas' default string dtype,
-    ``outcome`` a ``category`` of every label (:func:`ncflow.io.to_dataframe`). The points are
+    ``outcome`` a ``category`` of every label the sweep's model(s) can report
+    (:func:`sweep_outcome_labels`, :func:`ncflow.io.to_dataframe`). The points are
     those of summary.csv, which the sweep rewrites after every batch and at the end of every
     session: rerun the sweep (complete points are skipped) to bring it up to date after a crash.
 
@@ -71,7 +73,28 @@ def sweep_table(out_dir: str | os.PathLike, per_run: bool = False):
         columns = {"point": np.zeros(0, np.int64), **{k: np.asarray(summary[k])[:0] for k in swept}}
     else:
         columns = {name: _concatenate(got) for name, got in parts.items()}
-    return _io.to_dataframe(columns, categories={"outcome": LABELS})
+    return _io.to_dataframe(columns, categories={"outcome": sweep_outcome_labels(manifest, summary)})
+
+
+def sweep_outcome_labels(manifest: dict, summary: dict) -> tuple:
+    """The outcome labels of a sweep, in the order of its summary.csv's ``<label>_count`` columns
+    (:func:`ncflow.sweep.run.sweep_labels`); before any point is complete, from the manifest's
+    config (``ncflow.RELU_LABELS`` where every point is a deep ReLU UFM, ``ncflow.LABELS`` where
+    none is, else ``ncflow.ALL_LABELS``)."""
+    seen = tuple(name[:-len("_count")] for name in summary if name.endswith("_count")
+                 and name[:-len("_count")] in ALL_LABELS)
+    if seen:
+        return seen
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    problem, grid = config.get("problem") or {}, config.get("grid") or {}
+
+    def values(key, default):
+        got = grid.get(key, [problem.get(key, default)])
+        return got if isinstance(got, list) else [got]
+
+    relu = {d > 1 and a == "relu" for d in values("depth", 1) for a in values("activation", "linear")
+            if isinstance(d, int)}
+    return RELU_LABELS if relu == {True} else LABELS if relu == {False} else ALL_LABELS
 
 
 def _concatenate(parts: list) -> np.ndarray:

@@ -59,8 +59,14 @@ Files under the output directory (all written atomically, no pickle)::
     summary.csv            one row per completed point: point, the swept parameters, the other
                            problem parameters, lr_used, c, geometry, f_star, runs, for each
                            outcome label <label>_count / _fraction / _ci_low / _ci_high (95%
-                           Wilson), objective_median / _min / _max, nc1/nc2/nc3_median,
-                           steps_median (no timing columns: timing is in each summary.json)
+                           Wilson; the labels of the sweep's model, :func:`sweep_labels`: global,
+                           saddle, local_min, not_converged, diverged for the UFM and the deep
+                           linear UFM), with deep linear points (depth > 1) rank_star (the
+                           optimum's rank) and rank<r>_count / _fraction / _ci_low / _ci_high for
+                           r = 0..R (runs ending with r alive directions, 95% Wilson; R the largest
+                           rank possible, :func:`sweep_max_rank`; empty cells at other points),
+                           objective_median / _min / _max, nc1/nc2/nc3_median, steps_median (no
+                           timing columns: timing is in each summary.json)
     points/<index>/        index zero-padded to 4+ digits; Result.save output: runs.csv (per
                            run, no timing), config.json, history.csv (with history), point.json
                            (index and swept values), summary.json (written last)
@@ -95,7 +101,8 @@ import numpy as np
 
 from ncflow import io as _io
 from ncflow.batch.history import own_rows
-from ncflow.outcomes import LABELS
+from ncflow.codes import ALL_LABELS, LABELS
+from ncflow.stats import wilson_interval
 from ncflow.sweep.config import (  # noqa: F401
     LANE_KEYS,
     PROBLEM_SPECS,
@@ -493,8 +500,11 @@ def _write_manifest(out_dir: str, manifest: dict, cfg: SweepConfig, wall_before:
 FIXED_COLUMNS = ("K", "d", "n", "lambda_w", "lambda_h", "lambda_b", "bias", "init_scale", "runs")
 
 
-def summary_row(cfg: SweepConfig, point: SweepPoint, out_dir: str) -> dict:
-    """The summary.csv row of a complete point, from its files."""
+def summary_row(cfg: SweepConfig, point: SweepPoint, out_dir: str, columns: tuple | None = None) -> dict:
+    """The summary.csv row of a complete point, from its files. ``columns``: ``(sweep_labels(cfg),
+    sweep_max_rank(cfg))``, the label and rank columns every row of the sweep has (computed when
+    None; :func:`write_summary` computes them once)."""
+    labels, top = columns if columns is not None else (sweep_labels(cfg), sweep_max_rank(cfg))
     pdir = cfg.point_dir(out_dir, point.index)
     s = _io.read_json(os.path.join(pdir, "summary.json"))
     table = _io.read_table_csv(os.path.join(pdir, "runs.csv"))
@@ -506,11 +516,19 @@ def summary_row(cfg: SweepConfig, point: SweepPoint, out_dir: str) -> dict:
             row[k] = _cell(point.settings[k])
     th = s["theory"]
     row.update({"lr_used": point.lr, "c": th["c"], "geometry": th["geometry"], "f_star": th["objective"]})
-    for label in LABELS:
-        o = s["outcomes"][label]
+    outcome = np.asarray(table.get("outcome", []), dtype=str)
+    for label in labels:
+        o = s["outcomes"].get(label)
+        if o is None:  # a label of another model in the sweep (count 0), or one summary.json does not list
+            k = int(np.sum(outcome == label))
+            lo, hi = wilson_interval(k, outcome.size)
+            o = {"count": k, "fraction": k / outcome.size if outcome.size else float("nan"),
+                 "ci95": [float(lo), float(hi)]}
         row[f"{label}_count"] = o["count"]
         row[f"{label}_fraction"] = o["fraction"]
         row[f"{label}_ci_low"], row[f"{label}_ci_high"] = o["ci95"]
+    if top is not None:
+        row.update(_rank_columns(point, table, th, top))
     fo = s["final_objective"]
     row.update({"objective_median": fo["median"], "objective_min": fo["min"], "objective_max": fo["max"]})
     med = s.get("median_metrics", {})
@@ -525,14 +543,69 @@ def _cell(v):
     return "auto" if v is None else v
 
 
+def _deep_linear(problem) -> bool:
+    return problem.depth > 1 and problem.activation == "linear"
+
+
+def max_rank(problem) -> int | None:
+    """The largest rank a run of a deep linear ``problem`` can end with (THEORY §9.2: at most
+    min(d_min, directions), the target's directions being K − 1 in case (A), K otherwise), or None for
+    any other model (no ``rank`` column)."""
+    if not _deep_linear(problem):
+        return None
+    return min(min(problem.layer_widths), problem.K - (problem.bias_mode == "unregularized"))
+
+
+def sweep_labels(cfg: SweepConfig) -> tuple:
+    """The outcome labels of a sweep's summary columns: its points' ``problem.outcome_labels`` in
+    their report order when every point has the same model (``ncflow.LABELS`` for the UFM and the
+    deep linear UFM, ``ncflow.RELU_LABELS`` for the deep ReLU UFM), else their union in
+    ``ncflow.ALL_LABELS`` order."""
+    seen = list(dict.fromkeys(p.problem.outcome_labels for p in cfg.points)) or [LABELS]
+    if len(seen) == 1:
+        return tuple(seen[0])
+    return tuple(lb for lb in ALL_LABELS if any(lb in s for s in seen))
+
+
+def sweep_max_rank(cfg: SweepConfig) -> int | None:
+    """R, the largest :func:`max_rank` over a sweep's points: summary.csv has the columns
+    ``rank{r}_*`` for r = 0..R; None when no point is deep linear (no rank columns)."""
+    tops = [r for r in (max_rank(p.problem) for p in cfg.points) if r is not None]
+    return max(tops) if tops else None
+
+
+RANK_SUFFIXES = ("count", "fraction", "ci_low", "ci_high")
+
+
+def _rank_columns(point: SweepPoint, table: dict, theory: dict, top: int) -> dict:
+    """A point's ``rank_star`` and ``rank{r}_count / _fraction / _ci_low / _ci_high`` for r = 0..top:
+    how many of its runs ended with r alive directions (the per-run ``rank``; runs without a finite
+    rank, e.g. diverged, count in none), over all its runs, with the 95% Wilson interval. None (an
+    empty cell) where the point is not deep linear."""
+    out = {"rank_star": None}
+    out.update({f"rank{r}_{k}": None for r in range(top + 1) for k in RANK_SUFFIXES})
+    if max_rank(point.problem) is None or "rank" not in table:
+        return out
+    out["rank_star"] = theory.get("rank")
+    rank = np.asarray(table["rank"], np.float64)
+    runs = rank.size
+    for r in range(top + 1):
+        k = int(np.sum(rank == r))
+        lo, hi = wilson_interval(k, runs)
+        out.update({f"rank{r}_count": k, f"rank{r}_fraction": k / runs if runs else float("nan"),
+                    f"rank{r}_ci_low": float(lo), f"rank{r}_ci_high": float(hi)})
+    return out
+
+
 def write_summary(cfg: SweepConfig, out_dir: str, cache: dict | None = None) -> dict:
     """Rewrite ``out_dir/summary.csv`` from the complete points' files; returns its columns.
     ``cache`` ({index: row}) keeps rows already read, so a long sweep reads each point once."""
     cache = {} if cache is None else cache
+    columns = (sweep_labels(cfg), sweep_max_rank(cfg))
     rows = []
     for p in cfg.points:
         if p.index not in cache and is_complete(cfg.point_dir(out_dir, p.index)):
-            cache[p.index] = summary_row(cfg, p, out_dir)
+            cache[p.index] = summary_row(cfg, p, out_dir, columns)
         if p.index in cache:
             rows.append(cache[p.index])
     if rows:
