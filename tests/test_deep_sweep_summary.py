@@ -136,3 +136,20 @@ def test_labels_of_mixed_and_relu_sweeps():
     # after: the summary's label columns, in their order
     summary = {"point": [0], **{f"{lb}_count": [0] for lb in RELU_LABELS}, "rank0_count": [1]}
     assert sweep_outcome_labels(man, summary) == RELU_LABELS
+
+
+def test_a_deep_relu_sweep_writes_its_labels_and_plots_them(tmp_path, capsys):
+    raw = {"problem": {"K": 3, "n": 2, "d": 4, "depth": 2, "activation": "relu", "bias": False, "lambda_w": 5e-3,
+                       "lambda_h": 5e-3, "dtype": "float64"},
+           "solver": {"runs": 8, "max_steps": 2000}, "grid": {"init_scale": [0.1, 1.0]}}
+    out = tmp_path / "relu"
+    run_sweep(raw, out)
+    s = nio.read_table_csv(out / "summary.csv")
+    assert [n[:-6] for n in s if n.endswith("_count")] == list(RELU_LABELS)  # no rank columns, no global
+    assert "rank_star" not in s and "global_fraction" not in s
+    for i in range(2):
+        outcome = _runs(out, i)["outcome"]
+        assert [int(s[f"{lb}_count"][i]) for lb in RELU_LABELS] == [int(np.sum(outcome == lb)) for lb in RELU_LABELS]
+        assert sum(int(s[f"{lb}_count"][i]) for lb in RELU_LABELS) == 8
+    assert main(["plot", str(out), "--format", "png"]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "fractions_init_scale.png")]

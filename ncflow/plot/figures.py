@@ -43,10 +43,11 @@ AXIS_LABELS = {"lambda_w": r"$\lambda_W$ (weight decay on $W$)", "lambda_h": r"$
                "d": "feature dimension $d$", "K": "classes $K$", "n": "samples per class $n$",
                "runs": "runs", "seed": "seed", "max_steps": "step budget", "point": "sweep point"}
 GEOMETRY_NAMES = {"simplex_etf": "simplex ETF", "zero": "zero solution", "orthogonal_frame": "orthogonal frame",
-                  "rank_limited": "rank-limited ETF", "etf_with_mean": "ETF with mean"}
+                  "rank_limited": "rank-limited ETF", "etf_with_mean": "ETF with mean",
+                  "global": "the predicted optimum", "dnc": "deep neural collapse"}
 GEOMETRY_COLORS = {"simplex_etf": OKABE_ITO["sky"], "zero": OKABE_ITO["yellow"],
                    "orthogonal_frame": OKABE_ITO["blue"], "rank_limited": OKABE_ITO["green"],
-                   "etf_with_mean": OKABE_ITO["blue"]}
+                   "etf_with_mean": OKABE_ITO["blue"], "dnc": OKABE_ITO["blue"]}
 
 
 def _label(key: str) -> str:
@@ -218,7 +219,8 @@ def _reached(table: dict) -> tuple[np.ndarray, dict]:
     ref = _reference_label(labels)
     m = len(table[f"{ref}_fraction"])
     frac = np.asarray(table[f"{ref}_fraction"], np.float64)
-    geo = np.asarray(table["geometry"]).astype(str) if "geometry" in table else np.full(m, "global")
+    geo = np.asarray(table["geometry"], dtype=object) if "geometry" in table else np.full(m, None, dtype=object)
+    geo = np.asarray([ref if g is None or g == "" else str(g) for g in geo.tolist()], dtype=str)
     others = [lb for lb in labels if lb != ref]
     counts = np.stack([np.asarray(table.get(f"{lb}_count", np.zeros(m)), np.float64) for lb in others], axis=1)
     cat = np.where(frac >= 0.5, np.char.add("geometry:", geo), np.asarray(others)[np.argmax(counts, axis=1)])
@@ -226,7 +228,7 @@ def _reached(table: dict) -> tuple[np.ndarray, dict]:
     for c in dict.fromkeys(cat.tolist()):
         if c.startswith("geometry:"):
             g = c.split(":", 1)[1]
-            name = "reached: " + GEOMETRY_NAMES.get(g, "the predicted optimum" if g == "global" else g)
+            name = "reached: " + GEOMETRY_NAMES.get(g, g)
             legend[c] = (GEOMETRY_COLORS.get(g, OKABE_ITO["sky"]), name)
         else:
             legend[c] = (COLORS[c], f"most runs: {c.replace('_', ' ')}")
@@ -262,7 +264,8 @@ def _phase_cells(ax, table, x, y, xs, ys, xlog, ylog):
         lo, hi = np.asarray(table[f"{ref}_ci_low"], np.float64), np.asarray(table[f"{ref}_ci_high"], np.float64)
         small = 6 if max(xs.size, ys.size) <= 5 else 5
         for (i, j), p in cells.items():
-            dark = legend[cat[p]][0] in (OKABE_ITO["blue"], OKABE_ITO["purple"], OKABE_ITO["vermillion"])
+            dark = legend[cat[p]][0] in (OKABE_ITO["blue"], OKABE_ITO["purple"], OKABE_ITO["vermillion"],
+                                         OKABE_ITO["black"])
             colour = legend[cat[p]][0]
             ax.text(xs[j], ys[i], f"{int(count[p])}/{int(runs[p])}\n[{_short(lo[p])}, {_short(hi[p])}]",
                     ha="center", va="center", fontsize=small, linespacing=1.1, zorder=5,

@@ -41,7 +41,7 @@ COLORS = {"global": OKABE_ITO["green"], "saddle": OKABE_ITO["orange"], "local_mi
           "low_rank": OKABE_ITO["sky"], "other": OKABE_ITO["black"]}
 #: a marker per outcome label (no two alike)
 MARKERS = {"global": "o", "saddle": "s", "local_min": "D", "not_converged": "v", "diverged": "X", "dnc": "P",
-           "low_rank": "^", "other": "*"}
+           "low_rank": "^", "other": "p"}
 #: markers of the rank series (rank r takes ``RANK_MARKERS[r % 8]``), see :func:`rank_style`
 RANK_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
 STYLE = {

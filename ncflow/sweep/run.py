@@ -57,7 +57,8 @@ Files under the output directory (all written atomically, no pickle)::
                            config, master seed, point count, batches (point indices and shape), versions
                            (ncflow / JAX / jaxlib / device), start and update times, wall_s
     summary.csv            one row per completed point: point, the swept parameters, the other
-                           problem parameters, lr_used, c, geometry, f_star, runs, for each
+                           problem parameters, lr_used, c, geometry, f_star (both empty for
+                           the deep ReLU UFM: no closed-form optimum), runs, for each
                            outcome label <label>_count / _fraction / _ci_low / _ci_high (95%
                            Wilson; the labels of the sweep's model, :func:`sweep_labels`: global,
                            saddle, local_min, not_converged, diverged for the UFM and the deep
@@ -515,7 +516,8 @@ def summary_row(cfg: SweepConfig, point: SweepPoint, out_dir: str, columns: tupl
         if k not in row:
             row[k] = _cell(point.settings[k])
     th = s["theory"]
-    row.update({"lr_used": point.lr, "c": th["c"], "geometry": th["geometry"], "f_star": th["objective"]})
+    # a deep ReLU UFM has no closed-form optimum (THEORY §9.6): its geometry and f* cells stay empty
+    row.update({"lr_used": point.lr, "c": th["c"], "geometry": th.get("geometry"), "f_star": th.get("objective")})
     outcome = np.asarray(table.get("outcome", []), dtype=str)
     for label in labels:
         o = s["outcomes"].get(label)
