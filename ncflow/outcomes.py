@@ -266,7 +266,8 @@ def classify_relu(f, f_change, dist, tols, status, columns, point_of=None) -> np
     * ``other``: any other plateau (e.g. classes merged: a class-mean rank below K with f above L_DNC).
 
     ``f_change`` (R,): f's change over the last 1,000 steps (``ncflow.batch.stop.plateau_columns``);
-    ``dist.gap`` = f − L_DNC; ``columns``: the model's per-run columns ``rank`` (the smallest class-mean rank of any layer) and ``dnc_nc2``; ``tols``,
+    ``dist.gap`` = f − L_DNC; ``columns``: the model's per-run columns ``rank`` (the smallest class-mean
+    rank of any layer) and ``dnc_nc2``; ``tols``,
     ``point_of`` as :func:`classify`. Never ``global``: the global minimum is not known (low-rank solutions
     beat DNC)."""
     R = len(f)

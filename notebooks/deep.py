@@ -25,9 +25,9 @@
 #    Wilson intervals, against the closed-form values f_r of `ncflow.maths.deep.predict_deep`.
 # 2. **(c) Deep ReLU UFMs, from the closed forms only.** The simple low-rank (SRG) family of §9.6 against
 #    deep neural collapse (DNC): at which depth L the low-rank family has the lower loss, for K = C(r, 2).
-#
-# Part (b) of the issue item, P(DNC) against the width from ReLU *runs*, waits for the ReLU engine
-# (`ncflow.simulate` refuses `activation="relu"` today); see the end of this notebook.
+# 3. **(b) Deep ReLU runs: P(DNC) against the width.** K = 10, L = 4, λ = 0.004, lr 0.5: the fraction of
+#    starts that reach DNC, a loss below DNC's (low rank) or neither, per hidden width, with Wilson
+#    intervals, against §9.6's 20–72-run estimates.
 
 # %%
 import io
@@ -270,12 +270,122 @@ say("Smallest depth with L_SRG < L_DNC: " + ", ".join(f"r = {r} (K = {r * (r - 1
     + f"); for every L ≥ 4 and r ≥ 4 it is below ({'true' if beyond else 'FALSE'}), as THEORY §9.6 states.")
 
 # %% [markdown]
-# ## 3. (b) P(DNC) against the width: waits for the ReLU engine
+# ## 3. (b) Deep ReLU runs: P(DNC) against the hidden width
 #
-# Item (b) — the fraction of ReLU runs that reach DNC against the hidden width (THEORY §9.6 quotes
-# K = 10, n = 5, L = 4, λ = 0.004: none at width 10–20, about half near width 40 ≈ 4K, all from 60) —
-# needs ReLU *runs*. `ncflow.simulate` and `ncflow run` refuse `activation="relu"` today, so this notebook
-# does not measure it; it will be added here once the ReLU engine exists.
+# §9.6's setting: K = 10 classes of n = 5, L = 4 weight matrices, every hidden width w (d_0 = d_1 =
+# d_2 = d_3 = w), λ = 0.004 on H and every layer, no bias, GD at lr 0.5 from Gaussian starts of scale 1
+# (entries N(0, 1/fan-in)), 30,000 steps, float32. ReLU runs never pass a gradient test (they chatter
+# across kinks), so every run takes the whole budget and is labelled by THEORY §9.6's rules
+# (`ncflow.outcomes.classify_relu`): an f-plateau over the last 1,000 steps, then **dnc** (f within
+# [−m, 10m] of L_DNC, m = 1e-3·L_DNC, every class-mean rank K, NC2 < 0.2), **low_rank** (f < L_DNC − m),
+# **other** (e.g. merged classes) or **not_converged**. `RUNS_B` starts per width (environment variable
+# `NCFLOW_RELU_RUNS`, default 24; the saved outputs state how many; `NCFLOW_RELU_STEPS` the budget): on
+# this 2-core CPU a width-80 run costs ~1 s per 1,000 steps, so the issue's ≥ 1,000 starts per width is
+# a job for an accelerator
+# (`NCFLOW_RELU_RUNS=1000 python notebooks/build.py deep`).
+
+# %%
+K_B, N_B, L_B, LAM_B, LR_B = 10, 5, 4, 0.004, 0.5
+RUNS_B = int(os.environ.get("NCFLOW_RELU_RUNS", "24"))
+STEPS_B = int(os.environ.get("NCFLOW_RELU_STEPS", "30000"))
+WIDTHS = (10, 20, 30, 40, 50, 60, 80)
+# §9.6's measured estimates (float64, 20–72 runs per width; its 40 pools two seeds): (DNC runs, runs)
+QUOTED_B = {10: (0, 48), 20: (0, 20), 30: (6, 72), 40: (36, 64), 60: (31, 32), 80: (24, 24)}
+relu = {}
+
+
+def relu_runs(widths):
+    """Run RUNS_B starts of the ReLU UFM at each width (one batch per width: the widths are the
+    batch's static shape); store the Results in ``relu``."""
+    for w in widths:
+        t = time.perf_counter()
+        problem = ncflow.Problem(K=K_B, n=N_B, d=w, depth=L_B, widths=(w,) * (L_B - 1), activation="relu", bias=False,
+                                 lambda_w=LAM_B, lambda_h=LAM_B, dtype="float32")
+        relu[w] = ncflow.simulate(problem, ncflow.Config(runs=RUNS_B, lr=LR_B, max_steps=STEPS_B, seed=7000 + w,
+                                                         progress=False))
+        counts = {k: v["count"] for k, v in relu[w].outcomes().items() if v["count"]}
+        print(f"width {w:>3}: {counts}  ({time.perf_counter() - t:.0f} s)")
+
+
+relu_runs(WIDTHS[:4])
+
+# %%
+relu_runs(WIDTHS[4:6])  # (cells of under 10 minutes each on a 2-core CPU)
+
+# %%
+relu_runs(WIDTHS[6:])
+L_DNC = relu[WIDTHS[-1]].prediction.reference
+print(f"L_DNC = {L_DNC:.10f} (THEORY §9.6: 0.136396176619); {RUNS_B} runs per width, {STEPS_B} steps each")
+print(f"{'width':>5} {'dnc':>16} {'low_rank':>16} {'other':>16} {'not conv.':>9} {'div.':>5}  §9.6's P(DNC)")
+for w in WIDTHS:
+    o = relu[w].outcomes()
+    cell = {k: f"{o[k]['count']:>3} [{o[k]['ci95'][0]:.2f},{o[k]['ci95'][1]:.2f}]"
+            for k in ("dnc", "low_rank", "other")}
+    q = QUOTED_B.get(w)
+    quoted = "" if q is None else f"{q[0]}/{q[1]} = {q[0] / q[1]:.2f}" + (
+        "" if o["dnc"]["ci95"][0] <= q[0] / q[1] <= o["dnc"]["ci95"][1] else " (outside our interval)")
+    print(f"{w:>5} {cell['dnc']:>16} {cell['low_rank']:>16} {cell['other']:>16} {o['not_converged']['count']:>9} "
+          f"{o['diverged']['count']:>5}  {quoted}")
+low_f = np.concatenate([relu[w].per_run["objective"][relu[w].outcome == "low_rank"] for w in WIDTHS])
+if low_f.size:
+    print(f"low_rank runs: {low_f.size}, final f / L_DNC: min {low_f.min() / L_DNC:.3f}, median "
+          f"{np.median(low_f) / L_DNC:.3f}, max {low_f.max() / L_DNC:.3f} (§9.6: 0.111–0.136, median 0.89 L_DNC)")
+
+# %%
+fig, (ax, bx) = plt.subplots(1, 2, figsize=(ncflow.plot.PAGE_WIDTH, 2.8))
+for j, label in enumerate(("dnc", "low_rank", "other", "not_converged")):
+    hits = [relu[w].outcomes()[label]["count"] for w in WIDTHS]
+    if label in ("dnc", "low_rank") or any(hits):
+        ncflow.plot.fraction_errorbars(ax, WIDTHS, hits, RUNS_B, offset_points=2.5 * (j - 1.5),
+                                       marker=ncflow.plot.MARKERS.get(label, "o"), ms=3.5,
+                                       color=ncflow.plot.COLORS.get(label, f"C{j}"), label=label.replace("_", " "))
+qw = sorted(QUOTED_B)
+ax.plot(qw, [QUOTED_B[w][0] / QUOTED_B[w][1] for w in qw], ls=":", marker="x", ms=4, color="k",
+        label="§9.6's P(DNC) (20–72 runs)")
+ax.axvline(4 * K_B, color="0.5", lw=0.8, ls="--")
+ax.text(4 * K_B, 0.5, " 4K", color="0.4", fontsize=7)
+ax.set_xlabel("hidden width $w$")
+ax.set_ylabel("fraction of runs")
+ax.set_ylim(-0.05, 1.05)
+ax.set_title("outcome against the width")
+for w in WIDTHS:
+    f = relu[w].per_run["objective"] / L_DNC
+    lab = relu[w].outcome
+    for label in ("dnc", "low_rank", "other", "not_converged"):
+        sel = lab == label
+        bx.plot(np.full(sel.sum(), w) + np.random.default_rng(w).uniform(-1.2, 1.2, sel.sum()), f[sel], ls="none",
+                marker=ncflow.plot.MARKERS.get(label, "o"), ms=2.5, alpha=0.7,
+                color=ncflow.plot.COLORS.get(label, "C3"))
+bx.set_xlim(WIDTHS[0] - 5, WIDTHS[-1] + 5)
+bx.axhline(1.0, color="k", lw=0.8, ls="--")
+bx.text(WIDTHS[-1], 1.0, "DNC ", ha="right", va="bottom", fontsize=7)
+srg = relu[WIDTHS[-1]].prediction.srg
+if srg is not None and srg.exists:
+    bx.axhline(srg.loss / L_DNC, color="0.4", lw=0.8, ls=":")
+    bx.text(WIDTHS[-1], srg.loss / L_DNC, "simple SRG family ", ha="right", va="bottom", fontsize=7)
+bx.set_xlabel("hidden width $w$")
+bx.set_ylabel(r"final $f / \mathcal{L}_{\mathrm{DNC}}$")
+bx.set_title("final loss per run")
+fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=5,
+           title="bars: 95% Wilson interval")
+ncflow.plot.suptitle(fig, "Deep ReLU UFM: which solution GD reaches against the width (THEORY §9.6)",
+                     ncflow.plot.describe(K=K_B, n=N_B, dtype="float32", runs=RUNS_B, per_point=True,
+                                          extra=f"L = {L_B} · λ = {LAM_B:g} every layer · lr {LR_B} · "
+                                          f"{STEPS_B} steps"), width=125)
+show(fig)
+
+# %%
+p_dnc = {w: relu[w].outcomes()["dnc"]["fraction"] for w in WIDTHS}
+half = next((w for w in WIDTHS if p_dnc[w] >= 0.5), None)
+inside = [w for w in QUOTED_B if w in relu and relu[w].outcomes()["dnc"]["ci95"][0] <= QUOTED_B[w][0] / QUOTED_B[w][1]
+          <= relu[w].outcomes()["dnc"]["ci95"][1]]
+say("P(DNC) by width: " + ", ".join(f"{w}: {p_dnc[w]:.2f}" for w in WIDTHS)
+    + f" ({RUNS_B} runs each). The first width where at least half the runs reach DNC is "
+    + (f"{half} (= {half / K_B:.0f}K)" if half else "none of these")
+    + f"; §9.6's estimate lies inside our 95% interval at {len(inside)} of {len(QUOTED_B)} widths"
+    + (f" ({', '.join(map(str, sorted(inside)))})" if inside else "") + ". "
+    + (f"Runs below DNC end at {np.min(low_f) / L_DNC:.3f}–{np.max(low_f) / L_DNC:.3f} L_DNC." if low_f.size
+       else "No run ended below DNC."))
 
 # %%
 depths = sorted({v for v in first.values() if v is not None})
@@ -290,8 +400,9 @@ say(f"Summary. (a) Of {total_runs} float64 GD runs of the deep linear UFM (L = 2
     f"end at the origin is {', '.join(f'{half_at[L] / a_star[L]:.2f}' for L in DEPTHS)} a* for L = 2, 3, 4; "
     f"{agree} of {len(QUOTED) * K} of §9.2's quoted L = 3 fractions (another sample of 200 starts each) lie "
     f"inside our 95% intervals. (c) From the "
-    f"closed forms, low rank first beats DNC at L = {span} for r = 4..7 (at L = 3 never). (b) waits for the "
-    "ReLU engine.")
+    f"closed forms, low rank first beats DNC at L = {span} for r = 4..7 (at L = 3 never). (b) ReLU runs at K = 10, "
+    f"L = 4: P(DNC) = " + ", ".join(f"{p_dnc[w]:.2f}" for w in WIDTHS) + f" at widths {', '.join(map(str, WIDTHS))} "
+    f"({RUNS_B} runs each); half reach DNC from width {half} on.")
 print(f"\nnotebook compute time: {time.perf_counter() - NOTEBOOK_T0:.0f} s")
 
 # %% [markdown]
@@ -301,4 +412,6 @@ print(f"\nnotebook compute time: {time.perf_counter() - NOTEBOOK_T0:.0f} s")
 # (rank 3). The printed check says that every such run's final value is the closed-form f_r of its
 # rank. The table after it puts our L = 3 counts at s = 0.25 and 0.4 next to §9.2's. In the ReLU
 # figure, the simple low-rank family's loss over DNC's crosses 1 between L = 3 and L = 4 for every r ≥
-# 4: the deeper the network, the more low rank pays.
+# 4: the deeper the network, the more low rank pays. In the width figure, narrow ReLU networks never
+# reach DNC (their runs end below it, at low rank, or merge classes), wide ones nearly always do; the
+# right panel shows where each run's loss ended relative to L_DNC.
