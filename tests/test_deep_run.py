@@ -111,7 +111,8 @@ def test_cli_run_depth_reports_ranks_and_writes_files(capsys, tmp_path):
     (["--optimizer", "adam"], "optimizer"),
     (["--optimizer", "momentum"], "optimizer"),
     (["--init", "orthogonal"], "init"),
-    (["--activation", "relu", "--no-bias"], "activation"),
+    (["--activation", "relu"], "activation"),  # the deep ReLU UFM has no bias (THEORY §9.6)
+    (["--activation", "relu", "--no-bias", "--engine", "collapsed"], "engine"),  # ReLU masks act per sample
 ])
 def test_cli_refuses_what_the_deep_engine_does_not_run(argv, flag, capsys, tmp_path):
     out_dir = tmp_path / "o"
