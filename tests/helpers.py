@@ -1,5 +1,6 @@
 """Helpers shared by the test files: ONE tree comparison, a relative difference, a compile
-counter, and the in-process / subprocess ways of running the ``ncflow`` command.
+counter, the deep UFM's objective written out plainly, and the in-process / subprocess ways of
+running the ``ncflow`` command.
 
 Test files import them as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path``:
 the directory has no ``__init__.py``). This module imports nothing of ncflow at import time, so
@@ -67,6 +68,33 @@ def rel_diff(a, b) -> np.ndarray:
     broadcast of ``a`` and ``b`` (a 0-d array for scalars)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
+
+
+# ----------------------------------------------------------------------------- the deep UFM, plainly
+def plain_deep_objective(spec, co, p):
+    """The deep UFM objective (THEORY §9.1 linear, §9.6 ReLU with ReLU'(0) = 0) written out layer by
+    layer, independently of ``ncflow.maths.deep_objective`` (for ``jax.grad`` and as a reference value).
+
+    ``spec`` a ``DeepSpec`` (K, sizes, activation, bias), ``co`` its ``DeepCoeffs`` (lambdas (L,),
+    lambda_h, lambda_b), ``p`` a ``DeepParams`` (Ws: W_l (d_l, d_{l−1}), H (d_0, N), b (K,));
+    labels class-major. Returns f, shape ()."""
+    import jax.numpy as jnp
+
+    Ws, H, b = p
+    A = H
+    for W in Ws[:-1]:
+        A = W @ A
+        if spec.activation == "relu":
+            A = jnp.where(A > 0, A, 0.0)
+    out = Ws[-1] @ A
+    if spec.bias != "none":
+        out = out + b[:, None]
+    Y = np.eye(spec.K)[:, np.repeat(np.arange(spec.K), spec.sizes)]
+    f = jnp.sum((out - Y) ** 2) / (2 * sum(spec.sizes)) + co.lambda_h / 2 * jnp.sum(H**2)
+    f = f + sum(co.lambdas[i] / 2 * jnp.sum(W**2) for i, W in enumerate(Ws))
+    if spec.bias != "none":
+        f = f + co.lambda_b / 2 * jnp.sum(b**2)
+    return f
 
 
 # ----------------------------------------------------------------------------- compilations

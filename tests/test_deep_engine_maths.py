@@ -21,30 +21,14 @@ from ncflow.maths import objective as obj
 from ncflow.maths.metrics import class_stats as ufm_class_stats
 from ncflow.problem import Problem
 
-from helpers import assert_trees_close
+from helpers import assert_trees_close, plain_deep_objective
 
 UNEQUAL = (3, 6, 2, 5)
 LAMBDA_B = {"unregularized": 0.0, "none": 0.0, "regularized": 0.03}
 
 
 # ----------------------------------------------------------------------------- written here, independently
-def _plain_objective(spec, co, p):
-    """The deep UFM written out layer by layer (THEORY §9.1, §9.6; ReLU'(0) = 0)."""
-    Ws, H, b = p
-    A = H
-    for W in Ws[:-1]:
-        A = W @ A
-        if spec.activation == "relu":
-            A = jnp.where(A > 0, A, 0.0)
-    out = Ws[-1] @ A
-    if spec.bias != "none":
-        out = out + b[:, None]
-    Y = np.eye(spec.K)[:, np.repeat(np.arange(spec.K), spec.sizes)]
-    f = jnp.sum((out - Y) ** 2) / (2 * sum(spec.sizes)) + co.lambda_h / 2 * jnp.sum(H**2)
-    f = f + sum(co.lambdas[i] / 2 * jnp.sum(W**2) for i, W in enumerate(Ws))
-    if spec.bias != "none":
-        f = f + co.lambda_b / 2 * jnp.sum(b**2)
-    return f
+_plain_objective = plain_deep_objective  # THEORY §9.1, §9.6, written in tests/helpers.py
 
 
 def _plain_grad(spec, co, p):
