@@ -17,6 +17,12 @@ For each problem (the default K=10, d=10, n=100 and K=10, d=64, n=20) and each n
   THEORY §8) after as many steps as ncflow's longest run took: the same count as ncflow's
   ``global`` when both are right.
 
+* **deep** (``--sections deep``, not in the default sections) — the deep UFM engines' rows of
+  ``benchmarks/deep_naive.py`` (deep linear K=10, d=64, L=3, n=20 and n=200; deep ReLU K=10, width 30,
+  L=4, n=5), by its own code (:func:`deep_naive.run`): the collapsed and full steps against a naive
+  ``jit(vmap(scan(jax.grad)))`` in this process, float32, ``--deep-runs`` runs, ``--deep-budget`` flops per
+  timed call (the "by CPU" ratios are host CPU time: meaningless on an accelerator, read the wall ones).
+
 Prints one JSON line (and, with ``--table``, each case's row on stderr as it finishes; with
 ``--out``, the file holds every finished case, so a run stopped by a time limit still leaves its
 rows). Installs nothing, writes nothing unless ``--out FILE``. Stops starting new cases once
@@ -24,6 +30,7 @@ rows). Installs nothing, writes nothing unless ``--out FILE``. Stops starting ne
 
     python benchmarks/device.py                         # 1k/10k/100k runs, 1000 steps
     python benchmarks/device.py --runs 1000 --steps 300 # a quick CPU check
+    python benchmarks/device.py --sections deep --table # the deep engines' rows only
 """
 
 from __future__ import annotations
@@ -57,7 +64,10 @@ def _args(argv=None):
     ap.add_argument("--steps", type=int, default=1000, help="fixed steps of the throughput section")
     ap.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     ap.add_argument("--budget-s", type=float, default=270.0, help="start no new case after this many seconds")
-    ap.add_argument("--sections", nargs="+", default=["throughput", "answer"], choices=["throughput", "answer"])
+    ap.add_argument("--sections", nargs="+", default=["throughput", "answer"],
+                    choices=["throughput", "answer", "deep"])
+    ap.add_argument("--deep-runs", type=int, default=1024, help="runs R of the deep section's rows")
+    ap.add_argument("--deep-budget", type=float, default=1e11, help="flops per timed call in the deep section")
     ap.add_argument("--table", action="store_true", help="also print a readable table on stderr")
     ap.add_argument("--out", default=None, help="also write the JSON line to this file")
     return ap.parse_args(argv)
@@ -152,6 +162,17 @@ def answer(name: str, runs: int) -> dict:
     }
 
 
+def deep(a) -> dict:
+    """The deep engines' rows (benchmarks/deep_naive.py's code, float32), its table on stderr."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import deep_naive
+
+    argv = ["--runs", str(a.deep_runs), "--budget", str(a.deep_budget), "--dtype", "float32"]
+    res = deep_naive.run(argv, out=lambda line: print(line, file=sys.stderr, flush=True))
+    clear_cache()
+    return res
+
+
 def _host_share(timing: dict) -> float:
     """The share of the stepping loop's wall time not spent in device work (stop rule, progress,
     round trips): 1 − run_s/loop_s."""
@@ -168,7 +189,7 @@ def _saddle_gap(problem) -> float:
 def main(argv=None) -> int:
     a = _args(argv)
     t_start = time.perf_counter()
-    out = {"benchmark": "device", "machine": machine(), "throughput": [], "answer": []}
+    out = {"benchmark": "device", "machine": machine(), "throughput": [], "answer": [], "deep": []}
 
     def budget_left() -> bool:
         return time.perf_counter() - t_start < a.budget_s
@@ -196,6 +217,11 @@ def main(argv=None) -> int:
             continue
         record("answer", answer(name, max(a.runs)))
         clear_cache()
+    if "deep" in a.sections:
+        if not budget_left():
+            record("deep", {"skipped": "budget"})
+        else:
+            record("deep", deep(a))
     out["wall_s"] = time.perf_counter() - t_start
     print(json.dumps(out, default=float))
     return 0
