@@ -506,15 +506,20 @@ def test_certified_vectorized_inputs_and_refusals():
             cert.certified(p, f, lr, f_star, gap, margin=bad)
 
 
-def test_no_certificate_for_deep_problems():
-    """THEORY §9.3: the deep curvature bound forbids practical steps, so no deep point gets a gap (no early
-    call); the same problem at depth 1 does."""
+def test_deep_gaps_linear_from_theory_relu_none():
+    """THEORY §9.3 (H1): a deep linear point's gap is the deep landscape's f_sad − f* (its L_deep allows
+    only small steps: tests/test_deep_certificate.py); the deep ReLU UFM gets none (no early call); the
+    same problem at depth 1 has §8's gap."""
     from ncflow.batch import certify
     from ncflow.config import Config
+    from ncflow.maths import theory
     from ncflow.problem import Problem
     deep = Problem(K=4, d=8, n=5, lambda_w=5e-3, lambda_h=5e-3, depth=2)
-    assert np.isnan(cert.saddle_gaps(deep)) and cert.saddle_gap(deep) is None
-    assert certify.point_gap(deep, Config()) is None
+    assert cert.saddle_gap(deep) == pytest.approx(theory.predict(deep).saddle_gap, rel=1e-12)
+    assert certify.point_gap(deep, Config()) == pytest.approx(cert.saddle_gap(deep))
+    relu = Problem(K=4, d=8, n=5, lambda_w=5e-3, lambda_h=5e-3, depth=2, activation="relu", bias=False)
+    assert np.isnan(cert.saddle_gaps(relu)) and cert.saddle_gap(relu) is None
+    assert certify.point_gap(relu, Config()) is None
     shallow = Problem(K=4, d=8, n=5, lambda_w=5e-3, lambda_h=5e-3)
     assert cert.saddle_gap(shallow) > 0
     assert certify.point_gap(shallow, Config()) == pytest.approx(cert.saddle_gap(shallow))

@@ -48,7 +48,7 @@ class LaneTable:
         gtol, strict_gtol, ftol, gap_tol, f_star: the stop rule's tolerances and the predicted f*.
         lr, lambda_w, lambda_h, lambda_b: the lane's step size and coefficients (what the
             certificate's curvature bound L(f) needs).
-        lambda_hidden: (lanes, L − 1) λ_1..λ_{L−1} of a deep UFM's hidden layers (0 columns at depth 1).
+        lambda_hidden: (lanes, L − 1) λ_1..λ_{L−1} of a deep UFM's hidden layers (depth 1: (lanes, 1) NaN).
         saddle_gap: f_sad − f* of the lane's problem (THEORY §8), NaN where no certificate applies.
         samples, target_norm, data_floor: N, ||T||_F and the least data term of the lane's
             problem (what the certificate's bounds need per lane: the points of a §7 batch may have
@@ -106,8 +106,8 @@ class LaneTable:
             lambda_w=per_point([float(p.problem.lambda_w) for p in points]),
             lambda_h=per_point([float(p.problem.lambda_h) for p in points]),
             lambda_b=per_point([float(p.problem.lambda_b) for p in points]),
-            lambda_hidden=np.asarray([[float(v) for v in p.problem.layer_lambdas[:-1]] for p in points],
-                                     np.float64).reshape(len(points), points[0].problem.depth - 1)[point],
+            lambda_hidden=np.asarray([[float(v) for v in p.problem.layer_lambdas[:-1]] or [np.nan] for p in points],
+                                     np.float64)[point],  # depth 1: one unused column (a 0-wide one shards apart)
             saddle_gap=per_point([np.nan if s is None else s for s in saddle_gap]),
             samples=per_point([float(N) for N, _ in norms]), target_norm=per_point([float(t) for _, t in norms]),
             data_floor=per_point([certificate.data_floor(p.problem) for p in points]),

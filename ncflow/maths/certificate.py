@@ -18,10 +18,18 @@ broadcasts), with a problem whose coefficients are scalars or such arrays. It is
 default; :func:`hessian_bound`, :func:`rounding_bound` and :func:`certified` also take ``xp=jax.numpy``,
 so the wide execution plan evaluates the same formulas on the device, inside its stop loop (there in
 float64 when ``jax_enable_x64`` is on, else in float32).
+
+Deep linear UFMs (depth L > 1, THEORY §9.3): the same theorem with f_sad − f* of the deep landscape
+(:class:`ncflow.maths.deep.DeepPrediction`'s ``saddle_gap``) and the curvature bound L_deep(F)
+(:func:`deep_hessian_bound`); the rounding bound covers the deep engines' evaluation of f
+(``space`` "deep_full"/"deep_collapsed"). L_deep is sound but large: it allows only small steps
+(:func:`step_limit`), so at practical steps (η ≈ 0.5) no deep run is ever certified and runs stop by
+the converged rule. The deep ReLU UFM has no certificate (NaN gaps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -30,13 +38,18 @@ import numpy as np
 
 from ncflow.errors import ConfigError, ProblemError
 from ncflow.maths import imbalanced as _imbalanced
+from ncflow.maths import theory as _theory
 from ncflow.problem import Problem
 
-__all__ = ["SPACES", "certified", "data_floor", "data_norms", "hessian_bound", "rounding_bound", "saddle_gap",
-           "saddle_gaps"]
+__all__ = ["SPACES", "certified", "data_floor", "data_norms", "deep_hessian_bound", "hessian_bound",
+           "rounding_bound", "saddle_gap", "saddle_gaps", "step_limit"]
 
-#: the state spaces whose objective evaluation :func:`rounding_bound` covers (the engines' names)
-SPACES = ("full", "collapsed")
+#: the state spaces whose objective evaluation :func:`rounding_bound` covers (the engines' names): a
+#: space not listed here has no certificate. The deep spaces evaluate the deep UFM's f (THEORY §9).
+SPACES = ("full", "collapsed", "deep_full", "deep_collapsed")
+
+#: the form of f's evaluation behind each space name (the deep spaces' own formulas at depth > 1)
+_FORM = {"full": "full", "collapsed": "collapsed", "deep_full": "full", "deep_collapsed": "collapsed"}
 
 #: (C): the 1-direction counts as alive (and the above-threshold gap, the smaller, is used) once
 #: γ >= c(1 − _THRESHOLD_SLACK), so that rounding in the comparison can only make the gap smaller
@@ -77,14 +90,20 @@ def saddle_gaps(problem: Problem) -> np.ndarray:
     for the (d+1)-th (ties are global); +inf with no alive direction (the zero solution and every
     minority collapse down to it). (C) λ_b > 0: NaN for every d (THEORY §7 characterizes the critical
     points of (A) and (B) only; with sizes or targets there is no closed form for f_sad, even for
-    d >= K+1 where strict saddles are shown). λ_W = 0 or λ_H = 0: NaN. Deep UFMs (depth > 1): NaN
-    (THEORY §9.3's L_deep is sound but forbids practical steps; not implemented).
+    d >= K+1 where strict saddles are shown). λ_W = 0 or λ_H = 0: NaN.
+
+    Deep UFMs (depth > 1, THEORY §9.3 (H1)): the deep linear landscape's f_sad − f*
+    (``theory.predict(lane).saddle_gap``: |Δ(c)|/(2K) balanced, single flips and swaps in general,
+    +inf where the optimum is the only critical point), lane by lane (``lambda_hidden`` (lanes, L − 1)
+    included). NaN for the deep ReLU UFM (no landscape theory), for (C) λ_b > 0 (THEORY §9.5: the
+    absence of critical points mixing the 1-direction with 1^⊥ is proved for L = 1 only) and where
+    any λ is 0.
     """
     K, n, d = problem.K, problem.n, problem.d
     lw, lh, lb = (_coef(problem, k) for k in ("lambda_w", "lambda_h", "lambda_b"))
     lw, lh, lb = np.broadcast_arrays(lw, lh, lb)
-    if problem.depth > 1:  # THEORY §9.3: L_deep forbids practical steps; deep runs stop by the converged rule
-        return np.full(lw.shape, np.nan)
+    if problem.depth > 1:
+        return _deep_gaps(problem, lw, lh, lb)
     c = K * np.sqrt(n * lw * lh)
     gap = (1.0 - c) ** 2 / (2 * K)
     if problem.bias:
@@ -121,11 +140,37 @@ def _general_gaps(problem: Problem, lw: np.ndarray, lh: np.ndarray, lb: np.ndarr
     return out
 
 
+def _deep_gaps(problem: Problem, lw: np.ndarray, lh: np.ndarray, lb: np.ndarray) -> np.ndarray:
+    """:func:`saddle_gaps` at depth > 1 (THEORY §9.3 (H1)), lane by lane through the deep linear
+    theory (``theory.predict`` → :class:`~ncflow.maths.deep.DeepPrediction`); NaN for ReLU, for (C)
+    λ_b > 0 and where a λ is 0."""
+    hidden = [np.asarray(v, np.float64) for v in problem.layer_lambdas[:-1]]
+    shape = np.broadcast_shapes(lw.shape, *(h.shape for h in hidden))
+    out = np.full(shape, np.nan)
+    if problem.activation != "linear" or problem.loss != "mse":
+        return out
+    if problem.row_basis is not None or np.ndim(problem.class_sizes) > 1:
+        raise ProblemError("saddle_gaps needs a problem with its own class sizes, not the engine's per-lane data",
+                           field="class_sizes")
+    lw, lh, lb = (np.broadcast_to(a, shape) for a in (lw, lh, lb))
+    hidden = [np.broadcast_to(h, shape) for h in hidden]
+    for i in np.ndindex(shape):
+        w, h, b = float(lw[i]), float(lh[i]), float(lb[i])
+        hid = tuple(float(v[i]) for v in hidden)
+        if min(w, h, *hid) <= 0.0 or (problem.bias and b != 0.0):  # no attained optimum; (C): no proof
+            continue
+        lane = dataclasses.replace(problem, lambda_w=w, lambda_h=h, lambda_b=b,
+                                   lambda_hidden=None if all(v == w for v in hid) else hid)
+        out[i] = _theory.predict(lane).saddle_gap
+    return out
+
+
 def saddle_gap(problem: Problem) -> float | None:
     """f_sad − f* of a problem with scalar coefficients (THEORY.md §8), as a float (``math.inf``
     where c >= 1), or None where no certificate applies; the cases are those of :func:`saddle_gaps`.
     ``f_sad = theory.predict(problem).objective + saddle_gap(problem)``."""
-    if any(np.ndim(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b")):
+    if any(np.ndim(getattr(problem, k)) for k in ("lambda_w", "lambda_h", "lambda_b")) \
+            or np.ndim(problem.lambda_hidden) > 1:
         raise ProblemError("saddle_gap needs scalar coefficients; got a batched problem (use saddle_gaps)")
     g = float(saddle_gaps(problem))
     return None if math.isnan(g) else g
@@ -144,7 +189,8 @@ def hessian_bound(problem: Problem, f, xp=np, *, samples=None, floor=None) -> np
     with ||W||² + ||H||² <= 2(f − D)/min(λ_W, λ_H) on the sublevel set, D any lower bound on the data
     term; the second at most ||Ω(WH + b1ᵀ − T)||_F ||d||²/N <= √(2aNf)||d||²/N. +inf where
     min(λ_W, λ_H) = 0. The proof holds for any target T (THEORY §7: class sizes, soft labels,
-    regression).
+    regression). Depth L > 1: THEORY §9.3's L_deep (:func:`deep_hessian_bound`, per-lane
+    ``lambda_hidden`` (lanes, L − 1) included), which at L = 1 is this L(f).
 
     ``xp``: numpy (default) or jax.numpy (traceable; the rescaled loss's α must then be concrete).
     ``samples``: N per lane (broadcasting with ``f``), for a batch whose lanes have different class
@@ -152,6 +198,10 @@ def hessian_bound(problem: Problem, f, xp=np, *, samples=None, floor=None) -> np
     residual no point of rank <= d avoids, which a target with a large unreachable part (regression,
     d below its rank) would otherwise count as weight norm.
     """
+    if problem.depth > 1:  # THEORY §9.3 (H2)
+        N = problem.N if samples is None else samples
+        return deep_hessian_bound(f, _layer_stack(problem, xp), N, bias=problem.bias,
+                                  lambda_b=_coef(problem, "lambda_b", xp), floor=floor, xp=xp)
     f = xp.maximum(xp.asarray(f, dtype=_float(xp)), 0.0)
     lw, lh, lb = (_coef(problem, k, xp) for k in ("lambda_w", "lambda_h", "lambda_b"))
     a = max(float(np.max(np.asarray(problem.alpha))), 1.0) if problem.loss != "mse" else 1.0
@@ -162,6 +212,85 @@ def hessian_bound(problem: Problem, f, xp=np, *, samples=None, floor=None) -> np
         quad = xp.where(lmin > 0, 2.0 * reg / (N * xp.where(lmin > 0, lmin, 1.0)), np.inf)
     lmax = xp.maximum(xp.maximum(lw, lh), lb if problem.bias else 0.0)
     return a * (float(problem.bias) + quad) + xp.sqrt(a * 2.0 * f / N) + lmax
+
+
+def _layer_stack(problem: Problem, xp=np):
+    """(λ_0 = λ_H, λ_1, ..., λ_L) of ``problem`` stacked on a last axis: shape (..., L + 1), the
+    coefficient shape (e.g. (lanes,)) in front; float64 (xp's widest float), traceable."""
+    fl = _float(xp)
+    lams = [xp.asarray(problem.lambda_h, dtype=fl)] + [xp.asarray(v, dtype=fl) for v in problem.layer_lambdas]
+    shape = functools.reduce(np.broadcast_shapes, [np.shape(v) for v in lams])
+    return xp.stack([xp.broadcast_to(v, shape) for v in lams], axis=-1)
+
+
+def deep_hessian_bound(f, lambdas, samples, *, bias: bool = False, lambda_b=0.0, floor=None, xp=np) -> np.ndarray:
+    """L_deep(F) of THEORY §9.3 (H2): an upper bound on the largest Hessian eigenvalue of the deep
+    linear UFM's f at every point of the sublevel set {f' <= F} (m = L + 1 factors A_0 = H,
+    A_1 = W_1, ..., A_L = W_L with weights λ_0 = λ_H, λ_1, ..., λ_L; Λ = Π λ_i):
+
+        L_deep(F) = 1[bias] + max(λ_i, λ_b) + m·maxλ·(2F'/m)^{m−1}/(ΛN)
+                    + (m − 1)√(2F/N)·max_{i<j} √((2F'/(m − 2))^{m−2} λ_iλ_j/Λ),     F' = F − D
+
+    ((2F'/(m−2))^{m−2} := 1 at m = 2, where this is §8's L(f)). Proof: the Hessian's quadratic form at
+    direction d = (dA_0..dA_L, db) is (1/N)||DZ[d]||² + (1/N)⟨R, D²Z[d, d]⟩ + Σλ_i||dA_i||² + λ_b||db||²
+    with Z = A_L⋯A_0 + b1ᵀ, R = Z − Y. First term: ||DZ[d]|| <= Σ_i Π_{k≠i}||A_k|| ||dA_i|| + √N||db||,
+    so by Cauchy–Schwarz at most (1[bias] + Σ_i Π_{k≠i}||A_k||²/N)||d||²; with u_k = λ_k||A_k||²,
+    Σ_k u_k <= 2F' on the sublevel set (the regularizers are at most f − D), Σ_i Π_{k≠i}||A_k||² =
+    Σ_i λ_i Π_{k≠i}u_k/Λ <= maxλ·e_{m−1}(u)/Λ <= maxλ·m(2F'/m)^{m−1}/Λ (Maclaurin). Second term:
+    ||D²Z[d, d]|| <= 2Σ_{i<j} Π_{k≠i,j}||A_k|| ||dA_i|| ||dA_j|| <= (m − 1)·max_{i<j}Π_{k≠i,j}||A_k||·||d||²,
+    with Π_{k≠i,j}||A_k||² = λ_iλ_j Π_{k≠i,j}u_k/Λ <= λ_iλ_j(2F'/(m−2))^{m−2}/Λ (AM–GM), and
+    ||R|| <= √(2NF). Elementwise over ``f`` and the coefficients; computed in logarithms (Λ
+    underflows in float32 at depth).
+
+    Args:
+        f: F, any shape broadcasting with the coefficients (e.g. (lanes,)); negative F counts as 0.
+        lambdas: (..., m) the weights λ_0 = λ_H, λ_1, ..., λ_L on the last axis (m >= 2 static).
+        samples: N (scalar or broadcasting with ``f``).
+        bias: whether the model carries b (bias modes (A), (C)); ``lambda_b``: its λ_b.
+        floor: D, a lower bound on the data term (default 0).
+        xp: numpy or jax.numpy (traceable).
+
+    Returns:
+        float64 (xp's widest float) of the broadcast shape; +inf where some λ_i is 0.
+    """
+    fl = _float(xp)
+    lams = xp.asarray(lambdas, dtype=fl)
+    m = int(lams.shape[-1])
+    if m < 2:
+        raise ConfigError(f"lambdas must hold m >= 2 weights (λ_H, λ_1, ..., λ_L) on its last axis, got {m}",
+                          field="lambdas")
+    F = xp.maximum(xp.asarray(f, dtype=fl), 0.0)
+    reg = F if floor is None else xp.maximum(F - xp.asarray(floor, dtype=fl), 0.0)
+    N = xp.asarray(samples, dtype=fl)
+    pos = xp.all(lams > 0, axis=-1)
+    logs = xp.log(xp.where(pos[..., None], lams, 1.0))
+    log_prod = xp.sum(logs, axis=-1)
+    top = xp.sort(logs, axis=-1)
+    lmax = xp.max(lams, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_reg = xp.log(reg)  # −inf at F' = 0: the terms below are then 0
+        norms = m * xp.exp(top[..., -1] + (m - 1) * (log_reg + math.log(2.0 / m)) - log_prod) / N
+        pair = 0.5 * (top[..., -1] + top[..., -2] - log_prod)
+        if m > 2:
+            pair = pair + 0.5 * (m - 2) * (log_reg + math.log(2.0 / (m - 2)))
+        cross = (m - 1) * xp.sqrt(2.0 * F / N) * xp.exp(pair)
+    lmax = xp.maximum(lmax, xp.asarray(lambda_b, dtype=fl)) if bias else lmax
+    out = float(bias) + lmax + norms + cross
+    return xp.where(pos, out, math.inf)
+
+
+def step_limit(problem: Problem) -> float:
+    """2/L(f*): the certificate (:func:`certified`) can hold only at steps η below this, as it
+    evaluates L at some f >= f* and L grows with f (THEORY §8; depth > 1: L_deep of §9.3, small —
+    K=4, n=5, d=8, λ=5e-3 gives 0.37 at L = 2). Scalar coefficients; NaN where no certificate applies
+    (:func:`saddle_gap` None) or f* is unknown."""
+    if saddle_gap(problem) is None:
+        return math.nan
+    f_star = _theory.predict(problem).objective
+    if f_star is None or not math.isfinite(f_star):
+        return math.nan
+    floor = data_floor(problem) if problem.general else None
+    return float(2.0 / hessian_bound(problem, f_star, floor=floor))
 
 
 def data_floor(problem: Problem) -> float:
@@ -250,10 +379,69 @@ def _rounding_general(problem: Problem, f, space: str, u: float, u_in: float, no
     return g * f + (1.0 + g) * data
 
 
+def _rounding_deep(problem: Problem, f, form: str, u: float, u_in: float, sq_norm, xp, N) -> np.ndarray:
+    """The rounding bound of the deep linear UFM's f (depth L > 1), evaluated by
+    :mod:`ncflow.maths.deep_objective` (``form`` "full") or :mod:`ncflow.maths.deep_collapsed`
+    ("collapsed"), for states whose exact objective is ``f``; ``N`` the samples (scalar or per lane).
+
+    :func:`rounding_bound`'s argument with the product of m = L + 1 factors in place of W H. The
+    output's entries are a chain of L + 1 products (in either order: product first P = W_L⋯W_1 then
+    P H, or layer by layer), so |Ẑ − Z| <= γ_s(|W_L|⋯|W_1||H| + |b|1ᵀ + |Y|) entrywise with
+    s = d_0 + ... + d_{L−1} + 2 (the inner dimensions and the two additions; first order,
+    γ_a + γ_b <= γ_{a+b}), and || |W_L|⋯|H| ||_F <= Π_i ||A_i||_F =: Π. On the sublevel set
+    Π² = Π_i u_i/Λ <= (2f/m)^m/Λ (u_i = λ_i||A_i||², Σu_i <= 2f, AM–GM), and with ``sq_norm`` S
+    (Σ_i ||A_i||² + ||b||²) Π² <= (S/m)^m; the smaller is used. The data term then moves by
+    (||Z|| ||e|| + 2||e||²)/N with ||e|| <= γ_s(Π + √N||b|| + √N), ||Z|| <= √(2Nf) (:func:`_cancellation`,
+    with ||Y||_F = √N for one-hot classes, any sizes). Collapsed: the residual R_m = P M + b1ᵀ − I in the
+    sample-weighted norm (Σ_k n_k||r_k||² <= 2Nf; ||M D^½|| <= ||H||) gives the same terms, and
+    tr(P G Pᵀ) moves by at most γ_{2s + K d_0}·Π_{l>=1}||W_l||² tr G <= γ_{2s+Kd_0}·Π² (P's own rounding
+    twice, P G and the K d_0-term sum; G positive semidefinite). The relative part counts the terms of
+    the largest sum (full K N, d_0 N, d_l d_{l−1}; collapsed K², K d_0, d_l d_{l−1}) + L + 10 for the
+    layers' regularizers and the scalar roundings. Rounded matrix-product inputs (``u_in``) add 2.1·L·u_in
+    per entry (each of the L products rounds its two inputs)."""
+    K, L = problem.K, problem.depth
+    dims = tuple(problem.layer_widths) + (K,)
+    s = sum(dims[:-1])
+    m = L + 1
+    d0 = dims[0]
+    fl = _float(xp)
+    lams = _layer_stack(problem, xp)
+    lb = _coef(problem, "lambda_b", xp)
+    N = xp.asarray(N, dtype=fl)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        pos = xp.all(lams > 0, axis=-1)
+        log_prod = xp.sum(xp.log(xp.where(pos[..., None], lams, 1.0)), axis=-1)
+        log_p2 = xp.where(pos, m * xp.log(2.0 * f / m) - log_prod, math.inf)  # log Π² on the sublevel set
+        if sq_norm is not None:
+            log_p2 = xp.minimum(log_p2, m * xp.log(sq_norm / m))
+        P = xp.exp(0.5 * log_p2)
+        if problem.bias:
+            b2 = xp.where(lb > 0, 2.0 * f / xp.where(lb > 0, lb, 1.0), math.inf)
+            if sq_norm is not None:
+                b2 = xp.minimum(b2, sq_norm)
+        else:
+            b2 = 0.0 * f
+        g_z = _gamma(s + 2, u) + 2.1 * L * u_in
+        T = xp.sqrt(N)
+        data = _cancellation(xp.sqrt(2.0 * N * f), P, T, N, b2, g_z, xp) / N
+        inner = max(dims[i] * dims[i - 1] for i in range(1, L + 1))
+        if form == "full":
+            n_max = problem.N  # static: the batch's largest N
+            terms = max(K * n_max, d0 * n_max, inner, K)
+        else:
+            g_s = _gamma(2 * s + K * d0 + 2, u) + 4.2 * L * u_in
+            data = data + g_s * P * P / (2.0 * N)
+            terms = max(K * K, K * d0, inner, K, d0)
+    g = _gamma(terms + L + 10, u)
+    return g * f + (1.0 + g) * data
+
+
 def _rounding_at(problem: Problem, f: np.ndarray, space: str, u: float, u_in: float,
                  sq_norm: np.ndarray | None, xp=np, data=None) -> np.ndarray:
     """The a-priori rounding bound of one space, for states whose exact objective is ``f``
     (``data``: (N, ||T||_F) of a §7 problem's lanes)."""
+    if problem.depth > 1:
+        return _rounding_deep(problem, f, space, u, u_in, sq_norm, xp, problem.N if data is None else data[0])
     K, d, n, N = problem.K, problem.d, problem.n, problem.N
     lw, lh, lb = (_coef(problem, k, xp) for k in ("lambda_w", "lambda_h", "lambda_b"))
     mse = problem.loss == "mse"
@@ -343,14 +531,22 @@ def rounding_bound(problem: Problem, f, *, space: str | None = None, dtype=None,
     √N) in A, and the collapsed data term written in the sample-weighted norm (one-hot:
     Σ_k n_k||r_k||² = ||R_m D^½||²) or in row-space coordinates (targets: ||R_c||², ||q|| = √N,
     ||T_Q|| = ||T||), which gives the full form's A; see :func:`_rounding_general`.
+
+    Deep linear UFMs (depth L > 1; ``space`` "deep_full"/"full" or "deep_collapsed"/"collapsed", None:
+    the larger): the same argument for the chain of L + 1 factors, with ||W|| ||H|| replaced by
+    Π_i ||A_i||_F <= √((2f/m)^m/Λ) (and <= √((S/m)^m) from ``sq_norm`` S); see :func:`_rounding_deep`.
+    The deep ReLU UFM has no rounding bound (ConfigError).
     """
     if space is not None and space not in SPACES:
         raise ConfigError(f"space must be one of {', '.join(SPACES)} or None, got {space!r}", field="space")
+    if problem.depth > 1 and problem.activation != "linear":
+        raise ConfigError(f"rounding_bound covers the deep LINEAR UFM's f; got activation {problem.activation!r} "
+                          "(no certificate for the deep ReLU UFM)", field="activation")
     if not (math.isfinite(dot_input_roundoff) and 0.0 <= dot_input_roundoff < 1.0):
         raise ConfigError(f"dot_input_roundoff must be in [0, 1), got {dot_input_roundoff!r}",
                           field="dot_input_roundoff")
     u = float(np.finfo(np.dtype(problem.dtype if dtype is None else dtype)).eps)
-    spaces = [space] if space is not None else ["full"] + (["collapsed"] if problem.loss == "mse" else [])
+    spaces = [_FORM[space]] if space is not None else ["full"] + (["collapsed"] if problem.loss == "mse" else [])
     f = xp.asarray(f, dtype=_float(xp))
     finite = xp.isfinite(f) & (f >= 0)  # f < 0: not a sum of nonnegative parts (e.g. G not PSD)
     f = xp.where(finite, f, 0.0)
