@@ -22,6 +22,10 @@ For each problem (the default K=10, d=10, n=100 and K=10, d=64, n=20) and each n
   L=4, n=5), by its own code (:func:`deep_naive.run`): the collapsed and full steps against a naive
   ``jit(vmap(scan(jax.grad)))`` in this process, float32, ``--deep-runs`` runs, ``--deep-budget`` flops per
   timed call (the "by CPU" ratios are host CPU time: meaningless on an accelerator, read the wall ones).
+* **fused** (``--sections fused``, not in the default sections) — the fused multi-step Pallas kernel
+  (:mod:`ncflow.batch.fused`) against ``jit(vmap(scan))`` of the collapsed step at K=d=4, 6, 10, 1e5
+  runs, float32, by ``benchmarks/fused.py``'s code (its gpu section; each size in a child process with
+  a timeout); on a CPU its rows say "skipped" (the kernel's CPU check is ``fused.py --sections cpu``).
 
 Prints one JSON line (and, with ``--table``, each case's row on stderr as it finishes; with
 ``--out``, the file holds every finished case, so a run stopped by a time limit still leaves its
@@ -31,6 +35,7 @@ rows). Installs nothing, writes nothing unless ``--out FILE``. Stops starting ne
     python benchmarks/device.py                         # 1k/10k/100k runs, 1000 steps
     python benchmarks/device.py --runs 1000 --steps 300 # a quick CPU check
     python benchmarks/device.py --sections deep --table # the deep engines' rows only
+    python benchmarks/device.py --sections fused --table # the fused kernel's rows only (GPU)
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def _args(argv=None):
     ap.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     ap.add_argument("--budget-s", type=float, default=270.0, help="start no new case after this many seconds")
     ap.add_argument("--sections", nargs="+", default=["throughput", "answer"],
-                    choices=["throughput", "answer", "deep"])
+                    choices=["throughput", "answer", "deep", "fused"])
     ap.add_argument("--deep-runs", type=int, default=1024, help="runs R of the deep section's rows")
     ap.add_argument("--deep-budget", type=float, default=1e11, help="flops per timed call in the deep section")
     ap.add_argument("--table", action="store_true", help="also print a readable table on stderr")
@@ -173,6 +178,14 @@ def deep(a) -> dict:
     return res
 
 
+def fused_rows(budget_s: float) -> dict:
+    """The fused kernel's gpu rows (benchmarks/fused.py's code), each on stderr as it finishes."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fused as fused_bench
+
+    return fused_bench.run(["--sections", "gpu", "--budget-s", str(max(budget_s, 0.0))])
+
+
 def _host_share(timing: dict) -> float:
     """The share of the stepping loop's wall time not spent in device work (stop rule, progress,
     round trips): 1 − run_s/loop_s."""
@@ -189,7 +202,7 @@ def _saddle_gap(problem) -> float:
 def main(argv=None) -> int:
     a = _args(argv)
     t_start = time.perf_counter()
-    out = {"benchmark": "device", "machine": machine(), "throughput": [], "answer": [], "deep": []}
+    out = {"benchmark": "device", "machine": machine(), "throughput": [], "answer": [], "deep": [], "fused": []}
 
     def budget_left() -> bool:
         return time.perf_counter() - t_start < a.budget_s
@@ -222,6 +235,11 @@ def main(argv=None) -> int:
             record("deep", {"skipped": "budget"})
         else:
             record("deep", deep(a))
+    if "fused" in a.sections:
+        if not budget_left():
+            record("fused", {"skipped": "budget"})
+        else:
+            record("fused", fused_rows(a.budget_s - (time.perf_counter() - t_start)))
     out["wall_s"] = time.perf_counter() - t_start
     print(json.dumps(out, default=float))
     return 0

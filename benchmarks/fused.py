@@ -198,12 +198,10 @@ def gpu_rows(a, record) -> None:
         record(row)
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> dict:
+    """Every requested section; returns the result (each row also on stderr as it finishes).
+    benchmarks/device.py calls this for its ``fused`` section."""
     a = _args(argv)
-    if a.child:
-        K, d, n = (int(v) for v in a.child.split(","))
-        print(json.dumps(gpu_case(K, d, n, a), default=float))
-        return 0
     t_start = time.perf_counter()
     a.budget_left = lambda: time.perf_counter() - t_start < a.budget_s
     out = {"benchmark": "fused", "machine": machine(), "rows": []}
@@ -225,7 +223,16 @@ def main(argv=None) -> int:
     if "gpu" in a.sections:
         gpu_rows(a, record)
     out["wall_s"] = time.perf_counter() - t_start
-    print(json.dumps(out, default=float))
+    return out
+
+
+def main(argv=None) -> int:
+    a = _args(argv)
+    if a.child:
+        K, d, n = (int(v) for v in a.child.split(","))
+        print(json.dumps(gpu_case(K, d, n, a), default=float))
+        return 0
+    print(json.dumps(run(argv), default=float))
     return 0
 
 
