@@ -271,11 +271,11 @@ def fused_chunk(rows: Float[Array, "P lanes"], coefs: Float[Array, "4 lanes"], b
             live = t < live_until
             return [jnp.where(live, u, v) for u, v in zip(new, st)]
 
+        lo, hi = jnp.int32(0), jnp.int32(steps)  # a 32-bit step counter, also under jax_enable_x64
         if interpret:  # XLA's while loop carries one (P, BL) array better than P arrays
-            arr = lax.fori_loop(0, steps, lambda t, a: jnp.stack(body(t, list(a))), jnp.stack(state))
-            state = list(arr)
+            state = list(lax.fori_loop(lo, hi, lambda t, a: jnp.stack(body(t, list(a))), jnp.stack(state)))
         else:  # Triton: the rows are the loop-carried values (registers)
-            state = lax.fori_loop(0, steps, body, state)
+            state = lax.fori_loop(lo, hi, body, state)
         _store_rows(o_ref, state)
 
     spec = lambda h: pl.BlockSpec((h, BL), lambda i: (0, i))  # noqa: E731
