@@ -48,6 +48,9 @@ class Config:
             step, the stop rule evaluated on the device; see :mod:`ncflow.batch.plan`).
         matmul_precision: "float32" (full precision, default), or the opt-in "tf32" / "bf16" for
             the steps' float32 matrix products (emulated by operand rounding on a CPU).
+        step_layout: how the wide plan steps a device's lanes: "vmap" (default: the one-run step
+            vmapped) or the opt-in "lanes" (run axis last, small products as multiply-adds across
+            lanes: :mod:`ncflow.dynamics.lanes`; plan wide and collapsed GD on mse only).
         gtol: stationarity tolerance on ||∇f||; None = dtype default (see outcomes).
         history: record scalar diagnostics at log-spaced steps.
         progress: progress bar on stderr; None = only when stderr is a terminal.
@@ -78,6 +81,7 @@ class Config:
     group: int | None = _default("group")
     plan: str = _default("plan")
     matmul_precision: str = _default("matmul_precision")
+    step_layout: str = _default("step_layout")
     gtol: float | None = _default("gtol")
     history: bool = _default("history")
     progress: bool | None = _default("progress")

@@ -31,7 +31,7 @@ from ncflow.errors import ConfigError, NcflowError, ProblemError
 
 __all__ = ["ACTIVATIONS", "DTYPES", "ENGINES", "FLOAT32_MAX", "FLOAT32_TINY", "INT32_MAX", "LANE_KEYS", "LOSSES",
            "MATMUL_PRECISIONS", "MAX_CPU_DEVICES", "MAX_DEPTH", "OPTIMIZERS", "PLANS", "PROBLEM", "SETTINGS", "SOLVER",
-           "STARTS", "STOP_RULES", "Setting", "check_applies", "check_required", "field_defaults"]
+           "STARTS", "STEP_LAYOUTS", "STOP_RULES", "Setting", "check_applies", "check_required", "field_defaults"]
 
 #: the largest int32: step counts, chunk lengths and lane counts must fit in one
 INT32_MAX = 2**31 - 1
@@ -53,6 +53,7 @@ STARTS = ("gaussian", "orthogonal", "small", "saddle")
 STOP_RULES = ("certified", "converged")
 PLANS = ("auto", "cpu", "wide")
 MATMUL_PRECISIONS = ("float32", "tf32", "bf16")
+STEP_LAYOUTS = ("vmap", "lanes")
 #: activations of a deep UFM's hidden layers (THEORY §9; the output layer is linear)
 ACTIVATIONS = ("linear", "relu")
 #: the most weight matrices of a deep UFM (``depth``)
@@ -400,6 +401,10 @@ _TABLE = (
        "(full, the default on every platform), or the opt-in reduced tf32 / bf16 (on a CPU emulated by rounding "
        "the products' operands); float64 runs ignore it", choices=MATMUL_PRECISIONS, flag="--matmul-precision",
        hashed=False),
+    _s("step_layout", "choice", "vmap", "how the wide plan steps a device's lanes: vmap (the one-run step vmapped, "
+       "the default) or lanes (an opt-in: the state with the run axis last and every small product a multiply-add "
+       "across lanes; plan wide, engine collapsed, gd, mse, one-hot labels, full-precision products; not measured "
+       "faster on a GPU yet)", choices=STEP_LAYOUTS, flag="--step-layout", hashed=False),
     _s("gtol", "float", None, "stationarity tolerance on the gradient norm", low=0.0, low_open=True,
        auto="from the dtype and the problem", flag="--gtol"),
     _s("history", "bool", False, "record scalar diagnostics at log-spaced steps", flag="--history"),

@@ -172,7 +172,7 @@ def simulate_points(points: Sequence[Point], config: Config, devices=None) -> li
     dyn = dynamics_for(base, config)
     R = sum(p.runs for p in points)
     mesh = runs_mesh(devices)
-    plan = choose_plan(config, mesh.devices.flat[0].platform, dyn.space.name, base.dtype)
+    plan = choose_plan(config, mesh.devices.flat[0].platform, dyn.space.name, base.dtype, base, dyn)
     group = None if plan.wide else (config.group or auto_group(base, dyn))
     layout = make_layout(R, group, mesh, align=WIDE_ALIGN)
     estimate.check_batch(points, config, dyn, layout, plan)  # memory per device and host; float32 values

@@ -19,13 +19,22 @@ certificate of :mod:`ncflow.batch.certify`); they differ in how the work is laid
 
 ``auto`` picks ``cpu`` on CPUs and ``wide`` on GPUs and TPUs, where one wide vmapped step keeps
 the device busy and the host round trips disappear.
+
+The wide plan has two step layouts (``Config.step_layout``): ``vmap`` (the default) vmaps the one-run
+step over the lanes; ``lanes`` (opt-in) transposes the state once per chunk call to put the run axis
+last and steps it with :mod:`ncflow.dynamics.lanes` (each small product a multiply-add across lanes),
+for collapsed GD on the MSE loss only. Same per-run stop steps and outcomes, states equal to rounding.
+No measurement on a GPU says yet which layout is faster there (``benchmarks/layouts.py``), so
+``auto`` never picks ``lanes``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from ncflow.dynamics import lanes as _lanes
 from ncflow.dynamics.precision import PRECISIONS, Precision
+from ncflow.errors import ConfigError
 
 __all__ = ["VISIT_SECONDS", "WIDE_ALIGN", "Plan", "choose"]
 
@@ -48,6 +57,7 @@ class Plan:
         early_stop, certified_rule, space: the stop rule the wide plan's device loop evaluates
             (``Config.early_stop``, ``Config.stop == "certified"``, and the state space whose
             objective formula the certificate's rounding bound covers).
+        step_layout: "vmap" or "lanes" (``Config.step_layout``; see the module doc).
     """
 
     name: str
@@ -56,6 +66,7 @@ class Plan:
     early_stop: bool = True
     certified_rule: bool = True
     space: str = "collapsed"
+    step_layout: str = "vmap"
 
     @property
     def wide(self) -> bool:
@@ -69,12 +80,32 @@ class Plan:
         return self.platform != "cpu"
 
 
-def choose(config, platform: str, space: str, dtype: str = "float32") -> Plan:
+def choose(config, platform: str, space: str, dtype: str = "float32", problem=None, dynamics=None) -> Plan:
     """The plan of ``config`` (``config.plan``: "auto" = cpu on a CPU, wide elsewhere) on
     ``platform`` for a batch stepping in state space ``space`` with state ``dtype``. A reduced
     ``config.matmul_precision`` applies to float32 steps only: float64 steps are always full
-    precision (the plan's precision is then "float32")."""
+    precision (the plan's precision is then "float32").
+
+    ``config.step_layout`` "lanes" is refused (ConfigError naming step_layout, before anything is
+    compiled) unless the plan is wide, the precision full, and — given the batch's base ``problem``
+    and its ``dynamics`` — :func:`ncflow.dynamics.lanes.supports` them."""
     name = config.plan if config.plan != "auto" else ("cpu" if platform == "cpu" else "wide")
     precision = PRECISIONS[config.matmul_precision if dtype == "float32" else "float32"]
-    return Plan(name=name, platform=platform, precision=precision,
-                early_stop=bool(config.early_stop), certified_rule=config.stop == "certified", space=space)
+    layout = getattr(config, "step_layout", "vmap")
+    if layout == "lanes":
+        _check_lanes(name, precision, problem, dynamics)
+    return Plan(name=name, platform=platform, precision=precision, early_stop=bool(config.early_stop),
+                certified_rule=config.stop == "certified", space=space, step_layout=layout)
+
+
+def _check_lanes(name: str, precision: Precision, problem, dynamics) -> None:
+    """Refuse step_layout lanes where it cannot run (one line, naming the option)."""
+    why = None
+    if name != "wide":
+        why = f"plan wide (got plan {name}; auto is cpu on a CPU)"
+    elif precision.reduced:
+        why = f"matmul_precision float32 (it has no matrix products to reduce; got {precision.name})"
+    elif problem is not None and dynamics is not None and _lanes.why_not(problem, dynamics) is not None:
+        why = f"collapsed gd on mse with one-hot labels at depth 1, got {_lanes.why_not(problem, dynamics)}"
+    if why is not None:
+        raise ConfigError(f"step_layout lanes needs {why}; the default vmap runs every batch", field="step_layout")

@@ -12,9 +12,11 @@ Programs (each for the lanes of one device):
 * ``chunk`` (plan cpu): ``chunk`` steps of the one-run step vmapped over a group, for the active
   groups (a ``fori_loop`` with a dynamic bound), each lane masked past its budget;
 * ``chunks`` (plan wide): a ``while_loop`` over chunks of ``chunk`` steps of the one-run step
-  vmapped over ALL lanes of the device, each chunk followed by the check and the stop rule per
-  lane (:mod:`ncflow.batch.stop`, :mod:`ncflow.batch.certify`, traced), until every lane has
-  stopped or the host's number of chunks is done;
+  vmapped over ALL lanes of the device (step layout lanes: the batch step of
+  :mod:`ncflow.dynamics.lanes` on the state transposed run-axis-last once per chunk), each chunk
+  followed by the check and the stop rule per lane (:mod:`ncflow.batch.stop`,
+  :mod:`ncflow.batch.certify`, traced), until every lane has stopped or the host's number of
+  chunks is done;
 * ``check``: objective, gradient norm and the stepper's done/failed flags per lane;
 * ``take``: reorder a device's lanes (the whole :class:`~ncflow.batch.lanes.DeviceLanes` at once);
 * ``summ`` / ``diag``: metrics per lane — on a CPU on gathered lanes one lane after another; on an
@@ -49,6 +51,7 @@ from ncflow.batch.layout import AXIS, Layout
 from ncflow.batch.plan import Plan
 from ncflow.codes import RUNNING
 from ncflow.config import effective
+from ncflow.dynamics import lanes as _lanes
 from ncflow.dynamics import precision as _prec
 from ncflow.dynamics import starts
 from ncflow.maths import metrics as _m
@@ -134,6 +137,8 @@ class Programs:
         mesh = layout.mesh
         self._key = (dyn, start, _statics(problem), tuple(d.id for d in mesh.devices.flat), mesh.axis_names,
                      chunk, layout.group, plan)
+        # the step layout shapes the stepping program only: the others are shared by both layouts
+        self._key_unstepped = self._key[:-1] + (dataclasses.replace(plan, step_layout="vmap"),)
         step = _prec.step_fn(dyn.step, plan.precision, plan.platform)
         ctx = plan.precision, plan.platform
 
@@ -141,10 +146,13 @@ class Programs:
             with _prec.step_context(*ctx):
                 return jax.vmap(step)(p, x, lr)
         self._vstep = vstep
+        # plan wide, step_layout lanes: the batch step with the run axis last (None: vmap)
+        self._lanes_step = _lanes.supports(problem, dyn) if plan.wide and plan.step_layout == "lanes" else None
 
     def _program(self, name: str, build: Callable, args, donate=(), sharded=True):
-        key = (name,) + self._key + (tuple((a.shape, str(a.dtype)) for a in jax.tree_util.tree_leaves(args)),
-                                     jax.tree_util.tree_structure(args))
+        shapes = (tuple((a.shape, str(a.dtype)) for a in jax.tree_util.tree_leaves(args)),
+                  jax.tree_util.tree_structure(args))
+        key = (name,) + (self._key if name == "chunks" else self._key_unstepped) + shapes
         hit = _CACHE.get(key)
         if hit is None:
             fn = build()
@@ -242,8 +250,8 @@ class Programs:
         rule per lane, in a ``while_loop`` until every lane stopped or ``n_chunks`` were done."""
         T, plan, base = self.chunk, self.plan, self.problem
         L = self.layout.lanes_per_device
-        vstep = self._vstep
         vcheck = jax.vmap(self._check_one)
+        steps = self._wide_steps()
 
         def local(x, prob_b, lr, cols, max_steps, n_chunks):
             chex.assert_tree_shape_prefix((x, lr, cols), (L,))  # a device's lanes, at trace time
@@ -258,11 +266,7 @@ class Programs:
                 i, x, cols, _ = carry
                 lanes = LaneTable(**cols)
                 budget = jnp.where(lanes.running, jnp.minimum(T, limit - lanes.steps), 0)
-
-                def step_body(x, t):
-                    return _masked(t < budget, vstep(prob_b, x, lr), x), None
-
-                x, _ = jax.lax.scan(step_body, x, jnp.arange(T))
+                x = steps(x, prob_b, lr, budget)
                 f, g, done, failed, sq = vcheck(prob_b, x)
                 f, g, sq = f.astype(fl), g.astype(fl), sq.astype(fl)
                 lanes = lanes.replace(steps=lanes.steps + budget)
@@ -277,6 +281,29 @@ class Programs:
             i, x, cols, g = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), x, cols, g0))
             return x, cols, g, i[None]
         return local
+
+    def _wide_steps(self):
+        """Plan wide: ``steps(x, prob_b, lr, budget)``, ``chunk`` steps of every lane, lane i masked
+        from step ``budget[i]`` on (its state kept exactly). Layout vmap: the one-run step vmapped;
+        layout lanes: the state transposed to lanes-minor once (:mod:`ncflow.dynamics.lanes`), the
+        chunk's steps there, and transposed back."""
+        T, vstep, lstep, base = self.chunk, self._vstep, self._lanes_step, self.problem
+
+        if lstep is None:
+            def steps(x, prob_b, lr, budget):
+                def body(x, t):
+                    return _masked(t < budget, vstep(prob_b, x, lr), x), None
+                return jax.lax.scan(body, x, jnp.arange(T))[0]
+            return steps
+
+        def steps(x, prob_b, lr, budget):
+            c = _lanes.coefficients(prob_b, lr)
+
+            def body(xm, t):
+                return _lanes.masked(t < budget, lstep(base, c, xm), xm), None
+            xm = jax.lax.scan(body, _lanes.to_lanes_minor(x), jnp.arange(T))[0]
+            return _lanes.from_lanes_minor(xm)
+        return steps
 
     def _check_one(self, p, xi):
         """One run's (f, ||∇f||, stepper done, stepper failed, squared norm of the point)."""

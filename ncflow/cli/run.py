@@ -85,19 +85,19 @@ def _estimate(args, problem, config, devices):
     import jax
 
     from ncflow.batch.estimate import estimate
+    from ncflow.batch.plan import choose
     from ncflow.dynamics.build import dynamics_for
     from ncflow.errors import NcflowError
 
     devs = devices or jax.devices()
+    plat = devs[0].platform
     try:
         dyn = dynamics_for(problem, config)
+        wide = choose(config, plat, dyn.space.name, problem.dtype, problem, dyn).wide  # refuses a bad step_layout
     except NcflowError as e:
         raise UsageError(flag_message(e)) from None
-    from ncflow.batch.plan import choose
-
-    plat = devs[0].platform
     return estimate(problem, dyn, config, config.runs, devices=len(devs), platform=plat, saved=bool(args.out),
-                    wide=choose(config, plat, dyn.space.name, problem.dtype).wide)
+                    wide=wide)
 
 
 def _dry_run(args, problem, config) -> int:
