@@ -149,21 +149,23 @@ class Result:
         return {"min": float(f.min()), "median": float(np.median(f)), "max": float(f.max())}
 
     def final_params(self, i: int, exact: bool = False):
-        """Run ``i``'s final ``Params(W (K, d), H (d, N), b (K,))``.
+        """Run ``i``'s final ``Params(W (K, d), H (d, N), b (K,))`` (depth > 1:
+        ``DeepParams(Ws, H (d_0, N), b (K,))``).
 
         A collapsed run keeps only class means and within-class scatter (a ``targets`` problem: its
         row-space coordinates); by default its H is rebuilt up to a within-class orthogonal mixing of
         samples (``collapsed.expand``: every objective value, gradient norm, Hessian eigenvalue and
         NC metric is exact). With ``exact=True`` the run is replayed on the full representation from
         its own key for its recorded number of steps, which rebuilds its exact H (to rounding; GD,
-        heavy ball or Nesterov, as the run took them). A full run's state is its exact point either way.
+        heavy ball or Nesterov, as the run took them; a ``deep_collapsed`` run: GD on ``deep_full``).
+        A full run's state is its exact point either way.
         """
         import jax
 
         if not 0 <= i < self.runs:
             raise IndexError(f"run index must be in [0, {self.runs - 1}], got {i}")
         collapsed = self.representation.split("+")[0] == "collapsed"
-        if exact and collapsed:
+        if exact and (collapsed or self.representation == "deep_collapsed"):
             # the start's settings only: config["engine"] holds the dynamics' name ("collapsed+escape")
             fields = {k: self.config[k] for k in ("init", "active", "perturb", "optimizer", "momentum")
                       if k in self.config}
