@@ -10,6 +10,7 @@ never from the engine's own output. Problems are tiny; float64 via conftest.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -197,3 +198,18 @@ def test_cli_refuses_what_relu_does_not_take(argv, flag, capsys, tmp_path):
     assert code == 2 and out == "" and len(lines) == 1 and "Traceback" not in err, err
     assert flag in lines[0]
     assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("kind", ["relu", "linear"])
+def test_deep_runs_sharded_over_devices_equal_one_device(kind):
+    """Deep runs over 4 (conftest's simulated) devices give one device's per-run results."""
+    p = Problem(**SMALL) if kind == "relu" else Problem(K=3, n=2, d=4, depth=2, widths=4, lambda_w=5e-3,
+                                                           lambda_h=5e-3, dtype="float64")
+    kw = dict(runs=9, lr=0.5, max_steps=2000, seed=2, progress=False, group=2)
+    one = ncflow.simulate(p, devices=jax.devices()[:1], **kw)
+    four = ncflow.simulate(p, devices=jax.devices(), **kw)
+    assert four.timing["devices"] == 4 and one.timing["devices"] == 1
+    np.testing.assert_array_equal(four.outcome, one.outcome)
+    np.testing.assert_array_equal(four.per_run["steps"], one.per_run["steps"])
+    np.testing.assert_allclose(four.per_run["objective"], one.per_run["objective"], rtol=1e-12)
+    np.testing.assert_array_equal(four.per_run["rank"], one.per_run["rank"])
