@@ -15,7 +15,7 @@ import pytest
 
 import ncflow
 import ncflow.batch.loop
-from ncflow.errors import ProblemError
+from ncflow.errors import ConfigError, ProblemError
 from ncflow.maths import deep, theory
 from ncflow.problem import Problem
 from ncflow.settings import SETTINGS
@@ -156,9 +156,11 @@ def test_deep_keys_enter_a_sweeps_config_only_where_given():
     assert not {"depth", "widths", "activation", "lambda_hidden"} & set(base.normalized["problem"])
     assert all(not SETTINGS[k].hashed for k in ("depth", "widths", "activation"))
     parse_config({"problem": {"K": 4, "depth": 2, "widths": 6, "lambda_w": [1e-3, 2e-3]}})  # deep linear runs
-    with pytest.raises(SweepError) as e:  # given: parsed, then refused by the engine (ReLU not wired yet)
-        parse_config({"problem": {"K": 4, "depth": 2, "widths": 6, "activation": "relu", "bias": False}})
-    assert "problem.activation relu cannot run yet" in str(e.value)
+    relu = parse_config({"problem": {"K": 4, "depth": 2, "widths": 6, "activation": "relu", "bias": False}})
+    assert relu.normalized["problem"]["activation"] == "relu"  # given: it enters the normalized config
+    with pytest.raises(SweepError) as e:  # the deep ReLU UFM has no bias (THEORY §9.6)
+        parse_config({"problem": {"K": 4, "depth": 2, "widths": 6, "activation": "relu"}})
+    assert "problem.activation relu needs bias=False" in str(e.value)
 
 
 # ----------------------------------------------------------------------------- theory --depth
@@ -281,28 +283,30 @@ def test_depth_one_output_is_unchanged(flags, capsys):
 
 # ----------------------------------------------------------------------------- the engine refuses, up front
 @pytest.mark.parametrize("extra", [[], ["--dry-run"]])
-def test_run_depth_two_relu_is_refused_in_one_line(extra, capsys, tmp_path, no_engine):
+def test_run_depth_two_relu_with_a_bias_is_refused_in_one_line(extra, capsys, tmp_path, no_engine):
     out_dir = tmp_path / "o"
     code, out, err = run_cli(["run", *SMALL, "--depth", "2", "--runs", "2", "--no-progress", "--out", str(out_dir),
-                              "--activation", "relu", "--no-bias", *extra], capsys)
+                              "--activation", "relu", *extra], capsys)
     line = _one_line_error(code, out, err, "--activation")
-    assert "cannot run yet at depth 2" in line
+    assert "needs bias=False" in line
     assert not out_dir.exists()  # refused before --out was claimed
 
 
-def test_sweep_depth_two_relu_is_refused_in_one_line(capsys, tmp_path, no_engine):
+def test_sweep_depth_two_relu_collapsed_is_refused_in_one_line(capsys, tmp_path, no_engine):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[problem]\nK = 4\nn = 5\nd = 8\nbias = false\n")
-    code, out, err = run_cli(["sweep", str(cfg), "--depth", "2", "--activation", "relu", "--dry-run"], capsys)
-    line = _one_line_error(code, out, err, "activation")
-    assert "cannot run yet" in line
+    code, out, err = run_cli(["sweep", str(cfg), "--depth", "2", "--activation", "relu", "--engine", "collapsed",
+                              "--dry-run"], capsys)
+    line = _one_line_error(code, out, err, "engine")
+    assert "needs activation linear" in line
 
 
 @pytest.mark.parametrize("lr", [None, 0.1])
-def test_simulate_depth_two_relu_is_refused(lr, compile_counter):
-    with compile_counter, pytest.raises(ProblemError) as e:
-        ncflow.simulate(Problem(K=4, n=5, d=8, depth=2, activation="relu", bias=False), runs=2, lr=lr)
-    assert e.value.field == "activation" and "cannot run yet" in str(e.value)
+def test_simulate_depth_two_relu_collapsed_is_refused(lr, compile_counter):
+    with compile_counter, pytest.raises(ConfigError) as e:
+        ncflow.simulate(Problem(K=4, n=5, d=8, depth=2, activation="relu", bias=False), runs=2, lr=lr,
+                        engine="collapsed")
+    assert e.value.field == "engine" and "ReLU masks act per sample" in str(e.value)
     assert compile_counter.count == 0, compile_counter.names
 
 
