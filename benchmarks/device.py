@@ -26,6 +26,10 @@ For each problem (the default K=10, d=10, n=100 and K=10, d=64, n=20) and each n
   (:mod:`ncflow.batch.fused`) against ``jit(vmap(scan))`` of the collapsed step at K=d=4, 6, 10, 1e5
   runs, float32, by ``benchmarks/fused.py``'s code (its gpu section; each size in a child process with
   a timeout); on a CPU its rows say "skipped" (the kernel's CPU check is ``fused.py --sections cpu``).
+* **layouts** (``--sections layouts``, not in the default sections) — ``benchmarks/layouts.py``'s rows
+  (issue 23 item 1): the wide plan in each step layout (vmap, lanes), the plain baseline, ncflow's
+  elementwise products and the bare lanes-minor step side by side, at the largest ``--runs`` and
+  ``--steps`` steps, with run-steps/s, GFLOP/s, bytes per run-step and the card's peak fractions.
 
 Prints one JSON line (and, with ``--table``, each case's row on stderr as it finishes; with
 ``--out``, the file holds every finished case, so a run stopped by a time limit still leaves its
@@ -36,6 +40,7 @@ rows). Installs nothing, writes nothing unless ``--out FILE``. Stops starting ne
     python benchmarks/device.py --runs 1000 --steps 300 # a quick CPU check
     python benchmarks/device.py --sections deep --table # the deep engines' rows only
     python benchmarks/device.py --sections fused --table # the fused kernel's rows only (GPU)
+    python benchmarks/device.py --runs 100000 --sections layouts --table  # the step layouts (issue 23)
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def _args(argv=None):
     ap.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     ap.add_argument("--budget-s", type=float, default=270.0, help="start no new case after this many seconds")
     ap.add_argument("--sections", nargs="+", default=["throughput", "answer"],
-                    choices=["throughput", "answer", "deep", "fused"])
+                    choices=["throughput", "answer", "deep", "fused", "layouts"])
     ap.add_argument("--deep-runs", type=int, default=1024, help="runs R of the deep section's rows")
     ap.add_argument("--deep-budget", type=float, default=1e11, help="flops per timed call in the deep section")
     ap.add_argument("--table", action="store_true", help="also print a readable table on stderr")
@@ -202,7 +207,8 @@ def _saddle_gap(problem) -> float:
 def main(argv=None) -> int:
     a = _args(argv)
     t_start = time.perf_counter()
-    out = {"benchmark": "device", "machine": machine(), "throughput": [], "answer": [], "deep": [], "fused": []}
+    out = {"benchmark": "device", "machine": machine(), "throughput": [], "answer": [], "deep": [], "fused": [],
+           "layouts": []}
 
     def budget_left() -> bool:
         return time.perf_counter() - t_start < a.budget_s
@@ -240,6 +246,14 @@ def main(argv=None) -> int:
             record("fused", {"skipped": "budget"})
         else:
             record("fused", fused_rows(a.budget_s - (time.perf_counter() - t_start)))
+    if "layouts" in a.sections:  # benchmarks/layouts.py's rows, in what is left of the budget
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import layouts
+
+        layouts.run(runs=max(a.runs), steps=a.steps, problems=a.problems,
+                    budget_s=max(a.budget_s - (time.perf_counter() - t_start), 0.0),
+                    record=lambda _, row: record("layouts", row))
+        clear_cache()
     out["wall_s"] = time.perf_counter() - t_start
     print(json.dumps(out, default=float))
     return 0

@@ -87,6 +87,17 @@ def test_lanes_minor_steps_equal_the_vmapped_one_run_step(mode, sizes):
         np.testing.assert_array_equal(got.b, x.b)  # a bias-free model keeps b
 
 
+@pytest.mark.parametrize("shape", [(64, 10, 64), (10, 64, 10), (10, 10, 64)])
+def test_small_products_are_right_in_float32_over_many_lanes(shape):
+    # jnp.sum(A[:, :, None] * B[None], axis=1) was wrong by 150% at (64, 10, 64) x 1,024 lanes on XLA:CPU
+    i, c, j = shape
+    rng = np.random.default_rng(1)
+    A, B = rng.normal(size=(i, c, 1024)), rng.normal(size=(c, j, 1024))
+    got = np.asarray(jax.jit(lanes._mm)(jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)), np.float64)
+    want = np.einsum("icl,cjl->ijl", A, B)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
+
+
 def test_a_lane_with_zero_step_size_keeps_its_state_exactly():
     base, x, lr = _batch(3, 4, 5, seed=3)
     lr = lr.at[2].set(0.0)

@@ -9,11 +9,12 @@ the same step: the state of ``L`` lanes as
     W (K, d, L),  M (d, K, L),  G (d, d, L),  b (K, L)
 
 — the run axis LAST — with every per-lane coefficient (step size, λ's, class sizes) as a lane
-vector ``(L,)`` (class sizes ``(K, L)``), and each small product a broadcast multiply and a sum over
-the contracted axis: ``(A B)[i, j, :] = Σ_c A[i, c, :] * B[c, j, :]`` — elementwise across lanes, no
-``dot_general``. The wide plan transposes its lanes-major state into this layout once per chunk call
-(:func:`to_lanes_minor`), runs the chunk's masked steps here and transposes back
-(:func:`from_lanes_minor`) before its check (``Config.step_layout = "lanes"``).
+vector ``(L,)`` (class sizes ``(K, L)``), and each small product a sum over the contracted axis of
+broadcast products: ``(A B)[i, j, :] = Σ_c A[i, c, :] * B[c, j, :]``, unrolled into multiply-adds of
+lane vectors — elementwise across lanes, no ``dot_general``, no reduction. The wide plan transposes
+its lanes-major state into this layout once per chunk call (:func:`to_lanes_minor`), runs the chunk's
+masked steps here and transposes back (:func:`from_lanes_minor`) before its check
+(``Config.step_layout = "lanes"``).
 
 The same maths as :func:`ncflow.maths.collapsed.gd_step`, term by term (the sums' order differs:
 equal to rounding, 1e-13 relative in float64 over tens of steps, ``tests/test_lanes_minor.py``).
@@ -113,9 +114,16 @@ def coefficients(problem_b: Problem, lr) -> Coefficients:
 
 
 def _mm(A, B):
-    """``(i, c, L) × (c, j, L) → (i, j, L)``: per lane, the product of two small matrices as a
-    broadcast multiply and a sum over ``c``."""
-    return jnp.sum(A[:, :, None, :] * B[None, :, :, :], axis=1)
+    """``(i, c, L) × (c, j, L) → (i, j, L)``: per lane, the product of two small matrices as the sum
+    over ``c`` of broadcast products, unrolled into a chain of multiply-adds across lanes.
+
+    Not ``jnp.sum(A[:, :, None] * B[None], axis=1)``: in float32 XLA:CPU (jax 0.10.2) computed that
+    reduction wrongly for some shapes (relative error 1.5 at (64, 10) × (10, 64) with 1,024 lanes;
+    ``tests/test_lanes_minor.py``), and materialized its product."""
+    acc = A[:, 0, None, :] * B[None, 0, :, :]
+    for c in range(1, A.shape[1]):
+        acc = acc + A[:, c, None, :] * B[None, c, :, :]
+    return acc
 
 
 def _t(A):
