@@ -200,6 +200,7 @@ def test_cli_refuses_what_relu_does_not_take(argv, flag, capsys, tmp_path):
     assert not out_dir.exists()
 
 
+@pytest.mark.slow  # ~10 s; tests/test_sharding.py covers sharding of the batch engine in the default suite
 @pytest.mark.parametrize("kind", ["relu", "linear"])
 def test_deep_runs_sharded_over_devices_equal_one_device(kind):
     """Deep runs over 4 (conftest's simulated) devices give one device's per-run results."""

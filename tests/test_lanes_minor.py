@@ -148,7 +148,8 @@ def _simulate(layout: str, **kw):
                                      **cfg))
 
 
-@pytest.mark.parametrize("mode", sorted(BIAS_MODES))
+@pytest.mark.parametrize("mode", [m if m == "unregularized" else pytest.param(m, marks=pytest.mark.slow)
+                                  for m in sorted(BIAS_MODES)])  # the step's maths: every mode above, fast
 def test_wide_plan_with_lanes_layout_stops_every_run_like_the_vmapped_layout(mode):
     kw = dict(BIAS_MODES[mode], runs=12, max_steps=3000)  # the certified stop: 42..448 steps
     vm, ln = _simulate("vmap", **kw), _simulate("lanes", **kw)
