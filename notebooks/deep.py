@@ -343,7 +343,7 @@ qw = sorted(QUOTED_B)
 ax.plot(qw, [QUOTED_B[w][0] / QUOTED_B[w][1] for w in qw], ls=":", marker="x", ms=4, color="k",
         label="§9.6's P(DNC) (20–72 runs)")
 ax.axvline(4 * K_B, color="0.5", lw=0.8, ls="--")
-ax.text(4 * K_B, 0.5, " 4K", color="0.4", fontsize=7)
+ax.text(4 * K_B, 0.97, " 4K", color="0.4", fontsize=7, va="top")
 ax.set_xlabel("hidden width $w$")
 ax.set_ylabel("fraction of runs")
 ax.set_ylim(-0.05, 1.05)
@@ -358,11 +358,11 @@ for w in WIDTHS:
                 color=ncflow.plot.COLORS.get(label, "C3"))
 bx.set_xlim(WIDTHS[0] - 5, WIDTHS[-1] + 5)
 bx.axhline(1.0, color="k", lw=0.8, ls="--")
-bx.text(WIDTHS[-1], 1.0, "DNC ", ha="right", va="bottom", fontsize=7)
+bx.text(70, 1.0, "DNC", ha="center", va="bottom", fontsize=7)  # between the width-60 and width-80 runs
 srg = relu[WIDTHS[-1]].prediction.srg
 if srg is not None and srg.exists:
     bx.axhline(srg.loss / L_DNC, color="0.4", lw=0.8, ls=":")
-    bx.text(WIDTHS[-1], srg.loss / L_DNC, "simple SRG family ", ha="right", va="bottom", fontsize=7)
+    bx.text(70, srg.loss / L_DNC, "simple SRG family", ha="center", va="top", fontsize=7)
 bx.set_xlabel("hidden width $w$")
 bx.set_ylabel(r"final $f / \mathcal{L}_{\mathrm{DNC}}$")
 bx.set_title("final loss per run")
